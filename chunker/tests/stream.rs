@@ -1,0 +1,75 @@
+//! `StreamChunker` against readers that fail.
+
+use crate::common::{random_bytes, small_params, ShortReads};
+use puzzle_chunker::{chunk_slice, Chunk, StreamChunker};
+use std::io::{self, Read};
+
+/// Returns `ErrorKind::Other` on the reads numbered in `fail_at`, else reads
+/// through.
+struct Failing<R> {
+    inner: R,
+    calls: usize,
+    fail_at: Vec<usize>,
+}
+
+impl<R: Read> Read for Failing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.calls += 1;
+        if self.fail_at.contains(&self.calls) {
+            return Err(io::Error::other(format!("injected failure {}", self.calls)));
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[test]
+fn read_errors_are_returned_and_resumable() {
+    let params = small_params();
+    let data = random_bytes(11, 3 << 20);
+    let reader = Failing {
+        inner: ShortReads::new(&data, 5, 20_000),
+        calls: 0,
+        fail_at: vec![1, 2, 40, 41, 150],
+    };
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut errors = Vec::new();
+    for item in StreamChunker::new(reader, params) {
+        match item {
+            Ok(chunk) => chunks.push(chunk),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    // `Interrupted` from ShortReads never surfaces; each injected error does, once.
+    assert_eq!(
+        errors,
+        [1, 2, 40, 41, 150].map(|n| format!("injected failure {n}"))
+    );
+    let cuts: Vec<_> = chunks
+        .iter()
+        .map(|c| (c.offset as usize, c.data.len()))
+        .collect();
+    assert_eq!(cuts, chunk_slice(&data, params).collect::<Vec<_>>());
+    assert!(chunks
+        .iter()
+        .map(|c| &c.data[..])
+        .eq(cuts.iter().map(|&(o, l)| &data[o..o + l])));
+}
+
+#[test]
+fn end_of_input_is_none_and_stays_none() {
+    let data = random_bytes(1, 10_000);
+    let mut it = StreamChunker::new(&data[..], small_params());
+    let n = it.by_ref().map(Result::unwrap).count();
+    assert!(n > 1);
+    assert!(it.next().is_none());
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn chunk_debug_shows_length_not_bytes() {
+    let chunk = Chunk {
+        offset: 5,
+        data: vec![1; 1000],
+    };
+    assert_eq!(format!("{chunk:?}"), "Chunk { offset: 5, len: 1000 }");
+}

@@ -1,0 +1,7 @@
+//! Integration tests of puzzle-chunker's public API, one binary.
+
+mod bench;
+mod common;
+mod golden;
+mod props;
+mod stream;
