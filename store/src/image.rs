@@ -1,0 +1,120 @@
+//! Committing a flattened image to the store, and opening a stored one.
+
+use std::collections::BTreeMap;
+
+use crate::digest::BlobDigest;
+use crate::error::{Error, IoContext, Result};
+use crate::index::ChunkIndex;
+use crate::layout::{Store, FORMAT_VERSION, MAX_JSON};
+use crate::manifest::*;
+use crate::meta::{self, MetaBlob, SourceInfo};
+use crate::tree::Tree;
+
+/// Largest metadata blob we read whole (about 20 million inodes).
+pub const MAX_METADATA: u64 = 4 << 30;
+
+/// What a commit wrote.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub manifest: Descriptor,
+    pub metadata: Descriptor,
+    pub packs: usize,
+}
+
+/// Writes the metadata blob, the config and the manifest, then points `name`
+/// at the manifest. Packs and index entries for every chunk the tree uses
+/// must already be durable. The caller holds the store lock.
+pub fn commit(
+    store: &Store,
+    index: &ChunkIndex,
+    tree: &Tree,
+    source: &SourceInfo,
+    config_bytes: &[u8],
+    name: &str,
+) -> Result<Committed> {
+    crate::layout::check_name(name)?;
+    let meta_bytes = meta::encode(tree, source, |id| {
+        index.get(id)?.ok_or(Error::ChunkNotFound(*id))
+    })?;
+    let meta_digest = store.write_blob(&meta_bytes)?;
+    let metadata = Descriptor::new(MEDIA_TYPE_METADATA, meta_digest, meta_bytes.len() as u64);
+    let config_digest = store.write_blob(config_bytes)?;
+    let view = MetaBlob::open(&meta_bytes[..])?;
+    let mut layers = vec![metadata.clone()];
+    for pack in view.packs()? {
+        let path = store.blob_path(&pack);
+        let size = std::fs::metadata(&path).at(&path)?.len();
+        layers.push(Descriptor::new(MEDIA_TYPE_PACK, pack, size));
+    }
+    let packs = layers.len() - 1;
+    let cfg = store.config();
+    let annotations = BTreeMap::from([
+        (ANNOTATION_FORMAT.to_string(), FORMAT_VERSION.to_string()),
+        (ANNOTATION_CHUNKER.to_string(), cfg.chunker_label()),
+        (
+            ANNOTATION_COMPRESSION.to_string(),
+            format!("zstd-{}", cfg.compression.level),
+        ),
+    ]);
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MEDIA_TYPE_MANIFEST.to_string(),
+        config: Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config_bytes.len() as u64),
+        layers,
+        annotations,
+    };
+    let bytes = manifest.to_bytes();
+    let digest = store.write_blob(&bytes)?;
+    let desc = Descriptor::new(MEDIA_TYPE_MANIFEST, digest, bytes.len() as u64);
+    store.set_tag(name, &desc)?;
+    Ok(Committed {
+        manifest: desc,
+        metadata,
+        packs,
+    })
+}
+
+/// A stored image, opened for reading.
+pub struct Image {
+    pub name: String,
+    pub manifest_digest: BlobDigest,
+    pub manifest: Manifest,
+    pub meta: MetaBlob<Vec<u8>>,
+}
+
+/// Reads and checks a manifest blob.
+pub fn read_manifest(store: &Store, digest: &BlobDigest) -> Result<Manifest> {
+    let bytes = store.read_blob(digest, MAX_JSON)?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what: format!("manifest {digest}"),
+        source,
+    })?;
+    let version = manifest.annotations.get(ANNOTATION_FORMAT);
+    if version.map(String::as_str) != Some(&FORMAT_VERSION.to_string())
+        || manifest.metadata().is_none()
+    {
+        return Err(Error::CorruptBlob {
+            digest: digest.to_string(),
+            why: format!(
+                "not a puzzle format {FORMAT_VERSION} manifest (format {})",
+                version.map(String::as_str).unwrap_or("missing")
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Opens the image tagged `name`: its manifest and metadata blob, both verified.
+pub fn open(store: &Store, name: &str) -> Result<Image> {
+    let r = store.resolve(name)?;
+    let manifest = read_manifest(store, &r.manifest.digest)?;
+    let md = manifest.metadata().expect("checked").clone();
+    let bytes = store.read_blob(&md.digest, MAX_METADATA)?;
+    let meta = MetaBlob::open(bytes)?;
+    Ok(Image {
+        name: name.to_string(),
+        manifest_digest: r.manifest.digest,
+        manifest,
+        meta,
+    })
+}

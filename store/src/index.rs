@@ -1,0 +1,158 @@
+//! The sled index: a cache of where chunks live and which layers were
+//! converted. Everything in it can be rebuilt from packs (chunk locations);
+//! a lost layer record only means that layer is converted again.
+
+use std::path::PathBuf;
+
+use puzzle_chunker::ChunkId;
+
+use crate::digest::BlobDigest;
+use crate::error::{Error, Result};
+use crate::layout::Store;
+use crate::pack::{ChunkLoc, PackInfo};
+
+const LOC_LEN: usize = 48;
+
+/// The opened index. Only one process at a time may open it (sled holds a
+/// lock), so only writers (build, gc) open it; readers use metadata blobs.
+pub struct ChunkIndex {
+    path: PathBuf,
+    db: sled::Db,
+    chunks: sled::Tree,
+    layers: sled::Tree,
+}
+
+fn encode_loc(loc: &ChunkLoc) -> [u8; LOC_LEN] {
+    let mut v = [0u8; LOC_LEN];
+    v[..32].copy_from_slice(loc.pack.as_bytes());
+    v[32..40].copy_from_slice(&loc.offset.to_le_bytes());
+    v[40..44].copy_from_slice(&loc.clen.to_le_bytes());
+    v[44..48].copy_from_slice(&loc.rlen.to_le_bytes());
+    v
+}
+
+fn decode_loc(v: &[u8]) -> Option<ChunkLoc> {
+    if v.len() != LOC_LEN {
+        return None;
+    }
+    Some(ChunkLoc {
+        pack: BlobDigest::from_bytes(v[..32].try_into().ok()?),
+        offset: u64::from_le_bytes(v[32..40].try_into().ok()?),
+        clen: u32::from_le_bytes(v[40..44].try_into().ok()?),
+        rlen: u32::from_le_bytes(v[44..48].try_into().ok()?),
+    })
+}
+
+impl ChunkIndex {
+    pub fn open(store: &Store) -> Result<ChunkIndex> {
+        let path = store.index_dir();
+        let db = sled::Config::new()
+            .path(&path)
+            // Keep the page cache small: peak RSS of a build must stay bounded.
+            .cache_capacity(32 << 20)
+            .open()
+            .map_err(|source| Error::Index {
+                path: path.clone(),
+                source,
+            })?;
+        let err = |source| Error::Index {
+            path: path.clone(),
+            source,
+        };
+        let chunks = db.open_tree("chunks").map_err(err)?;
+        let layers = db.open_tree("layers").map_err(err)?;
+        Ok(ChunkIndex {
+            path,
+            db,
+            chunks,
+            layers,
+        })
+    }
+
+    fn err(&self, source: sled::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn get(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        match self.chunks.get(id.as_bytes()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => decode_loc(&v).map(Some).ok_or_else(|| Error::Corrupt {
+                what: format!("index record of chunk {id}"),
+                why: format!("{} bytes", v.len()),
+            }),
+        }
+    }
+
+    pub fn has(&self, id: &ChunkId) -> Result<bool> {
+        self.chunks
+            .contains_key(id.as_bytes())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records every chunk of a durable pack.
+    pub fn add_pack(&self, pack: &PackInfo) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for e in &pack.entries {
+            let loc = ChunkLoc {
+                pack: pack.digest,
+                offset: e.offset,
+                clen: e.clen,
+                rlen: e.rlen,
+            };
+            batch.insert(e.id.as_bytes(), &encode_loc(&loc)[..]);
+        }
+        self.chunks.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn layer(&self, diff_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .layers
+            .get(diff_id.as_bytes())
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn put_layer(&self, diff_id: &str, record: &[u8]) -> Result<()> {
+        self.layers
+            .insert(diff_id.as_bytes(), record)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn remove_layer(&self, diff_id: &str) -> Result<()> {
+        self.layers
+            .remove(diff_id.as_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loc_round_trip() {
+        let loc = ChunkLoc {
+            pack: BlobDigest::of(b"p"),
+            offset: u64::MAX - 1,
+            clen: 7,
+            rlen: 9,
+        };
+        assert_eq!(decode_loc(&encode_loc(&loc)), Some(loc));
+        assert_eq!(decode_loc(&[0; 47]), None);
+    }
+}

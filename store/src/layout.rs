@@ -1,0 +1,498 @@
+//! The store root: an OCI image layout plus puzzle's own files.
+//!
+//! ```text
+//! STORE/oci-layout          {"imageLayoutVersion":"1.0.0"}
+//! STORE/index.json          one manifest per image, tag in org.opencontainers.image.ref.name
+//! STORE/blobs/sha256/<hex>  packs, metadata blobs, configs, manifests
+//! STORE/puzzle.json         format version, chunker and compression parameters
+//! STORE/index/              the sled database (a cache, rebuildable)
+//! STORE/tmp/                in-progress writes
+//! STORE/lock                advisory lock taken by writers
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use puzzle_chunker::ChunkParams;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{BlobDigest, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME};
+
+/// Version of the on-disk format (packs, metadata blobs, manifests). See docs/FORMAT.md.
+pub const FORMAT_VERSION: u32 = 1;
+/// Default zstd level for chunk frames.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Largest JSON document (index.json, manifest, config) read from the store.
+pub const MAX_JSON: u64 = 16 << 20;
+
+/// `puzzle.json`: what a store's bytes mean. A store refuses other parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub format_version: u32,
+    pub chunker: ChunkerConfig,
+    pub compression: CompressionConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerConfig {
+    pub algorithm: String,
+    pub fastcdc_crate: String,
+    pub params: ChunkParams,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    pub algorithm: String,
+    pub level: i32,
+}
+
+impl StoreConfig {
+    pub fn new(params: ChunkParams, zstd_level: i32) -> Self {
+        StoreConfig {
+            format_version: FORMAT_VERSION,
+            chunker: ChunkerConfig {
+                algorithm: puzzle_chunker::ALGORITHM.to_string(),
+                fastcdc_crate: puzzle_chunker::FASTCDC_VERSION.to_string(),
+                params,
+            },
+            compression: CompressionConfig {
+                algorithm: "zstd".to_string(),
+                level: zstd_level,
+            },
+        }
+    }
+
+    pub fn params(&self) -> ChunkParams {
+        self.chunker.params
+    }
+
+    /// One-line description used in messages and manifest annotations.
+    pub fn chunker_label(&self) -> String {
+        let p = self.chunker.params;
+        format!(
+            "{} {} {}/{}/{}",
+            self.chunker.algorithm,
+            self.chunker.fastcdc_crate,
+            p.min(),
+            p.avg(),
+            p.max()
+        )
+    }
+}
+
+/// One tagged image in `index.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    pub name: String,
+    pub manifest: Descriptor,
+}
+
+/// An opened store root.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    config: StoreConfig,
+}
+
+/// Holds the store's writer lock until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens an existing store.
+    pub fn open(root: &Path) -> Result<Store> {
+        let cfg_path = root.join("puzzle.json");
+        let bytes = match fs::read(&cfg_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore(root.to_path_buf()))
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: cfg_path,
+                    source: e,
+                })
+            }
+        };
+        let config: StoreConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: cfg_path.display().to_string(),
+            source,
+        })?;
+        if config.format_version != FORMAT_VERSION {
+            return Err(Error::BadStore {
+                path: root.to_path_buf(),
+                msg: format!(
+                    "format version {} is not supported (this puzzle reads version {FORMAT_VERSION})",
+                    config.format_version
+                ),
+            });
+        }
+        if config.chunker.algorithm != puzzle_chunker::ALGORITHM
+            || config.chunker.fastcdc_crate != puzzle_chunker::FASTCDC_VERSION
+        {
+            return Err(Error::BadStore {
+                path: root.to_path_buf(),
+                msg: format!(
+                    "chunker {} {} differs from this build's {} {}",
+                    config.chunker.algorithm,
+                    config.chunker.fastcdc_crate,
+                    puzzle_chunker::ALGORITHM,
+                    puzzle_chunker::FASTCDC_VERSION
+                ),
+            });
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Opens a store, creating it with `config` if it does not exist. An existing
+    /// store must have been created with the same chunk parameters.
+    pub fn open_or_create(root: &Path, config: &StoreConfig) -> Result<Store> {
+        if !root.join("puzzle.json").exists() {
+            fs::create_dir_all(root).at(root)?;
+            // Creation races are settled by the lock; the loser sees puzzle.json.
+            let lock = lock_file(root, true)?;
+            if !root.join("puzzle.json").exists() {
+                init_layout(root, config)?;
+            }
+            drop(lock);
+        }
+        let store = Store::open(root)?;
+        if store.config.chunker.params != config.chunker.params
+            || store.config.compression != config.compression
+        {
+            return Err(Error::ParamsMismatch {
+                stored: format!(
+                    "{} zstd-{}",
+                    store.config.chunker_label(),
+                    store.config.compression.level
+                ),
+                requested: format!(
+                    "{} zstd-{}",
+                    config.chunker_label(),
+                    config.compression.level
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+
+    pub fn blob_path(&self, d: &BlobDigest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &BlobDigest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Takes the writer lock, waiting for other writers.
+    pub fn lock(&self) -> Result<StoreLock> {
+        Ok(StoreLock {
+            _file: lock_file(&self.root, true)?,
+        })
+    }
+
+    /// Reads a whole blob, refusing blobs over `max` bytes, and checks its digest.
+    pub fn read_blob(&self, d: &BlobDigest, max: u64) -> Result<Vec<u8>> {
+        let path = self.blob_path(d);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::BlobMissing {
+                    digest: d.to_string(),
+                })
+            }
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+        let len = f.metadata().at(&path)?.len();
+        if len > max {
+            return Err(Error::CorruptBlob {
+                digest: d.to_string(),
+                why: format!("{len} bytes is over the {max}-byte limit for this kind of blob"),
+            });
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf).at(&path)?;
+        let actual = BlobDigest::of(&buf);
+        if actual != *d {
+            return Err(Error::CorruptBlob {
+                digest: d.to_string(),
+                why: format!("content hashes to {actual}"),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Writes a blob durably (temp file, fsync, rename, fsync dir) and returns its digest.
+    /// A blob that already exists is not written again.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<BlobDigest> {
+        let d = BlobDigest::of(bytes);
+        if self.has_blob(&d) {
+            return Ok(d);
+        }
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(bytes).at(tmp.path())?;
+        self.persist_blob(tmp, &d)?;
+        Ok(d)
+    }
+
+    /// A new temp file in `tmp/`, removed if dropped before [`Store::persist_blob`].
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        let dir = self.tmp_dir();
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&dir)
+            .at(&dir)
+    }
+
+    /// Makes a finished temp file the blob `d`: fsync, rename into `blobs/`, fsync the directory.
+    pub fn persist_blob(&self, tmp: tempfile::NamedTempFile, d: &BlobDigest) -> Result<()> {
+        tmp.as_file().sync_all().at(tmp.path())?;
+        let dest = self.blob_path(d);
+        tmp.persist(&dest).map_err(|e| Error::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        sync_dir(&self.root.join("blobs/sha256"))
+    }
+
+    /// Streams `src` into a new blob, hashing as it goes.
+    pub fn write_blob_from(&self, src: &mut dyn Read) -> Result<(BlobDigest, u64)> {
+        let tmp = self.temp_file()?;
+        let mut w = HashingWriter::new(tmp);
+        std::io::copy(src, &mut w).map_err(|source| Error::Io {
+            path: self.tmp_dir(),
+            source,
+        })?;
+        let (tmp, d, n) = w.finish();
+        if self.has_blob(&d) {
+            return Ok((d, n));
+        }
+        self.persist_blob(tmp, &d)?;
+        Ok((d, n))
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).at(&path)?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(index).expect("index serializes");
+        bytes.push(b'\n');
+        write_file_atomic(&self.root, "index.json", &bytes, &self.tmp_dir())
+    }
+
+    /// Every tagged image, sorted by name.
+    pub fn images(&self) -> Result<Vec<ImageRef>> {
+        let index = self.read_index()?;
+        let mut out: Vec<ImageRef> = index
+            .manifests
+            .into_iter()
+            .filter_map(|d| {
+                let name = d.annotations.get(ANNOTATION_REF_NAME)?.clone();
+                Some(ImageRef { name, manifest: d })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The manifest descriptor tagged `name`.
+    pub fn resolve(&self, name: &str) -> Result<ImageRef> {
+        self.images()?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| Error::ImageNotFound(name.to_string()))
+    }
+
+    /// Points tag `name` at `manifest` (replacing any previous image of that name).
+    /// The caller holds the writer lock and has made the manifest blob durable.
+    pub fn set_tag(&self, name: &str, manifest: &Descriptor) -> Result<()> {
+        check_name(name)?;
+        let mut index = self.read_index()?;
+        index
+            .manifests
+            .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
+        let mut d = manifest.clone();
+        d.annotations
+            .insert(ANNOTATION_REF_NAME.to_string(), name.to_string());
+        index.manifests.push(d);
+        index.manifests.sort_by(|a, b| {
+            a.annotations
+                .get(ANNOTATION_REF_NAME)
+                .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
+        });
+        self.write_index(&index)
+    }
+
+    /// Removes tag `name`. Blobs stay until `gc`.
+    pub fn remove_tag(&self, name: &str) -> Result<ImageRef> {
+        let r = self.resolve(name)?;
+        let mut index = self.read_index()?;
+        index
+            .manifests
+            .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(name));
+        self.write_index(&index)?;
+        Ok(r)
+    }
+}
+
+/// Image names follow the OCI ref.name grammar loosely: printable, no spaces, at most 255 bytes.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:@/+".contains(&b))
+    {
+        return bad("only letters, digits and - . _ : @ / + are allowed");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    Ok(())
+}
+
+fn init_layout(root: &Path, config: &StoreConfig) -> Result<()> {
+    for d in ["blobs/sha256", "tmp", "index"] {
+        fs::create_dir_all(root.join(d)).at(root.join(d))?;
+    }
+    let tmp = root.join("tmp");
+    write_file_atomic(
+        root,
+        "oci-layout",
+        b"{\"imageLayoutVersion\":\"1.0.0\"}\n",
+        &tmp,
+    )?;
+    let index = Index::default();
+    let mut bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
+    bytes.push(b'\n');
+    write_file_atomic(root, "index.json", &bytes, &tmp)?;
+    // puzzle.json last: its presence marks a complete store.
+    let mut cfg = serde_json::to_vec_pretty(config).expect("config serializes");
+    cfg.push(b'\n');
+    write_file_atomic(root, "puzzle.json", &cfg, &tmp)
+}
+
+fn lock_file(root: &Path, exclusive: bool) -> Result<File> {
+    let path = root.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    if exclusive { f.lock() } else { f.lock_shared() }.at(&path)?;
+    Ok(f)
+}
+
+/// Writes `root/name` atomically: temp file in `tmp`, fsync, rename, fsync `root`.
+pub(crate) fn write_file_atomic(root: &Path, name: &str, bytes: &[u8], tmp: &Path) -> Result<()> {
+    let mut f = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(tmp)
+        .at(tmp)?;
+    f.write_all(bytes).at(f.path())?;
+    f.as_file().sync_all().at(f.path())?;
+    let dest = root.join(name);
+    f.persist(&dest).map_err(|e| Error::Io {
+        path: dest.clone(),
+        source: e.error,
+    })?;
+    sync_dir(root)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+/// Annotations sorted by key, so manifests serialize deterministically.
+pub type Annotations = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MEDIA_TYPE_MANIFEST;
+
+    #[test]
+    fn names() {
+        for ok in ["debian:bookworm", "app:1", "r/x@1.2+b", "a"] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", " x", "a b", "-a", "x\n", &"a".repeat(256)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_open_tag_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        assert!(matches!(Store::open(&root), Err(Error::NotAStore(_))));
+        let cfg = StoreConfig::new(ChunkParams::default(), 3);
+        let s = Store::open_or_create(&root, &cfg).unwrap();
+        let d = s.write_blob(b"{}").unwrap();
+        assert_eq!(s.read_blob(&d, 10).unwrap(), b"{}");
+        let desc = Descriptor::new(MEDIA_TYPE_MANIFEST, d, 2);
+        s.set_tag("b:1", &desc).unwrap();
+        s.set_tag("a:1", &desc).unwrap();
+        s.set_tag("b:1", &desc).unwrap();
+        let names: Vec<_> = s.images().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a:1", "b:1"]);
+        s.remove_tag("a:1").unwrap();
+        assert!(matches!(s.resolve("a:1"), Err(Error::ImageNotFound(_))));
+        let other = StoreConfig::new(ChunkParams::new(4096, 16384, 65536).unwrap(), 3);
+        assert!(matches!(
+            Store::open_or_create(&root, &other),
+            Err(Error::ParamsMismatch { .. })
+        ));
+        // A corrupted blob is caught on read.
+        fs::write(s.blob_path(&d), b"{ }").unwrap();
+        assert!(matches!(
+            s.read_blob(&d, 10),
+            Err(Error::CorruptBlob { .. })
+        ));
+    }
+}

@@ -1,0 +1,29 @@
+//! puzzle's content-addressed chunk store.
+//!
+//! - [`layout::Store`]: the store root, an OCI image layout (`index.json`,
+//!   `blobs/sha256/`) plus `puzzle.json`, `index/` and `tmp/`.
+//! - [`pack`]: packs of independent zstd chunk frames with a trailing index.
+//! - [`index::ChunkIndex`]: the sled cache of chunk locations and converted layers.
+//! - [`tree`]: converted layers ([`tree::Layer`]) and flattening into a [`tree::Tree`].
+//! - [`meta`]: the image metadata blob, written from a tree and read in place.
+//! - [`writer::ChunkWriter`]: stores new chunks, compressing on worker threads.
+//! - [`image`]: committing an image (metadata, manifest, tag) and opening one.
+//! - [`extract`]: writing an image's tree to a directory.
+//!
+//! The byte formats are specified in `docs/FORMAT.md`.
+
+pub mod digest;
+pub mod error;
+pub mod extract;
+pub mod image;
+pub mod index;
+pub mod layout;
+pub mod manifest;
+pub mod meta;
+pub mod pack;
+pub mod tree;
+pub mod writer;
+
+pub use digest::BlobDigest;
+pub use error::{Error, Result};
+pub use layout::{Store, StoreConfig};

@@ -1,0 +1,101 @@
+//! The OCI JSON puzzle writes: descriptors, image manifests and the store's
+//! `index.json`. Our own structs (not oci-spec's) because annotations must
+//! serialize in a fixed order for manifests to be deterministic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::BlobDigest;
+
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// The image metadata blob (docs/FORMAT.md, "Metadata blob").
+pub const MEDIA_TYPE_METADATA: &str = "application/vnd.puzzle.metadata.v1";
+/// A pack of zstd chunk frames (docs/FORMAT.md, "Pack").
+pub const MEDIA_TYPE_PACK: &str = "application/vnd.puzzle.pack.v1";
+
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const ANNOTATION_FORMAT: &str = "dev.puzzle.format.version";
+pub const ANNOTATION_CHUNKER: &str = "dev.puzzle.chunker";
+pub const ANNOTATION_COMPRESSION: &str = "dev.puzzle.compression";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: BlobDigest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: &str, digest: BlobDigest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// A puzzle image manifest: `config` is the original image config; `layers`
+/// holds the metadata blob first, then every pack the image references.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The metadata blob's descriptor, checked to be one.
+    pub fn metadata(&self) -> Option<&Descriptor> {
+        self.layers
+            .first()
+            .filter(|d| d.media_type == MEDIA_TYPE_METADATA)
+    }
+
+    pub fn packs(&self) -> impl Iterator<Item = &Descriptor> {
+        self.layers
+            .iter()
+            .filter(|d| d.media_type == MEDIA_TYPE_PACK)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("manifest serializes")
+    }
+}
+
+/// `index.json` of the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default = "index_media_type")]
+    pub media_type: String,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+}
+
+fn index_media_type() -> String {
+    MEDIA_TYPE_INDEX.to_string()
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            schema_version: 2,
+            media_type: index_media_type(),
+            manifests: Vec::new(),
+        }
+    }
+}

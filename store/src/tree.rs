@@ -1,0 +1,594 @@
+//! The layer model and flattening.
+//!
+//! A [`Layer`] is one converted OCI layer: its entries sorted by path, file
+//! contents as chunk extents, whiteouts and opaque markers explicit. A
+//! [`Tree`] is the flattened image: [`Tree::apply`] applies layers in order
+//! with OCI semantics (whiteouts and opaque markers hide lower layers only;
+//! hard links may point into lower layers; nothing is ever reached through a
+//! symlink).
+
+use std::collections::BTreeMap;
+
+use puzzle_chunker::ChunkId;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{show_path, Error, Result};
+
+/// Ownership, permissions, times and xattrs of an entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Permission bits including setuid/setgid/sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Sorted by name, names unique.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A byte range of a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub chunk: ChunkId,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// What an entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Node {
+    File { size: u64, extents: Vec<Extent> },
+    Dir,
+    Symlink(Vec<u8>),
+    CharDev { major: u32, minor: u32 },
+    BlockDev { major: u32, minor: u32 },
+    Fifo,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Node::Dir)
+    }
+}
+
+/// One entry of a converted layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerEntry {
+    /// A new or replaced entry at `path`.
+    Node {
+        path: Vec<u8>,
+        node: Node,
+        meta: Meta,
+    },
+    /// A hard link at `path` to the entry at `target` (this or a lower layer).
+    HardLink { path: Vec<u8>, target: Vec<u8> },
+}
+
+impl LayerEntry {
+    pub fn path(&self) -> &[u8] {
+        match self {
+            LayerEntry::Node { path, .. } | LayerEntry::HardLink { path, .. } => path,
+        }
+    }
+}
+
+/// A converted layer. Paths are normalized (see [`normalize_path`]); the
+/// root directory is the empty path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Sorted by path, one entry per path.
+    pub entries: Vec<LayerEntry>,
+    /// Paths hidden by `.wh.NAME` files, sorted.
+    pub whiteouts: Vec<Vec<u8>>,
+    /// Directories whose lower contents `.wh..wh..opq` hides, sorted.
+    pub opaques: Vec<Vec<u8>>,
+}
+
+const LAYER_RECORD_VERSION: u8 = 1;
+
+impl Layer {
+    /// Serialized form kept in the index's layer cache.
+    pub fn to_record(&self) -> Vec<u8> {
+        let mut out = vec![LAYER_RECORD_VERSION];
+        postcard::to_io(self, &mut out).expect("layer serializes");
+        out
+    }
+
+    pub fn from_record(bytes: &[u8]) -> Result<Layer> {
+        let bad = |why: String| Error::Corrupt {
+            what: "layer record".into(),
+            why,
+        };
+        match bytes.split_first() {
+            Some((&LAYER_RECORD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))
+            }
+            Some((v, _)) => Err(bad(format!("unknown version {v}"))),
+            None => Err(bad("empty".into())),
+        }
+    }
+
+    /// Every chunk the layer's files use.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.entries
+            .iter()
+            .flat_map(|e| match e {
+                LayerEntry::Node {
+                    node: Node::File { extents, .. },
+                    ..
+                } => extents.as_slice(),
+                _ => &[],
+            })
+            .map(|x| &x.chunk)
+    }
+}
+
+/// Normalizes a tar path: strips `./` and trailing `/`, folds `//` and `.`.
+/// Refuses absolute paths and `..` components. The root is `""`.
+pub fn normalize_path(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    if raw.contains(&0) {
+        return Err("NUL byte in path");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => continue,
+            b".." => return Err("path contains '..'"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a normalized path into its parent and last component.
+pub fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// An inode of the flattened tree.
+#[derive(Clone, Debug)]
+pub struct Inode {
+    pub kind: InodeKind,
+    pub meta: Meta,
+}
+
+#[derive(Clone, Debug)]
+pub enum InodeKind {
+    File { size: u64, extents: Vec<Extent> },
+    Dir(BTreeMap<Vec<u8>, usize>),
+    Symlink(Vec<u8>),
+    CharDev { major: u32, minor: u32 },
+    BlockDev { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// The flattened image: an arena of inodes, the root at index 0. Several
+/// directory entries may name one inode (hard links). Unreachable inodes are
+/// dropped when the tree is encoded.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    pub inodes: Vec<Inode>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
+
+/// Metadata of directories a layer implies but does not list.
+fn implicit_dir_meta() -> Meta {
+    Meta {
+        mode: 0o755,
+        ..Meta::default()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        Tree {
+            inodes: vec![Inode {
+                kind: InodeKind::Dir(BTreeMap::new()),
+                meta: implicit_dir_meta(),
+            }],
+        }
+    }
+
+    pub const ROOT: usize = 0;
+
+    fn children(&self, ino: usize) -> Option<&BTreeMap<Vec<u8>, usize>> {
+        match &self.inodes[ino].kind {
+            InodeKind::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn children_mut(&mut self, ino: usize) -> Option<&mut BTreeMap<Vec<u8>, usize>> {
+        match &mut self.inodes[ino].kind {
+            InodeKind::Dir(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Looks up a normalized path without following symlinks.
+    pub fn lookup(&self, path: &[u8]) -> Option<usize> {
+        let mut ino = Self::ROOT;
+        if path.is_empty() {
+            return Some(ino);
+        }
+        for comp in path.split(|&b| b == b'/') {
+            ino = *self.children(ino)?.get(comp)?;
+        }
+        Some(ino)
+    }
+
+    /// The directory that will hold `path`, creating missing directories.
+    /// A parent that is a symlink or not a directory is an error: nothing is
+    /// ever written through a symlink.
+    fn parent_dir(&mut self, path: &[u8]) -> Result<usize> {
+        let (parent, _) = split_parent(path);
+        let mut ino = Self::ROOT;
+        if parent.is_empty() {
+            return Ok(ino);
+        }
+        let mut walked = 0usize;
+        for comp in parent.split(|&b| b == b'/') {
+            walked += comp.len() + usize::from(walked > 0);
+            let next = self
+                .children(ino)
+                .expect("walk stays in dirs")
+                .get(comp)
+                .copied();
+            ino = match next {
+                Some(child) => match &self.inodes[child].kind {
+                    InodeKind::Dir(_) => child,
+                    InodeKind::Symlink(_) => {
+                        return Err(bad_entry(
+                            path,
+                            format!("parent {} is a symlink", show_path(&parent[..walked])),
+                        ))
+                    }
+                    _ => {
+                        return Err(bad_entry(
+                            path,
+                            format!("parent {} is not a directory", show_path(&parent[..walked])),
+                        ))
+                    }
+                },
+                None => {
+                    let new = self.push(InodeKind::Dir(BTreeMap::new()), implicit_dir_meta());
+                    self.children_mut(ino)
+                        .expect("walk stays in dirs")
+                        .insert(comp.to_vec(), new);
+                    new
+                }
+            };
+        }
+        Ok(ino)
+    }
+
+    fn push(&mut self, kind: InodeKind, meta: Meta) -> usize {
+        self.inodes.push(Inode { kind, meta });
+        self.inodes.len() - 1
+    }
+
+    /// Applies one layer on top of the tree.
+    pub fn apply(&mut self, layer: &Layer) -> Result<()> {
+        // Whiteouts and opaque markers hide what lower layers put there.
+        for w in &layer.whiteouts {
+            let (parent, name) = split_parent(w);
+            if let Some(dir) = self.lookup(parent) {
+                if let Some(children) = self.children_mut(dir) {
+                    children.remove(name);
+                }
+            }
+        }
+        for o in &layer.opaques {
+            if let Some(dir) = self.lookup(o) {
+                if let Some(children) = self.children_mut(dir) {
+                    children.clear();
+                }
+            }
+        }
+        // Sorted paths put every parent before its children.
+        for e in &layer.entries {
+            if let LayerEntry::Node { path, node, meta } = e {
+                self.put(path, node, meta)?;
+            }
+        }
+        // Hard links last: their targets may sort after them.
+        for e in &layer.entries {
+            if let LayerEntry::HardLink { path, target } = e {
+                self.link(path, target)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, path: &[u8], node: &Node, meta: &Meta) -> Result<()> {
+        if path.is_empty() {
+            if !node.is_dir() {
+                return Err(bad_entry(path, "the root must be a directory".into()));
+            }
+            self.inodes[Self::ROOT].meta = meta.clone();
+            return Ok(());
+        }
+        let dir = self.parent_dir(path)?;
+        let (_, name) = split_parent(path);
+        let existing = self.children(dir).and_then(|c| c.get(name).copied());
+        if let (Some(old), Node::Dir) = (existing, node) {
+            if let InodeKind::Dir(_) = self.inodes[old].kind {
+                // A directory over a directory merges: only metadata changes.
+                self.inodes[old].meta = meta.clone();
+                return Ok(());
+            }
+        }
+        let kind = match node {
+            Node::File { size, extents } => InodeKind::File {
+                size: *size,
+                extents: extents.clone(),
+            },
+            Node::Dir => InodeKind::Dir(BTreeMap::new()),
+            Node::Symlink(t) => InodeKind::Symlink(t.clone()),
+            Node::CharDev { major, minor } => InodeKind::CharDev {
+                major: *major,
+                minor: *minor,
+            },
+            Node::BlockDev { major, minor } => InodeKind::BlockDev {
+                major: *major,
+                minor: *minor,
+            },
+            Node::Fifo => InodeKind::Fifo,
+        };
+        let new = self.push(kind, meta.clone());
+        self.children_mut(dir)
+            .expect("parent is a dir")
+            .insert(name.to_vec(), new);
+        Ok(())
+    }
+
+    fn link(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        if path.is_empty() {
+            return Err(bad_entry(path, "the root cannot be a hard link".into()));
+        }
+        let t = self.lookup(target).ok_or_else(|| {
+            bad_entry(
+                path,
+                format!("hard link target {} does not exist", show_path(target)),
+            )
+        })?;
+        if matches!(self.inodes[t].kind, InodeKind::Dir(_)) {
+            return Err(bad_entry(
+                path,
+                format!("hard link target {} is a directory", show_path(target)),
+            ));
+        }
+        let dir = self.parent_dir(path)?;
+        let (_, name) = split_parent(path);
+        self.children_mut(dir)
+            .expect("parent is a dir")
+            .insert(name.to_vec(), t);
+        Ok(())
+    }
+
+    /// Reachable inodes in breadth-first order of sorted names, each once:
+    /// the order inode numbers are assigned in (root first).
+    pub fn order(&self) -> Vec<usize> {
+        let mut seen = vec![false; self.inodes.len()];
+        let mut order = vec![Self::ROOT];
+        seen[Self::ROOT] = true;
+        let mut i = 0;
+        while i < order.len() {
+            if let Some(children) = self.children(order[i]) {
+                for &c in children.values() {
+                    if !seen[c] {
+                        seen[c] = true;
+                        order.push(c);
+                    }
+                }
+            }
+            i += 1;
+        }
+        order
+    }
+}
+
+fn bad_entry(path: &[u8], why: String) -> Error {
+    Error::BadEntry {
+        path: show_path(path),
+        why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> LayerEntry {
+        LayerEntry::Node {
+            path: path.into(),
+            node: Node::File {
+                size,
+                extents: vec![],
+            },
+            meta: Meta::default(),
+        }
+    }
+    fn dir(path: &str, mode: u32) -> LayerEntry {
+        LayerEntry::Node {
+            path: path.into(),
+            node: Node::Dir,
+            meta: Meta {
+                mode,
+                ..Meta::default()
+            },
+        }
+    }
+    fn symlink(path: &str, target: &str) -> LayerEntry {
+        LayerEntry::Node {
+            path: path.into(),
+            node: Node::Symlink(target.into()),
+            meta: Meta::default(),
+        }
+    }
+    fn layer(mut entries: Vec<LayerEntry>, wh: &[&str], opq: &[&str]) -> Layer {
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        Layer {
+            entries,
+            whiteouts: wh.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            opaques: opq.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        }
+    }
+    fn size(t: &Tree, p: &str) -> Option<u64> {
+        match &t.inodes[t.lookup(p.as_bytes())?].kind {
+            InodeKind::File { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn normalize() {
+        assert_eq!(normalize_path(b"./a//b/./c/").unwrap(), b"a/b/c");
+        assert_eq!(normalize_path(b"./").unwrap(), b"");
+        assert_eq!(normalize_path(b".").unwrap(), b"");
+        assert!(normalize_path(b"/etc/passwd").is_err());
+        assert!(normalize_path(b"a/../../b").is_err());
+        assert!(normalize_path(b"..").is_err());
+        assert_eq!(normalize_path(b"a/..b").unwrap(), b"a/..b");
+    }
+
+    #[test]
+    fn whiteouts_opaques_and_replacement() {
+        let mut t = Tree::new();
+        t.apply(&layer(
+            vec![
+                dir("d", 0o755),
+                file("d/x", 1),
+                file("d/y", 2),
+                dir("o", 0o700),
+                file("o/old", 3),
+                file("f", 4),
+                dir("g", 0o755),
+                file("g/inner", 5),
+            ],
+            &[],
+            &[],
+        ))
+        .unwrap();
+        t.apply(&layer(
+            vec![
+                file("o/new", 6),
+                file("d/y", 7),
+                dir("f", 0o711),
+                file("f/z", 8),
+                file("g", 9),
+            ],
+            &["d/x"],
+            &["o"],
+        ))
+        .unwrap();
+        assert_eq!(size(&t, "d/x"), None);
+        assert_eq!(size(&t, "d/y"), Some(7));
+        assert_eq!(size(&t, "o/old"), None, "opaque hides lower children");
+        assert_eq!(
+            size(&t, "o/new"),
+            Some(6),
+            "opaque keeps same-layer children"
+        );
+        assert_eq!(t.inodes[t.lookup(b"o").unwrap()].meta.mode, 0o700);
+        assert_eq!(size(&t, "f/z"), Some(8), "file replaced by dir");
+        assert_eq!(size(&t, "g"), Some(9), "dir replaced by file");
+        assert_eq!(t.lookup(b"g/inner"), None);
+        // Whiteout of a whole directory.
+        t.apply(&layer(vec![], &["f"], &[])).unwrap();
+        assert_eq!(t.lookup(b"f"), None);
+        assert_eq!(t.lookup(b"f/z"), None);
+        // A whiteout of something absent is harmless.
+        t.apply(&layer(vec![], &["nope/x"], &[])).unwrap();
+    }
+
+    #[test]
+    fn hard_links_across_layers() {
+        let mut t = Tree::new();
+        t.apply(&layer(vec![file("a", 5)], &[], &[])).unwrap();
+        t.apply(&layer(
+            vec![LayerEntry::HardLink {
+                path: b"b/link".to_vec(),
+                target: b"a".to_vec(),
+            }],
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(t.lookup(b"a"), t.lookup(b"b/link"));
+        // Removing one name keeps the other.
+        t.apply(&layer(vec![], &["a"], &[])).unwrap();
+        assert_eq!(size(&t, "b/link"), Some(5));
+        let err = Tree::new()
+            .apply(&layer(
+                vec![LayerEntry::HardLink {
+                    path: b"x".to_vec(),
+                    target: b"missing".to_vec(),
+                }],
+                &[],
+                &[],
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink() {
+        let mut t = Tree::new();
+        let err = t
+            .apply(&layer(
+                vec![symlink("l", "/etc"), file("l/passwd", 1)],
+                &[],
+                &[],
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        let mut t = Tree::new();
+        t.apply(&layer(vec![symlink("l", "..")], &[], &[])).unwrap();
+        assert!(t.apply(&layer(vec![file("l/x", 1)], &[], &[])).is_err());
+        let mut t = Tree::new();
+        t.apply(&layer(vec![file("f", 1)], &[], &[])).unwrap();
+        assert!(t.apply(&layer(vec![file("f/x", 1)], &[], &[])).is_err());
+    }
+
+    #[test]
+    fn implicit_parents_and_order() {
+        let mut t = Tree::new();
+        t.apply(&layer(vec![file("a/b/c", 1), file("z", 1)], &[], &[]))
+            .unwrap();
+        let a = t.lookup(b"a").unwrap();
+        assert_eq!(t.inodes[a].meta.mode, 0o755);
+        let order = t.order();
+        assert_eq!(order[0], Tree::ROOT);
+        assert_eq!(order.len(), 5);
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let l = layer(
+            vec![file("a", 3), symlink("s", "a"), dir("d", 0o1777)],
+            &["w"],
+            &["d"],
+        );
+        assert_eq!(Layer::from_record(&l.to_record()).unwrap(), l);
+        assert!(Layer::from_record(&[9, 1, 2]).is_err());
+        assert!(Layer::from_record(&[]).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! Storing new chunks: dedup against the index, zstd on worker threads,
+//! frames appended to packs in submission order (so packs are deterministic).
+
+use std::collections::{BTreeMap, HashSet};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use puzzle_chunker::ChunkId;
+
+use crate::error::{Error, Result};
+use crate::index::ChunkIndex;
+use crate::layout::Store;
+use crate::pack::{PackInfo, PackWriter, DEFAULT_PACK_TARGET};
+
+/// Byte counts of what a writer saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
+}
+
+/// What a finished writer made durable.
+#[derive(Clone, Debug, Default)]
+pub struct Written {
+    /// Finished packs, in blobs/ but not yet in the index.
+    pub packs: Vec<PackInfo>,
+    /// Bytes of compressed frames written.
+    pub stored_bytes: u64,
+}
+
+struct Job {
+    seq: u64,
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct Frame {
+    seq: u64,
+    id: ChunkId,
+    frame: Result<Vec<u8>>,
+    rlen: u32,
+}
+
+/// Accepts chunks in order; stores those not yet in the store.
+pub struct ChunkWriter<'a> {
+    index: &'a ChunkIndex,
+    pending: HashSet<ChunkId>,
+    jobs: Option<Sender<Job>>,
+    compressors: Vec<JoinHandle<()>>,
+    packer: Option<JoinHandle<Result<Written>>>,
+    seq: u64,
+    stats: WriteStats,
+}
+
+impl<'a> ChunkWriter<'a> {
+    /// Starts `threads` compressors (at least one) and the pack writer.
+    pub fn new(store: &Store, index: &'a ChunkIndex, threads: usize) -> ChunkWriter<'a> {
+        let threads = threads.max(1);
+        let level = store.config().compression.level;
+        let (job_tx, job_rx) = bounded::<Job>(threads * 4);
+        let (frame_tx, frame_rx) = bounded::<Frame>(threads * 4);
+        let compressors = (0..threads)
+            .map(|_| {
+                let rx = job_rx.clone();
+                let tx = frame_tx.clone();
+                std::thread::spawn(move || compress_loop(rx, tx, level))
+            })
+            .collect();
+        drop(frame_tx);
+        let store = store.clone();
+        let packer = std::thread::spawn(move || pack_loop(&store, frame_rx));
+        ChunkWriter {
+            index,
+            pending: HashSet::new(),
+            jobs: Some(job_tx),
+            compressors,
+            packer: Some(packer),
+            seq: 0,
+            stats: WriteStats::default(),
+        }
+    }
+
+    /// Stores `data` (whose BLAKE3 id is `id`) unless the store or this
+    /// writer already has it. Returns whether it was new.
+    pub fn put(&mut self, id: ChunkId, data: Vec<u8>) -> Result<bool> {
+        let len = data.len() as u64;
+        if self.pending.contains(&id) || self.index.has(&id)? {
+            self.stats.reused_chunks += 1;
+            self.stats.reused_bytes += len;
+            return Ok(false);
+        }
+        self.pending.insert(id);
+        self.stats.new_chunks += 1;
+        self.stats.new_bytes += len;
+        let job = Job {
+            seq: self.seq,
+            id,
+            data,
+        };
+        self.seq += 1;
+        let sent = self.jobs.as_ref().map(|tx| tx.send(job).is_ok());
+        if sent != Some(true) {
+            // The pack writer stopped early; finish() reports why.
+            return self.finish_err();
+        }
+        Ok(true)
+    }
+
+    fn finish_err(&mut self) -> Result<bool> {
+        self.jobs = None;
+        for c in self.compressors.drain(..) {
+            let _ = c.join();
+        }
+        match self.packer.take().map(|p| p.join()) {
+            Some(Ok(Err(e))) => Err(e),
+            _ => Err(Error::Corrupt {
+                what: "chunk writer".into(),
+                why: "pack writer stopped".into(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// Waits for every chunk to be written.
+    pub fn finish(mut self) -> Result<Written> {
+        self.jobs = None;
+        for c in self.compressors.drain(..) {
+            c.join().expect("compressor thread panicked");
+        }
+        match self.packer.take() {
+            Some(p) => p.join().expect("pack writer thread panicked"),
+            None => Ok(Written::default()),
+        }
+    }
+}
+
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for c in self.compressors.drain(..) {
+            let _ = c.join();
+        }
+        if let Some(p) = self.packer.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+fn compress_loop(rx: Receiver<Job>, tx: Sender<Frame>, level: i32) {
+    let mut cx = zstd::bulk::Compressor::new(level).ok();
+    for job in rx {
+        let frame = match cx.as_mut() {
+            Some(cx) => cx.compress(&job.data),
+            None => zstd::bulk::compress(&job.data, level),
+        }
+        .map_err(|source| Error::Io {
+            path: "zstd".into(),
+            source,
+        });
+        let out = Frame {
+            seq: job.seq,
+            id: job.id,
+            frame,
+            rlen: job.data.len() as u32,
+        };
+        if tx.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+fn pack_loop(store: &Store, rx: Receiver<Frame>) -> Result<Written> {
+    let mut packs = Vec::new();
+    let mut current: Option<PackWriter> = None;
+    let mut waiting: BTreeMap<u64, Frame> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut written = 0u64;
+    let mut failure: Option<Error> = None;
+    for f in rx {
+        if failure.is_some() {
+            continue; // drain so senders never block
+        }
+        waiting.insert(f.seq, f);
+        while let Some(f) = waiting.remove(&next) {
+            next += 1;
+            let step = (|| -> Result<()> {
+                let frame = f.frame?;
+                if current.is_none() {
+                    current = Some(PackWriter::new(store)?);
+                }
+                let w = current.as_mut().expect("just set");
+                w.append(f.id, &frame, f.rlen)?;
+                written += frame.len() as u64;
+                if w.frames_len() >= DEFAULT_PACK_TARGET {
+                    packs.push(current.take().expect("open").finish(store)?);
+                }
+                Ok(())
+            })();
+            if let Err(e) = step {
+                failure = Some(e);
+                waiting.clear();
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(w) = current.filter(|w| !w.is_empty()) {
+        packs.push(w.finish(store)?);
+    }
+    Ok(Written {
+        packs,
+        stored_bytes: written,
+    })
+}
