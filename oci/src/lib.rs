@@ -1,0 +1,16 @@
+//! OCI sources for puzzle and layer conversion.
+//!
+//! - [`source`]: opening an image from an OCI layout directory, an OCI archive
+//!   or a `docker save` archive ([`source::open`]), picking the platform, and
+//!   reading layers as verified, decompressed tar streams ([`source::LayerReader`]).
+//! - [`layer`]: converting a layer tar into a [`puzzle_store::tree::Layer`]:
+//!   metadata apart, file contents chunked in sorted-path order.
+//!
+//! Everything read from outside is checked against its digest while it
+//! streams; errors name the file, blob or tar entry involved ([`Error`]).
+
+pub mod error;
+pub mod layer;
+pub mod source;
+
+pub use error::{Error, Result};
