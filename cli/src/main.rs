@@ -1,0 +1,255 @@
+//! `puzzle`: convert OCI images into content-defined chunks, store each chunk
+//! once, extract or mount any stored image, and report what images share.
+
+mod build;
+mod output;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use puzzle_store::{image, Store};
+
+use crate::output::{Envelope, Progress};
+
+/// Exit codes (documented in README.md, "Exit codes").
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const NO_STORE: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "puzzle", version, about, max_term_width = 100)]
+struct Cli {
+    /// Store directory [default: $PUZZLE_STORE, else $XDG_DATA_HOME/puzzle, else ~/.local/share/puzzle]
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Convert an OCI image into the store and tag it.
+    Build(build::BuildArgs),
+    /// Write a stored image's filesystem into a directory (created if missing, else must be empty).
+    Extract(ExtractArgs),
+    /// List stored images.
+    Images(ImagesArgs),
+    /// Remove an image's tag (its chunks stay until `puzzle gc`).
+    Rm(RmArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExtractArgs {
+    /// Image name, as given to `build --tag`.
+    name: String,
+    /// Target directory.
+    dir: PathBuf,
+    /// Print a JSON summary line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ImagesArgs {
+    /// Print one JSON line per image on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RmArgs {
+    /// Image names to remove.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// Where the store is, by the documented precedence.
+fn store_dir(cli: &Cli) -> Result<PathBuf> {
+    if let Some(s) = &cli.store {
+        return Ok(s.clone());
+    }
+    if let Some(s) = std::env::var_os("PUZZLE_STORE").filter(|s| !s.is_empty()) {
+        return Ok(s.into());
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(x).join("puzzle"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|s| !s.is_empty())
+        .context("cannot find the store: set --store, PUZZLE_STORE, XDG_DATA_HOME or HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/puzzle"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("puzzle: error: {e:#}");
+            let code = exit_code(&e);
+            if code == exit::NO_STORE {
+                eprintln!(
+                    "puzzle: hint: pass --store DIR or set PUZZLE_STORE to use another store"
+                );
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        match c.downcast_ref::<puzzle_store::Error>() {
+            Some(puzzle_store::Error::ImageNotFound(_)) => return exit::NOT_FOUND,
+            Some(puzzle_store::Error::NotAStore(_)) => return exit::NO_STORE,
+            _ => {}
+        }
+    }
+    exit::FAILURE
+}
+
+fn run(cli: &Cli) -> Result<u8> {
+    let root = store_dir(cli)?;
+    let progress = Progress::new(cli.no_progress);
+    match &cli.command {
+        Command::Build(args) => build::run(&root, args, &progress),
+        Command::Extract(args) => extract(&root, args, &progress),
+        Command::Images(args) => images(&root, args),
+        Command::Rm(args) => rm(&root, args),
+    }
+}
+
+fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
+    let store = Store::open(root)?;
+    let img =
+        image::open(&store, &args.name).with_context(|| format!("opening image {}", args.name))?;
+    let started = std::time::Instant::now();
+    let spinner = progress.spinner(&format!("extracting {}", args.name));
+    let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)
+        .with_context(|| format!("extracting {} into {}", args.name, args.dir.display()))?;
+    drop(spinner);
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        output::print_json(&Envelope::new(
+            "extract",
+            serde_json::json!({
+                "image": args.name,
+                "target": args.dir.display().to_string(),
+                "entries": stats.entries,
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "seconds": secs,
+            }),
+        ))?;
+    } else {
+        eprintln!(
+            "extracted {}: {} entries, {} files, {} in {:.2}s",
+            args.name,
+            stats.entries,
+            stats.files,
+            output::bytes(stats.bytes),
+            secs
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
+    let store = match Store::open(root) {
+        Ok(s) => s,
+        Err(puzzle_store::Error::NotAStore(_)) if args.json => return Ok(exit::OK),
+        Err(e) => return Err(e.into()),
+    };
+    let refs = store.images()?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json {
+        writeln!(
+            out,
+            "{:<40} {:<19} {:>10} {:>6}",
+            "NAME", "MANIFEST", "METADATA", "PACKS"
+        )?;
+    }
+    for r in refs {
+        let m = image::read_manifest(&store, &r.manifest.digest)
+            .with_context(|| format!("reading image {}", r.name))?;
+        let meta = m.metadata().expect("checked by read_manifest");
+        let packs = m.packs().count();
+        let pack_bytes: u64 = m.packs().map(|p| p.size).sum();
+        if args.json {
+            let line = Envelope::new(
+                "image",
+                serde_json::json!({
+                    "name": r.name,
+                    "manifest": r.manifest.digest.to_string(),
+                    "metadata": meta.digest.to_string(),
+                    "metadata_bytes": meta.size,
+                    "packs": packs,
+                    "pack_bytes": pack_bytes,
+                    "config": m.config.digest.to_string(),
+                }),
+            );
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        } else {
+            let short = &r.manifest.digest.hex()[..12];
+            writeln!(
+                out,
+                "{:<40} sha256:{short} {:>10} {:>6}",
+                r.name,
+                output::bytes(meta.size),
+                packs
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn rm(root: &std::path::Path, args: &RmArgs) -> Result<u8> {
+    let store = Store::open(root)?;
+    let _lock = store.lock()?;
+    let mut code = exit::OK;
+    for name in &args.names {
+        match store.remove_tag(name) {
+            Ok(_) => eprintln!("removed {name} (run `puzzle gc` to reclaim space)"),
+            Err(e @ puzzle_store::Error::ImageNotFound(_)) => {
+                eprintln!("puzzle: error: {e}");
+                code = exit::NOT_FOUND;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(code)
+}

@@ -1,0 +1,113 @@
+//! Human and JSON output, progress bars.
+//!
+//! stdout carries data (tables, JSON Lines); stderr carries progress and
+//! diagnostics. Bars are drawn only when stderr is a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+/// Version of the `--json` line schema (docs/JSON.md).
+pub const JSON_SCHEMA: u32 = 1;
+
+/// One JSON line: `{"type": ..., "schema": 1, "data": ...}`.
+#[derive(Serialize)]
+pub struct Envelope<T: Serialize> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub schema: u32,
+    pub data: T,
+}
+
+impl<T: Serialize> Envelope<T> {
+    pub fn new(kind: &'static str, data: T) -> Self {
+        Envelope {
+            kind,
+            schema: JSON_SCHEMA,
+            data,
+        }
+    }
+}
+
+pub fn print_json<T: Serialize>(line: &T) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    serde_json::to_writer(&mut out, line)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Human-readable byte count (binary units).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Whether and how to show progress.
+pub struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    pub fn new(disabled: bool) -> Self {
+        Progress {
+            enabled: !disabled && std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// A byte-count bar; hidden when progress is off.
+    pub fn bar(&self, msg: &str, len: u64) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(len);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg:40!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
+
+    /// A byte counter with no known total.
+    pub fn counter(&self, msg: &str) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::no_length();
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg:40!} {bytes:>10} {bytes_per_sec:>12}")
+                .expect("valid template"),
+        );
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
+
+    pub fn spinner(&self, msg: &str) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new_spinner();
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
+}

@@ -1,0 +1,195 @@
+//! Hostile and broken inputs: a clear one-line error naming the image,
+//! layer and entry; a non-zero exit; nothing written outside any target;
+//! the store stays usable and lists no partial image.
+
+use std::path::Path;
+
+use puzzle_testkit::{bad, Compression, Entry, Image};
+
+use crate::util::*;
+
+fn good_image(layout: &Path) -> String {
+    Image::new()
+        .layer(
+            &[
+                Entry::dir("etc"),
+                Entry::file("etc/os-release", b"ID=good\n"),
+            ],
+            Compression::Gzip,
+        )
+        .write_oci_layout(layout, "good")
+        .unwrap();
+    format!("oci:{}:good", layout.display())
+}
+
+/// Builds `src` as tag `bad`, expecting a failure whose message contains
+/// every string of `want`; then checks the store is still usable.
+fn expect_failure(t: &Path, store: &Path, src: &str, want: &[&str]) {
+    let r = run(puzzle(store).args(["build", src, "--tag", "bad"]));
+    assert_eq!(
+        r.code, 1,
+        "{src}: expected exit 1\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got:\n{}", r.stderr);
+    assert!(
+        lines[0].starts_with("puzzle: error: building bad from "),
+        "{}",
+        lines[0]
+    );
+    for w in want {
+        assert!(
+            lines[0].contains(w),
+            "error should mention {w:?}: {}",
+            lines[0]
+        );
+    }
+    assert!(r.stdout.is_empty(), "nothing on stdout: {}", r.stdout);
+    // No partial image, nothing left in tmp/, and the next build works.
+    if store.join("puzzle.json").exists() {
+        assert!(images(store).iter().all(|i| i.name != "bad"));
+        let leftovers: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
+        assert!(leftovers.is_empty(), "tmp/ not empty: {leftovers:?}");
+    }
+    let good = good_image(&t.join("good-layout"));
+    build(store, &good, "good");
+    let x = t.join("x-good");
+    let _ = std::fs::remove_dir_all(&x);
+    extract(store, "good", &x);
+    assert_eq!(
+        std::fs::read(x.join("etc/os-release")).unwrap(),
+        b"ID=good\n"
+    );
+}
+
+fn raw_image(
+    t: &Path,
+    name: &str,
+    tar: Vec<u8>,
+    c: Compression,
+) -> (String, puzzle_testkit::Written) {
+    let layout = t.join(name);
+    let w = Image::new()
+        .layer(&[Entry::file("ok", b"fine")], Compression::Gzip)
+        .raw_layer(tar, c)
+        .write_oci_layout(&layout, "bad")
+        .unwrap();
+    (format!("oci:{}:bad", layout.display()), w)
+}
+
+#[test]
+fn hostile_tar_entries_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "dotdot",
+            bad::dotdot_tar(),
+            vec!["layer 2", "entry /../escape", "'..'"],
+        ),
+        (
+            "inner-dotdot",
+            bad::inner_dotdot_tar(),
+            vec!["layer 2", "a/../../escape", "'..'"],
+        ),
+        (
+            "absolute",
+            bad::absolute_tar(),
+            vec!["layer 2", "/etc/abs", "absolute"],
+        ),
+        (
+            "symlink",
+            bad::symlink_escape_tar(b"/tmp"),
+            vec!["layer 2", "/link/evil", "symlink"],
+        ),
+        (
+            "symlink-up",
+            bad::symlink_escape_tar(b".."),
+            vec!["layer 2", "/link/evil", "symlink"],
+        ),
+        (
+            "hardlink",
+            bad::hardlink_escape_tar(b"../../etc/passwd"),
+            vec!["layer 2", "/passwd", "hard link target"],
+        ),
+        (
+            "hardlink-abs",
+            bad::hardlink_escape_tar(b"/etc/passwd"),
+            vec!["layer 2", "/passwd", "hard link target"],
+        ),
+        ("huge", bad::huge_size_tar(), vec!["layer 2", "huge"]),
+        (
+            "huge-pax",
+            bad::huge_pax_size_tar(),
+            vec!["layer 2", "huge"],
+        ),
+        ("checksum", bad::bad_checksum_tar(), vec!["layer 2"]),
+    ];
+    for (name, tar, want) in cases {
+        let (src, _) = raw_image(t, name, tar, Compression::Gzip);
+        expect_failure(t, &store, &src, &want);
+    }
+    // Nothing escaped anywhere near the work dirs.
+    for p in ["escape", "etc/abs", "tmp/evil"] {
+        assert!(!t.join(p).exists(), "{p} was written");
+    }
+    assert!(!Path::new("/tmp/evil").exists());
+}
+
+#[test]
+fn damaged_layouts_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let tar = puzzle_testkit::layer_tar(&[Entry::file(
+        "data",
+        puzzle_testkit::pseudo_random(1, 200_000),
+    )]);
+
+    // A blob whose digest does not match.
+    let (src, w) = raw_image(t, "corrupt", tar.clone(), Compression::Gzip);
+    bad::corrupt_blob(&t.join("corrupt"), &w.layer_digests[1]).unwrap();
+    expect_failure(t, &store, &src, &["layer 2", &w.layer_digests[1]]);
+
+    // A truncated blob (shorter than its descriptor says).
+    let (src, w) = raw_image(t, "truncated", tar.clone(), Compression::Gzip);
+    bad::truncate_blob(&t.join("truncated"), &w.layer_digests[1], 1000).unwrap();
+    expect_failure(t, &store, &src, &["layer 2", &w.layer_digests[1]]);
+
+    // A truncated gzip stream whose descriptor matches its bytes.
+    let gz = Compression::Gzip.compress(&tar);
+    let (src, _) = raw_image(
+        t,
+        "truncated-gzip",
+        gz[..gz.len() / 2].to_vec(),
+        Compression::None,
+    );
+    expect_failure(t, &store, &src, &["layer 2"]);
+
+    // A manifest naming a missing blob.
+    let (src, w) = raw_image(t, "missing", tar.clone(), Compression::Gzip);
+    bad::remove_blob(&t.join("missing"), &w.layer_digests[1]).unwrap();
+    expect_failure(t, &store, &src, &[&w.layer_digests[1]]);
+
+    // A missing config.
+    let (src, w) = raw_image(t, "noconfig", tar.clone(), Compression::Gzip);
+    bad::remove_blob(&t.join("noconfig"), &w.config_digest).unwrap();
+    expect_failure(t, &store, &src, &[&w.config_digest]);
+
+    // A malformed index.json.
+    let (src, _) = raw_image(t, "index", tar.clone(), Compression::Gzip);
+    bad::write_malformed_index(&t.join("index")).unwrap();
+    expect_failure(t, &store, &src, &["index.json"]);
+
+    // A source that does not exist, and an unknown tag.
+    expect_failure(
+        t,
+        &store,
+        &format!("oci:{}:bad", t.join("nope").display()),
+        &["nope"],
+    );
+    let (src, _) = raw_image(t, "tagless", tar, Compression::Gzip);
+    expect_failure(t, &store, &src.replace(":bad", ":other"), &["other"]);
+}

@@ -1,0 +1,206 @@
+//! Synthetic images covering every entry kind, checked against umoci.
+
+use std::path::Path;
+
+use puzzle_testkit::{
+    all_kinds_image, layer_tar_gnu, long_path, umoci_unpack, Compression, Entry, Image,
+};
+
+use crate::util::*;
+
+/// The coverage image with its zstd layer as gzip (umoci 0.4 lacks zstd).
+fn gzip_only(img: Image) -> Image {
+    img.map_compression(|_, c| {
+        if c == Compression::Zstd {
+            Compression::Gzip
+        } else {
+            c
+        }
+    })
+}
+
+#[test]
+fn all_kinds_extract_matches_umoci_from_every_source_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    gzip_only(all_kinds_image())
+        .write_oci_layout(&layout, "all-gz")
+        .unwrap();
+    all_kinds_image()
+        .write_oci_archive(&t.join("all.oci.tar"), "all")
+        .unwrap();
+    all_kinds_image()
+        .write_docker_archive(&t.join("all.docker.tar"), "all:1")
+        .unwrap();
+
+    let store = t.join("store");
+    let sources = [
+        format!("oci:{}:all", layout.display()),
+        format!("oci:{}:all-gz", layout.display()),
+        format!("oci-archive:{}:all", t.join("all.oci.tar").display()),
+        format!("docker-archive:{}", t.join("all.docker.tar").display()),
+    ];
+    let mut extracted = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let tag = format!("all-{i}");
+        let s = build(&store, src, &tag);
+        assert_eq!(s.layers, 3, "{src}");
+        let out = t.join(format!("x{i}"));
+        extract(&store, &tag, &out);
+        extracted.push(out);
+    }
+    // Every source kind gives the same tree.
+    for x in &extracted[1..] {
+        assert_same_tree(&extracted[0], x);
+    }
+    if have("umoci") {
+        let rootfs = umoci_unpack(&layout, "all-gz", &t.join("bundle")).unwrap();
+        for x in &extracted {
+            assert_same_tree(&rootfs, x);
+        }
+    }
+}
+
+#[test]
+fn gnu_long_names_and_big_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    let big = puzzle_testkit::pseudo_random(7, 3 << 20);
+    let entries = vec![
+        Entry::dir("d"),
+        Entry::file(format!("d/{}", long_path()), b"long name via GNU L"),
+        Entry::symlink("d/longlink", puzzle_testkit::long_target()),
+        Entry::file("d/big", &big),
+        Entry::file("d/empty", b""),
+    ];
+    let img = Image::new().raw_layer(layer_tar_gnu(&entries), Compression::Gzip);
+    img.write_oci_layout(&layout, "gnu").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:gnu", layout.display()), "gnu");
+    extract(&store, "gnu", &t.join("x"));
+    assert_eq!(std::fs::read(t.join("x/d/big")).unwrap(), big);
+    if have("umoci") {
+        let rootfs = umoci_unpack(&layout, "gnu", &t.join("bundle")).unwrap();
+        assert_same_tree(&rootfs, &t.join("x"));
+    }
+}
+
+fn digests(store: &Path, src: &str, extra: &[&str]) -> (String, String) {
+    let s = build_with(store, src, "img", extra);
+    (s.manifest, s.metadata)
+}
+
+#[test]
+fn same_image_gives_identical_digests_in_any_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let src = format!("oci:{}:all", layout.display());
+    let a = digests(&t.join("one/store"), &src, &["--threads", "1"]);
+    let b = digests(&t.join("two/deeper/store"), &src, &["--threads", "3"]);
+    assert_eq!(a, b);
+    // And the packs are byte-identical too.
+    let list = |s: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(s.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        list(&t.join("one/store")),
+        list(&t.join("two/deeper/store"))
+    );
+    // Rebuilding into the same store reuses every layer and changes nothing.
+    let again = build(&t.join("one/store"), &src, "img");
+    assert_eq!((again.manifest, again.metadata), a);
+    assert_eq!(again.layers_reused, again.layers);
+    assert_eq!(again.new_chunk_bytes, 0);
+}
+
+#[test]
+fn entry_order_and_mtimes_do_not_change_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("f{i:02}"),
+                puzzle_testkit::pseudo_random(i, 30_000 + i as usize * 1000),
+            )
+        })
+        .collect();
+    let sorted: Vec<Entry> = files.iter().map(|(n, c)| Entry::file(n, c)).collect();
+    let shuffled: Vec<Entry> = files
+        .iter()
+        .rev()
+        .map(|(n, c)| Entry::file(n, c).mtime(1_800_000_000, 5).owner(1, 1))
+        .collect();
+    Image::new()
+        .layer(&sorted, Compression::Gzip)
+        .write_oci_layout(&layout, "a")
+        .unwrap();
+    Image::new()
+        .layer(&shuffled, Compression::None)
+        .write_oci_layout(&layout, "b")
+        .unwrap();
+    let store = t.join("store");
+    let a = build(&store, &format!("oci:{}:a", layout.display()), "a");
+    assert!(a.new_chunk_bytes > 1_000_000);
+    let b = build(&store, &format!("oci:{}:b", layout.display()), "b");
+    assert_eq!(b.layers_reused, 0, "a different layer");
+    assert_eq!(b.new_chunk_bytes, 0, "same contents, no new chunk data");
+    assert_eq!(b.reused_chunk_bytes, a.new_chunk_bytes);
+}
+
+/// Which name of a hard-link group carries the data depends on the tar
+/// writer's directory walk; it must not move content in the chunk stream.
+#[test]
+fn hard_link_data_owner_does_not_change_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    let data = puzzle_testkit::pseudo_random(3, 300_000);
+    let around = |n: &str, s| Entry::file(n, puzzle_testkit::pseudo_random(s, 200_000));
+    let first = [
+        Entry::dir("a"),
+        Entry::dir("b"),
+        around("a/0", 10),
+        Entry::file("a/x", &data),
+        around("a/z", 11),
+        Entry::hardlink("b/y", "a/x"),
+    ];
+    let second = [
+        Entry::dir("b"),
+        Entry::file("b/y", &data),
+        Entry::dir("a"),
+        around("a/z", 11),
+        Entry::hardlink("a/x", "b/y"),
+        around("a/0", 10),
+    ];
+    Image::new()
+        .layer(&first, Compression::Gzip)
+        .write_oci_layout(&layout, "one")
+        .unwrap();
+    Image::new()
+        .layer(&second, Compression::Gzip)
+        .write_oci_layout(&layout, "two")
+        .unwrap();
+    let store = t.join("store");
+    let one = build(&store, &format!("oci:{}:one", layout.display()), "one");
+    let two = build(&store, &format!("oci:{}:two", layout.display()), "two");
+    assert!(one.new_chunk_bytes >= 700_000);
+    assert_eq!(two.new_chunk_bytes, 0);
+    extract(&store, "one", &t.join("x1"));
+    extract(&store, "two", &t.join("x2"));
+    assert_same_tree(&t.join("x1"), &t.join("x2"));
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(t.join(p)).unwrap().ino();
+    assert_eq!(ino("x2/a/x"), ino("x2/b/y"));
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real `puzzle` binary on real OCI images.
+//!
+//! Tools (umoci) and the small corpus are required when PUZZLE_REQUIRE_TOOLS
+//! is set (CI sets it); otherwise tests that need them say so and return.
+
+mod util;
+
+mod bad_input;
+mod basics;
+mod corpus;
+mod synthetic;
