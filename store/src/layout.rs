@@ -101,6 +101,15 @@ pub struct Store {
     config: StoreConfig,
 }
 
+/// Keeps an image's manifest (and so every blob it references) safe from
+/// `gc` while held: a shared `flock` on `pins/<manifest hex>`. Mounts and
+/// extracts hold one; gc treats every pin it cannot lock exclusively as a root.
+#[derive(Debug)]
+pub struct Pin {
+    pub manifest: BlobDigest,
+    _file: File,
+}
+
 /// Holds the store's writer lock until dropped.
 #[derive(Debug)]
 pub struct StoreLock {
@@ -217,6 +226,66 @@ impl Store {
         Ok(StoreLock {
             _file: lock_file(&self.root, true)?,
         })
+    }
+
+    /// Pins `manifest` until the returned [`Pin`] is dropped (see [`Pin`]).
+    pub fn pin(&self, manifest: &BlobDigest) -> Result<Pin> {
+        let dir = self.root.join("pins");
+        fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(manifest.hex());
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        f.lock_shared().at(&path)?;
+        Ok(Pin {
+            manifest: *manifest,
+            _file: f,
+        })
+    }
+
+    /// Manifests pinned by a live process right now. Stale pin files (no
+    /// holder) are removed on the way.
+    pub fn pinned(&self) -> Result<Vec<BlobDigest>> {
+        let dir = self.root.join("pins");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.at(&dir)?;
+            let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| format!("sha256:{n}").parse::<BlobDigest>().ok())
+            else {
+                continue;
+            };
+            let path = e.path();
+            let f = match OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            match f.try_lock() {
+                Ok(()) => {
+                    // Nobody holds it: stale. Remove while we hold the lock.
+                    let _ = fs::remove_file(&path);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => out.push(d),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io { path, source: e }),
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Reads a whole blob, refusing blobs over `max` bytes, and checks its digest.
@@ -488,6 +557,11 @@ mod tests {
             Store::open_or_create(&root, &other),
             Err(Error::ParamsMismatch { .. })
         ));
+        // Pins are visible while held, gone when dropped.
+        let pin = s.pin(&d).unwrap();
+        assert_eq!(s.pinned().unwrap(), vec![d]);
+        drop(pin);
+        assert!(s.pinned().unwrap().is_empty());
         // A corrupted blob is caught on read.
         fs::write(s.blob_path(&d), b"{ }").unwrap();
         assert!(matches!(
