@@ -232,14 +232,7 @@ impl Store {
     pub fn pin(&self, manifest: &BlobDigest) -> Result<Pin> {
         let dir = self.root.join("pins");
         fs::create_dir_all(&dir).at(&dir)?;
-        let path = dir.join(manifest.hex());
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        f.lock_shared().at(&path)?;
+        let f = open_lock(&dir.join(manifest.hex()), false)?;
         Ok(Pin {
             manifest: *manifest,
             _file: f,
@@ -486,14 +479,18 @@ fn init_layout(root: &Path, config: &StoreConfig) -> Result<()> {
 }
 
 fn lock_file(root: &Path, exclusive: bool) -> Result<File> {
-    let path = root.join("lock");
+    open_lock(&root.join("lock"), exclusive)
+}
+
+/// Opens (creating) `path` and takes an flock on it, waiting for it.
+fn open_lock(path: &Path, exclusive: bool) -> Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .at(&path)?;
-    if exclusive { f.lock() } else { f.lock_shared() }.at(&path)?;
+        .open(path)
+        .at(path)?;
+    if exclusive { f.lock() } else { f.lock_shared() }.at(path)?;
     Ok(f)
 }
 

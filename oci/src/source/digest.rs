@@ -1,7 +1,6 @@
 //! Digest strings (`sha256:<hex>`) and a reader that verifies a blob while it streams.
 
 use std::{
-    fmt,
     io::{self, Read},
     path::PathBuf,
 };
@@ -18,37 +17,13 @@ pub enum DigestAlgo {
     Sha256,
 }
 
-/// A validated SHA-256 digest. `Display` gives `sha256:<64 lowercase hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Sha256Digest(pub [u8; 32]);
+/// A validated SHA-256 digest: the store's blob digest type.
+/// `Display` gives `sha256:<64 lowercase hex>`.
+pub use puzzle_store::BlobDigest as Sha256Digest;
 
-impl Sha256Digest {
-    /// Parses `sha256:<hex>`; see [`parse_digest`].
-    pub fn parse(s: &str) -> Result<Self> {
-        parse_digest(s).map(|(DigestAlgo::Sha256, bytes)| Sha256Digest(bytes))
-    }
-
-    /// The digest of `data`.
-    pub fn of(data: &[u8]) -> Self {
-        Sha256Digest(Sha256::digest(data).into())
-    }
-
-    /// The 64 lowercase hex characters, safe to use as a file name.
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
-impl fmt::Debug for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
+/// Parses `sha256:<hex>` into a digest; see [`parse_digest`].
+pub fn parse_sha256(s: &str) -> Result<Sha256Digest> {
+    parse_digest(s).map(|(DigestAlgo::Sha256, bytes)| Sha256Digest::from_bytes(bytes))
 }
 
 /// Untrusted strings end up in error messages: keep them short and printable.
@@ -215,7 +190,8 @@ impl Read for VerifyingReader {
             let verdict = if self.count != self.size {
                 Verdict::Size { actual: self.count }
             } else {
-                let actual = Sha256Digest(std::mem::take(&mut self.hasher).finalize().into());
+                let actual =
+                    Sha256Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
                 if actual == self.expected {
                     Verdict::Ok
                 } else {
@@ -245,8 +221,8 @@ mod tests {
     fn parses_valid_sha256() {
         let (algo, bytes) = parse_digest(EMPTY).unwrap();
         assert_eq!(algo, DigestAlgo::Sha256);
-        assert_eq!(Sha256Digest(bytes), Sha256Digest::of(b""));
-        assert_eq!(Sha256Digest(bytes).to_string(), EMPTY);
+        assert_eq!(Sha256Digest::from_bytes(bytes), Sha256Digest::of(b""));
+        assert_eq!(Sha256Digest::from_bytes(bytes).to_string(), EMPTY);
     }
 
     #[test]

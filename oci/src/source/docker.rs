@@ -16,7 +16,7 @@ use super::{
     digest::{shorten, Sha256Digest},
     layer::Compression,
     layout::{self, Resolved},
-    LayerInfo, OpenedImage, Platform,
+    parse_sha256, LayerInfo, OpenedImage, Platform,
 };
 
 /// One image in `manifest.json`.
@@ -105,7 +105,7 @@ fn digest_from_name(name: &str) -> Option<Sha256Digest> {
     let hex = name
         .strip_prefix("blobs/sha256/")
         .or_else(|| name.strip_suffix(".json"))?;
-    Sha256Digest::parse(&format!("sha256:{hex}")).ok()
+    parse_sha256(&format!("sha256:{hex}")).ok()
 }
 
 fn member(idx: &TarIndex, name: &str) -> Result<Member> {
@@ -194,7 +194,7 @@ pub(crate) fn open(
     let mut layers = Vec::with_capacity(diff_ids.len());
     let mut layer_locs = Vec::with_capacity(diff_ids.len());
     for (index, (name, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {
-        let diff_id = Sha256Digest::parse(diff_id).map_err(|e| {
+        let diff_id = parse_sha256(diff_id).map_err(|e| {
             Error::Invalid(format!("config {}: diff_id {index}: {e}", entry.config))
         })?;
         let m = member(&idx, name)?;
@@ -264,7 +264,7 @@ fn hash_member(loc: &BlobLoc) -> Result<Sha256Digest> {
             Err(e) => return Err(Error::io(loc.path(), e)),
         }
     }
-    Ok(Sha256Digest(hasher.finalize().into()))
+    Ok(Sha256Digest::from_bytes(hasher.finalize().into()))
 }
 
 #[cfg(test)]

@@ -210,7 +210,8 @@ impl LayerReader {
             let err = Self::classify(e, &self.what);
             return Err(self.fail(err));
         }
-        let actual = Sha256Digest(std::mem::take(&mut self.diff_hasher).finalize().into());
+        let actual =
+            Sha256Digest::from_bytes(std::mem::take(&mut self.diff_hasher).finalize().into());
         if actual != self.diff_id {
             let err = Error::DigestMismatch {
                 what: format!("uncompressed {}", self.what),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use super::{
     blobs::{BlobLoc, Store},
     digest::{shorten, Sha256Digest},
-    LayerInfo, OpenedImage, Platform,
+    parse_sha256, LayerInfo, OpenedImage, Platform,
 };
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -110,7 +110,7 @@ fn platform_label(d: &Descriptor) -> String {
 }
 
 fn descriptor_digest(d: &Descriptor) -> Result<Sha256Digest> {
-    Sha256Digest::parse(d.digest().as_ref())
+    parse_sha256(d.digest().as_ref())
 }
 
 /// Picks the descriptor for `platform` among an index's manifests.
@@ -348,7 +348,7 @@ pub(crate) fn image_from_manifest(
     let mut layer_locs = Vec::with_capacity(diff_ids.len());
     for (index, (desc, diff_id)) in manifest.layers().iter().zip(diff_ids).enumerate() {
         let digest = descriptor_digest(desc)?;
-        let diff_id = Sha256Digest::parse(diff_id)
+        let diff_id = parse_sha256(diff_id)
             .map_err(|e| Error::Invalid(format!("config {config_digest}: diff_id {index}: {e}")))?;
         let what = format!("layer {} ({digest})", index + 1);
         layer_locs.push(store.blob(&digest, desc.size(), &what)?);

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-pub use digest::{parse_digest, DigestAlgo, Sha256Digest};
+pub use digest::{parse_digest, parse_sha256, DigestAlgo, Sha256Digest};
 pub use layer::{Compression, LayerReader, LayerStats};
 pub use reference::{Platform, SourceRef};
 
@@ -161,10 +161,9 @@ impl ImageSource for LocalSource {
                 layer.index, layer.digest, self.image.source
             )));
         }
-        let digest = Sha256Digest::parse(&ours.digest)?;
-        let diff_id = Sha256Digest::parse(&ours.diff_id)?;
-        // The caller names the layer; this names what was checked.
-        let what = "layer blob".to_string();
+        let digest = parse_sha256(&ours.digest)?;
+        let diff_id = parse_sha256(&ours.diff_id)?;
+        let what = format!("layer blob {}", ours.digest);
         let raw = loc.open_verified(what.clone(), digest, ours.size)?;
         LayerReader::new(raw, diff_id, what)
     }
