@@ -13,7 +13,8 @@ export DEBIAN_FRONTEND=noninteractive
 #   fuse3             fusermount3, needed by fuser's auto-unmount
 #   ca-certificates   TLS to the package registries
 #   python3           corpora/layerdiff.py (standard library only)
-PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3)
+#   chromium chromium-driver  the `puzzle stats --html` test opens the page headless
+PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3 chromium chromium-driver)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -2,7 +2,9 @@
 //! once, extract or mount any stored image, and report what images share.
 
 mod build;
+mod html;
 mod output;
+mod stats;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ enum Command {
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
     Rm(RmArgs),
+    /// Report what images share and cost: a table, --json, or an --html page; --diff A B lists changed files.
+    Stats(stats::StatsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +151,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
+        Command::Stats(args) => stats::run(&root, args),
     }
 }
 

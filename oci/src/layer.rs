@@ -11,12 +11,14 @@
 //! Entry order and tar-header noise (mtimes, uid names, PAX padding) never
 //! change the chunk stream, only the metadata.
 
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use puzzle_chunker::{ChunkId, ChunkParams, StreamChunker};
-use puzzle_store::tree::{normalize_path, split_parent, Extent, Layer, LayerEntry, Meta, Node};
+use puzzle_store::tree::{
+    normalize_path, split_parent, Extent, FileDigest, Layer, LayerEntry, Meta, Node,
+};
 use puzzle_store::writer::ChunkWriter;
 use tar::EntryType;
 
@@ -45,9 +47,28 @@ enum Pending {
     File {
         spool_offset: u64,
         size: u64,
+        digest: FileDigest,
         meta: Meta,
     },
     HardLink(Vec<u8>),
+}
+
+/// Hashes the bytes written through it: files are hashed while they are
+/// spooled, so their digests cost no second read.
+struct Hashing<'a, W: Write> {
+    inner: &'a mut W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A parsed layer whose file contents sit in a temp file.
@@ -127,7 +148,11 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
                 let offset = spooled;
-                let n = io::copy(&mut entry, &mut out).map_err(|e| match Error::from_io(e) {
+                let mut tee = Hashing {
+                    inner: &mut out,
+                    hasher: blake3::Hasher::new(),
+                };
+                let n = io::copy(&mut entry, &mut tee).map_err(|e| match Error::from_io(e) {
                     Ok(inner) => inner,
                     Err(e) => entry_err(&path, format!("reading contents: {e}")),
                 })?;
@@ -139,11 +164,13 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
                         ),
                     ));
                 }
+                let digest = FileDigest::from_bytes(*tee.hasher.finalize().as_bytes());
                 spooled += n;
                 progress(spooled);
                 Pending::File {
                     spool_offset: offset,
                     size,
+                    digest,
                     meta,
                 }
             }
@@ -449,11 +476,14 @@ impl Spooled {
             .into_iter()
             .map(|(path, p)| match p {
                 Pending::Node { node, meta } => LayerEntry::Node { path, node, meta },
-                Pending::File { size, meta, .. } => LayerEntry::Node {
+                Pending::File {
+                    size, digest, meta, ..
+                } => LayerEntry::Node {
                     path,
                     node: Node::File {
                         size,
                         extents: extents.next().expect("one extent list per file"),
+                        digest,
                     },
                     meta,
                 },
@@ -471,6 +501,36 @@ impl Spooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_hashed_while_spooled() {
+        use puzzle_testkit::{layer_tar, Entry};
+        let big = puzzle_testkit::pseudo_random(3, 200_000);
+        let tar = layer_tar(&[
+            Entry::file("b", &big),
+            Entry::file("a", b"hello"),
+            Entry::file("e", b""),
+            Entry::hardlink("h", "a"),
+        ]);
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap();
+        let digests: Vec<(&[u8], FileDigest)> = sp
+            .entries
+            .iter()
+            .filter_map(|(p, e)| match e {
+                Pending::File { digest, .. } => Some((p.as_slice(), *digest)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            digests,
+            vec![
+                (&b"a"[..], FileDigest::of(b"hello")),
+                (&b"b"[..], FileDigest::of(&big)),
+                (&b"e"[..], FileDigest::of(b"")),
+            ]
+        );
+    }
 
     #[test]
     fn pax_times() {

@@ -9,6 +9,7 @@
 //! - [`writer::ChunkWriter`]: stores new chunks, compressing on worker threads.
 //! - [`image`]: committing an image (metadata, manifest, tag) and opening one.
 //! - [`extract`]: writing an image's tree to a directory.
+//! - [`stats`]: the dedup report (sharing, costs, diffs) from metadata alone.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
@@ -21,6 +22,7 @@ pub mod layout;
 pub mod manifest;
 pub mod meta;
 pub mod pack;
+pub mod stats;
 pub mod tree;
 pub mod writer;
 

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
 use crate::pack::{ChunkLoc, MAX_CHUNK};
-use crate::tree::{InodeKind, Tree};
+use crate::tree::{FileDigest, InodeKind, Tree};
 
 pub const META_MAGIC: &[u8; 8] = b"PZLMETA\0";
 pub const META_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 16 + SECTIONS * 16;
-const SECTIONS: usize = 8;
+const SECTIONS: usize = 9;
 const S_SOURCE: usize = 0;
 const S_PACKS: usize = 1;
 const S_CHUNKS: usize = 2;
@@ -24,10 +24,11 @@ const S_DIRENTS: usize = 4;
 const S_EXTENTS: usize = 5;
 const S_XATTRS: usize = 6;
 const S_STRINGS: usize = 7;
+const S_DIGESTS: usize = 8;
 /// Record sizes per section (1 for byte sections).
-const REC: [usize; SECTIONS] = [1, 32, 56, 64, 16, 24, 24, 1];
+const REC: [usize; SECTIONS] = [1, 32, 56, 64, 16, 24, 24, 1, 32];
 const SECTION_NAMES: [&str; SECTIONS] = [
-    "source", "packs", "chunks", "inodes", "dirents", "extents", "xattrs", "strings",
+    "source", "packs", "chunks", "inodes", "dirents", "extents", "xattrs", "strings", "digests",
 ];
 
 /// Inode kinds as stored.
@@ -111,6 +112,7 @@ pub fn encode(
     let mut extents = Vec::new();
     let mut xattrs = Vec::new();
     let mut strings = Vec::new();
+    let mut digests = Vec::with_capacity(order.len() * 32);
     let mut chunk_index: HashMap<ChunkId, u32> = HashMap::new();
     let mut chunks = Vec::new();
     let mut pack_index: HashMap<BlobDigest, u32> = HashMap::new();
@@ -126,7 +128,12 @@ pub fn encode(
     for &i in &order {
         let ino = &tree.inodes[i];
         let (kind, size, a, b): (Kind, u64, u64, u32) = match &ino.kind {
-            InodeKind::File { size, extents: ex } => {
+            InodeKind::File {
+                size,
+                extents: ex,
+                digest,
+            } => {
+                digests.extend_from_slice(digest.as_bytes());
                 let first = n_extents;
                 let mut file_off = 0u64;
                 for e in ex {
@@ -194,6 +201,9 @@ pub fn encode(
             ),
             InodeKind::Fifo => (Kind::Fifo, 0, 0, 0),
         };
+        if kind != Kind::File {
+            digests.extend_from_slice(&[0; 32]);
+        }
         let xattr_first = n_xattrs;
         for (name, value) in &ino.meta.xattrs {
             let noff = push_str(&mut strings, name);
@@ -230,6 +240,7 @@ pub fn encode(
         &extents,
         &xattrs,
         &strings,
+        &digests,
     ];
     let mut out =
         Vec::with_capacity(HEADER_LEN + sections.iter().map(|s| s.len() + 8).sum::<usize>());
@@ -361,6 +372,9 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
             *s = (off as usize, len as usize);
         }
         let m = MetaBlob { buf, sec };
+        if (m.sec[S_DIGESTS].1 / REC[S_DIGESTS]) as u64 != m.inode_count() {
+            return Err(corrupt("digests section does not match the inodes".into()));
+        }
         if m.inode_count() == 0 || m.inode(0)?.kind != Kind::Dir {
             return Err(corrupt("the root is not a directory".into()));
         }
@@ -530,6 +544,15 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
         )))
     }
 
+    /// BLAKE3 of a regular file's contents.
+    pub fn file_digest(&self, file: &InodeRec) -> Result<FileDigest> {
+        if file.kind != Kind::File {
+            return Err(corrupt(format!("inode {} is not a file", file.ino)));
+        }
+        let r = self.record(S_DIGESTS, u64::from(file.ino))?;
+        Ok(FileDigest::from_bytes(r.try_into().expect("32 bytes")))
+    }
+
     pub fn symlink_target(&self, link: &InodeRec) -> Result<&[u8]> {
         if link.kind != Kind::Symlink {
             return Err(corrupt(format!("inode {} is not a symlink", link.ino)));
@@ -552,7 +575,7 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{Extent, Layer, LayerEntry, Meta, Node};
+    use crate::tree::{Extent, FileDigest, Layer, LayerEntry, Meta, Node};
 
     fn loc(id: &ChunkId) -> Result<ChunkLoc> {
         Ok(ChunkLoc {
@@ -592,6 +615,7 @@ mod tests {
                             len: 50,
                         },
                     ],
+                    digest: FileDigest::of(b"sh contents"),
                 },
                 meta: Meta {
                     mode: 0o4755,
@@ -624,6 +648,7 @@ mod tests {
                 node: Node::File {
                     size: 0,
                     extents: vec![],
+                    digest: FileDigest::of(b""),
                 },
                 meta: Meta::default(),
             },
@@ -694,6 +719,46 @@ mod tests {
         let link = m.inode(m.lookup(&root, b"link").unwrap().unwrap()).unwrap();
         assert_eq!(m.symlink_target(&link).unwrap(), b"bin/sh");
         assert_eq!(m.chunk_count(), 2);
+        // File digests: one per file inode, shared by hard links; none for others.
+        assert_eq!(m.file_digest(&sh).unwrap(), FileDigest::of(b"sh contents"));
+        let empty = m
+            .inode(m.lookup(&root, b"empty").unwrap().unwrap())
+            .unwrap();
+        assert_eq!(m.file_digest(&empty).unwrap(), FileDigest::of(b""));
+        assert!(m.file_digest(&link).is_err());
+        assert!(m.file_digest(&bin).is_err());
+    }
+
+    #[test]
+    fn digests_section_layout() {
+        let bytes = encode(&sample(), &SourceInfo::default(), loc).unwrap();
+        let m = MetaBlob::open(&bytes[..]).unwrap();
+        let sec = |i: usize| {
+            let off = u64_at(&bytes, 16 + i * 16) as usize;
+            let len = u64_at(&bytes, 24 + i * 16) as usize;
+            (off, len)
+        };
+        // Nine sections; digests last, one 32-byte record per inode, zeros
+        // for everything but regular files.
+        assert_eq!(HEADER_LEN, 160);
+        let (off, len) = sec(S_DIGESTS);
+        assert_eq!(len as u64, 32 * m.inode_count());
+        assert_eq!(off % 8, 0);
+        for ino in 0..m.inode_count() as u32 {
+            let rec = &bytes[off + 32 * ino as usize..][..32];
+            let i = m.inode(ino).unwrap();
+            if i.kind == Kind::File {
+                assert_eq!(rec, m.file_digest(&i).unwrap().as_bytes());
+                assert_ne!(rec, &[0u8; 32][..]);
+            } else {
+                assert_eq!(rec, &[0u8; 32][..], "inode {ino} ({:?})", i.kind);
+            }
+        }
+        // A digests section that does not match the inode count is refused.
+        let mut short = bytes.clone();
+        short[24 + S_DIGESTS * 16..32 + S_DIGESTS * 16]
+            .copy_from_slice(&(len as u64 - 32).to_le_bytes());
+        assert!(MetaBlob::open(&short[..]).is_err());
     }
 
     #[test]
@@ -741,6 +806,7 @@ mod tests {
                         m.chunk(e.chunk)?;
                     }
                     let _ = m.find_extent(&ino, ino.size / 2)?;
+                    m.file_digest(&ino)?;
                 }
                 Kind::Symlink => {
                     m.symlink_target(&ino)?;
