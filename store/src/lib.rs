@@ -9,6 +9,8 @@
 //! - [`writer::ChunkWriter`]: stores new chunks, compressing on worker threads.
 //! - [`image`]: committing an image (metadata, manifest, tag) and opening one.
 //! - [`extract`]: writing an image's tree to a directory.
+//! - [`mmap`]: the single memory-mapping wrapper; [`image::open_mapped`] uses
+//!   it so a mount reads the metadata blob in place.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
@@ -20,6 +22,7 @@ pub mod index;
 pub mod layout;
 pub mod manifest;
 pub mod meta;
+pub mod mmap;
 pub mod pack;
 pub mod tree;
 pub mod writer;
