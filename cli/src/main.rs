@@ -2,6 +2,7 @@
 //! once, extract or mount any stored image, and report what images share.
 
 mod build;
+mod mount;
 mod output;
 
 use std::io::Write;
@@ -46,6 +47,10 @@ enum Command {
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
     Rm(RmArgs),
+    /// Mount a stored image read-only with FUSE (foreground until Ctrl-C, or --daemon).
+    Mount(mount::MountArgs),
+    /// Unmount a `puzzle mount` and wait for its daemon to exit.
+    Umount(mount::UmountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +152,8 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
+        Command::Mount(args) => mount::mount(&root, args),
+        Command::Umount(args) => mount::umount(args),
     }
 }
 

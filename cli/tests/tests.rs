@@ -8,4 +8,5 @@ mod util;
 mod bad_input;
 mod basics;
 mod corpus;
+mod mount;
 mod synthetic;
