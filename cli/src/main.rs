@@ -3,6 +3,7 @@
 
 mod build;
 mod html;
+mod mount;
 mod output;
 mod stats;
 
@@ -50,6 +51,10 @@ enum Command {
     Rm(RmArgs),
     /// Report what images share and cost: a table, --json, or an --html page; --diff A B lists changed files.
     Stats(stats::StatsArgs),
+    /// Mount a stored image read-only with FUSE (foreground until Ctrl-C, or --daemon).
+    Mount(mount::MountArgs),
+    /// Unmount a `puzzle mount` and wait for its daemon to exit.
+    Umount(mount::UmountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +157,8 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
         Command::Stats(args) => stats::run(&root, args),
+        Command::Mount(args) => mount::mount(&root, args),
+        Command::Umount(args) => mount::umount(args),
     }
 }
 

@@ -8,5 +8,6 @@ mod util;
 mod bad_input;
 mod basics;
 mod corpus;
+mod mount;
 mod stats;
 mod synthetic;

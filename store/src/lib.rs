@@ -10,6 +10,8 @@
 //! - [`image`]: committing an image (metadata, manifest, tag) and opening one.
 //! - [`extract`]: writing an image's tree to a directory.
 //! - [`stats`]: the dedup report (sharing, costs, diffs) from metadata alone.
+//! - [`mmap`]: the single memory-mapping wrapper; [`image::open_mapped`] uses
+//!   it so a mount reads the metadata blob in place.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
@@ -21,6 +23,7 @@ pub mod index;
 pub mod layout;
 pub mod manifest;
 pub mod meta;
+pub mod mmap;
 pub mod pack;
 pub mod stats;
 pub mod tree;

@@ -1,0 +1,340 @@
+//! `puzzle mount` and `puzzle umount`.
+//!
+//! A foreground mount serves until SIGINT/SIGTERM or an external unmount.
+//! `--daemon` re-executes this binary detached (own process group, stdin and
+//! stdout closed, stderr a pipe) and returns once the child says it is ready;
+//! the child then logs to `--log FILE` or nowhere. The mount's source name
+//! (`findmnt -o SOURCE`) is `puzzle:NAME:PID`, which is how `puzzle umount`
+//! finds the daemon to wait for.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use puzzle_fuse::{ChunkCache, ImageFs, MountOptions};
+use puzzle_store::{image, Store};
+
+use crate::exit;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Image name, as given to `build --tag`.
+    name: String,
+    /// Mount point: an existing empty directory.
+    dir: PathBuf,
+    /// Return once mounted, leaving a daemon serving the mount.
+    #[arg(long)]
+    daemon: bool,
+    /// With --daemon: where the daemon writes its log (read errors, corrupt chunks).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Size of the decompressed-chunk cache, in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    cache_mb: usize,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    threads: usize,
+    /// Let users other than the one mounting read the mount (FUSE allow_other).
+    #[arg(long)]
+    allow_other: bool,
+    /// Internal: this process is the daemon started by --daemon.
+    #[arg(long, hide = true)]
+    daemon_child: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// The mount point.
+    dir: PathBuf,
+    /// Detach now even if the mount is busy; it goes away when last used.
+    #[arg(long)]
+    lazy: bool,
+}
+
+/// Log lines go to stderr until the daemon is ready, then to `--log` or nowhere.
+struct Sink(Mutex<Box<dyn Write + Send>>);
+
+impl Sink {
+    fn line(&self, s: &str) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed stderr must not take the mount down.
+        let _ = writeln!(w, "{s}");
+        let _ = w.flush();
+    }
+    fn set(&self, w: Box<dyn Write + Send>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+}
+
+/// One line of /proc/self/mountinfo that matters here.
+struct MountEntry {
+    point: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).ok();
+            if let Some(v) = oct.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mounts() -> Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|&x| x == "-") else {
+            continue;
+        };
+        if f.len() < sep + 3 || f.len() < 5 {
+            continue;
+        }
+        out.push(MountEntry {
+            point: PathBuf::from(unescape(f[4])),
+            fstype: f[sep + 1].to_string(),
+            source: unescape(f[sep + 2]),
+        });
+    }
+    Ok(out)
+}
+
+/// The mount at exactly `dir` (the last one, if stacked).
+fn mount_at(dir: &Path) -> Result<Option<MountEntry>> {
+    Ok(mounts()?.into_iter().rev().find(|m| m.point == dir))
+}
+
+/// `dir` made absolute without touching a possibly dead mount under it.
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let name = dir.file_name().context("the mount point has no name")?;
+    let parent = match parent {
+        Some(p) => p
+            .canonicalize()
+            .with_context(|| format!("mount point {}", dir.display()))?,
+        None => std::env::current_dir()?,
+    };
+    Ok(parent.join(name))
+}
+
+fn stale_hint(dir: &Path) -> String {
+    format!(
+        "{} is a mount left behind by a puzzle daemon that was killed; clear it with `puzzle umount {}`",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// Refuses a mount point that is missing, not a directory, mounted or dead.
+fn check_mount_point(dir: &Path) -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or give the container the device (--device /dev/fuse)");
+    }
+    match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(stale_hint(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {} does not exist", dir.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("mount point {}", dir.display())),
+        Ok(m) if !m.is_dir() => bail!("mount point {} is not a directory", dir.display()),
+        Ok(_) => {}
+    }
+    if let Some(m) = mount_at(dir)? {
+        // Cached attributes can hide a dead connection from stat: ask the pid.
+        if m.source.starts_with("puzzle:") && daemon_pid(&m).is_some_and(|p| !alive(p)) {
+            bail!(stale_hint(dir));
+        }
+        bail!(
+            "mount point {} is busy: {} ({}) is mounted there; `puzzle umount {}` first",
+            dir.display(),
+            m.source,
+            m.fstype,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
+    let dir = absolute(&args.dir)?;
+    check_mount_point(&dir)?;
+    if args.daemon && !args.daemon_child {
+        return spawn_daemon(root, args, &dir);
+    }
+    let sink = Arc::new(Sink(Mutex::new(Box::new(std::io::stderr()))));
+    let log_sink = sink.clone();
+    let log: puzzle_fuse::Log = Arc::new(move |line: &str| log_sink.line(line));
+
+    let store = Store::open(root)?;
+    let img = image::open_mapped(&store, &args.name, true)
+        .with_context(|| format!("opening image {}", args.name))?;
+    let cache = Arc::new(ChunkCache::new(args.cache_mb.max(1) << 20));
+    let fs = ImageFs::new(&store, img, cache, log)
+        .with_context(|| format!("opening image {}", args.name))?;
+    let opts = MountOptions {
+        threads: args.threads.max(1),
+        fsname: format!("puzzle:{}:{}", args.name, std::process::id()),
+        allow_other: args.allow_other,
+        ..MountOptions::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let mounted = puzzle_fuse::mount(fs, &dir, &opts)
+        .with_context(|| format!("mounting {} on {}", args.name, dir.display()))?;
+    sink.line(&format!("mounted {} at {}", args.name, dir.display()));
+    if args.daemon_child {
+        let out: Box<dyn Write + Send> = match &args.log {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening log {}", p.display()))?,
+            ),
+            None => Box::new(std::io::sink()),
+        };
+        sink.set(out);
+    }
+    while !stop.load(Ordering::Relaxed) && mounted.is_alive() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let external = !mounted.is_alive();
+    mounted
+        .unmount()
+        .with_context(|| format!("unmounting {}", dir.display()))?;
+    if !external {
+        sink.line(&format!("unmounted {}", dir.display()));
+    }
+    Ok(exit::OK)
+}
+
+fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
+    let exe = std::env::current_exe().context("finding the puzzle executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(root)
+        .arg("mount")
+        .arg(&args.name)
+        .arg(dir)
+        .arg("--daemon-child")
+        .arg("--cache-mb")
+        .arg(args.cache_mb.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string());
+    if let Some(l) = &args.log {
+        cmd.arg("--log").arg(absolute(l)?);
+    }
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .current_dir("/")
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let err = child.stderr.take().context("daemon stderr")?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(err).lines() {
+        let line = line.unwrap_or_default();
+        if line.starts_with("mounted ") {
+            eprintln!("{line}");
+            return Ok(exit::OK);
+        }
+        lines.push(line);
+    }
+    // The child ended before it was ready: pass on what it said.
+    let status = child.wait().context("waiting for the mount daemon")?;
+    for l in &lines {
+        eprintln!("{l}");
+    }
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .filter(|&c| c != 0)
+        .unwrap_or(exit::FAILURE))
+}
+
+pub fn umount(args: &UmountArgs) -> Result<u8> {
+    let dir = absolute(&args.dir)?;
+    let Some(m) = mount_at(&dir)? else {
+        bail!("{} is not a mount point", dir.display());
+    };
+    if !(m.fstype.starts_with("fuse") && m.source.starts_with("puzzle:")) {
+        bail!(
+            "{} is not a puzzle mount ({} from {})",
+            dir.display(),
+            m.fstype,
+            m.source
+        );
+    }
+    let pid = daemon_pid(&m);
+    let flags = if args.lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
+    match rustix::mount::unmount(&dir, flags) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::BUSY) => bail!(
+            "{} is busy (a process has a file open or its working directory there); \
+             close it, or `puzzle umount --lazy {}`",
+            dir.display(),
+            dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", dir.display())),
+    }
+    if let Some(pid) = pid {
+        // Wait for the daemon to finish (a zombie counts as finished).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pid) {
+            eprintln!("puzzle: warning: mount daemon {pid} is still running after unmount");
+        }
+    }
+    eprintln!("unmounted {}", dir.display());
+    Ok(exit::OK)
+}
+
+/// The daemon's pid, from the mount source `puzzle:NAME:PID`.
+fn daemon_pid(m: &MountEntry) -> Option<u32> {
+    m.source.rsplit(':').next().and_then(|p| p.parse().ok())
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // Only a puzzle process counts: the pid may have been reused.
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            s.contains("(puzzle)") && state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,356 @@
+//! `puzzle mount`: mounted trees compare identical to umoci, a corrupt chunk
+//! gives EIO only for the files that use it, and every mount is cleaned up
+//! (a guard unmounts and kills the daemon even when an assertion fails).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use puzzle_testkit::{all_kinds_image, umoci_unpack, Compression, Entry, Image};
+
+use crate::util::*;
+
+/// Whether FUSE mounts can run here (root and /dev/fuse); required in CI.
+fn can_mount() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && rustix::process::geteuid().is_root();
+    assert!(
+        ok || !require_tools(),
+        "mount tests need root and /dev/fuse (PUZZLE_REQUIRE_TOOLS is set)"
+    );
+    if !ok {
+        eprintln!("note: not root or no /dev/fuse; skipping mount test");
+    }
+    ok
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_str().unwrap();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(d))
+}
+
+fn daemon_pid(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_str().unwrap();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(d))?;
+    let src = line.split(" - ").nth(1)?.split(' ').nth(1)?;
+    src.rsplit(':').next()?.parse().ok()
+}
+
+/// A `puzzle mount --daemon`; dropping it unmounts and kills what is left.
+struct Mount {
+    store: PathBuf,
+    dir: PathBuf,
+    pid: Option<u32>,
+}
+
+impl Mount {
+    fn new(store: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let r = run(puzzle(store)
+            .arg("mount")
+            .arg(tag)
+            .arg(&dir)
+            .arg("--daemon")
+            .args(extra));
+        let m = Mount {
+            store: store.to_path_buf(),
+            pid: daemon_pid(&dir),
+            dir,
+        };
+        assert_eq!(r.code, 0, "mount failed: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("mounted {tag} at")),
+            "{}",
+            r.stderr
+        );
+        assert!(is_mounted(&m.dir), "mounted when --daemon returns");
+        assert!(m.pid.is_some(), "daemon pid in the mount source");
+        m
+    }
+
+    fn umount(&mut self) {
+        ok(puzzle(&self.store).arg("umount").arg(&self.dir));
+        assert!(!is_mounted(&self.dir));
+        if let Some(pid) = self.pid.take() {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists() || zombie(pid),
+                "daemon {pid} exited"
+            );
+        }
+    }
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn compare_mounted(store: &Path, tag: &str, expected: &Path, dir: &Path) {
+    let mut m = Mount::new(store, tag, dir, &[]);
+    assert_same_tree(expected, &m.dir);
+    m.umount();
+}
+
+#[test]
+fn mounted_synthetic_image_matches_umoci() {
+    if !can_mount() || !have("umoci") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image()
+        .map_compression(|_, c| {
+            if c == Compression::Zstd {
+                Compression::Gzip
+            } else {
+                c
+            }
+        })
+        .write_oci_layout(&layout, "all")
+        .unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let rootfs = umoci_unpack(&layout, "all", &t.join("bundle")).unwrap();
+    compare_mounted(&store, "all", &rootfs, &t.join("mnt"));
+}
+
+#[test]
+fn mounted_corpus_images_match_umoci() {
+    let Some(corpus) = corpus() else { return };
+    if !can_mount() || !have("umoci") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    for tag in [
+        "base",
+        "python3",
+        "django-5.0.7",
+        "django-5.0.8",
+        "django-5.0.8-rebuild",
+        "django-5.0.8-asbuilt",
+    ] {
+        build(&store, &format!("oci:{}:{tag}", corpus.display()), tag);
+        let bundle = t.join("bundle");
+        let rootfs = umoci_unpack(&corpus, tag, &bundle).unwrap();
+        compare_mounted(&store, tag, &rootfs, &t.join("mnt"));
+        std::fs::remove_dir_all(&bundle).unwrap();
+    }
+}
+
+/// Two files whose contents share no chunk, and a few small ones.
+fn two_file_image() -> Image {
+    let mut a = vec![0u8; 3 << 20];
+    let mut b = vec![0u8; 3 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for v in a.iter_mut().chain(b.iter_mut()) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *v = x as u8;
+    }
+    Image::new().layer(
+        &[
+            Entry::dir("data"),
+            Entry::file("data/a", &a),
+            Entry::file("data/b", &b),
+            Entry::file("data/small", "hello\n"),
+        ],
+        Compression::Gzip,
+    )
+}
+
+/// Flips a byte in the middle of the first chunk of `path` in its pack; returns the chunk id.
+fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
+    let s = puzzle_store::Store::open(store).unwrap();
+    let img = puzzle_store::image::open(&s, tag).unwrap();
+    let mut ino = img.meta.root().unwrap();
+    for name in path {
+        let i = img.meta.lookup(&ino, name).unwrap().unwrap();
+        ino = img.meta.inode(i).unwrap();
+    }
+    let e = img.meta.extent(&ino, 0).unwrap();
+    let c = img.meta.chunk(e.chunk).unwrap();
+    let pack = s.blob_path(&c.loc.pack);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(c.loc.offset + u64::from(c.loc.clen) / 2) as usize] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+    c.id.to_string()
+}
+
+#[test]
+fn corrupt_chunk_gives_eio_and_other_files_still_read() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    two_file_image().write_oci_layout(&layout, "two").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:two", layout.display()), "two");
+    let x = t.join("x");
+    extract(&store, "two", &x);
+    let chunk = corrupt_first_chunk(&store, "two", &[b"data", b"a"]);
+
+    let log = t.join("mount.log");
+    let mut m = Mount::new(
+        &store,
+        "two",
+        &t.join("mnt"),
+        &["--log", log.to_str().unwrap()],
+    );
+    let err = std::fs::read(m.dir.join("data/a")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Still EIO on a second try: never wrong bytes from a cache.
+    let err = std::fs::read(m.dir.join("data/a")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        std::fs::read(m.dir.join("data/b")).unwrap(),
+        std::fs::read(x.join("data/b")).unwrap()
+    );
+    assert_eq!(std::fs::read(m.dir.join("data/small")).unwrap(), b"hello\n");
+    m.umount();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&chunk),
+        "log names chunk {chunk}:\n{logged}"
+    );
+}
+
+#[test]
+fn mount_is_read_only_and_reports_errors_clearly() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+
+    let r = run(puzzle(&store).arg("mount").arg("nope").arg(&mnt));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+    let r = run(puzzle(&store)
+        .arg("mount")
+        .arg("all")
+        .arg(t.join("missing")));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+
+    let mut m = Mount::new(&store, "all", &mnt, &[]);
+    let r = run(puzzle(&store).arg("mount").arg("all").arg(&mnt));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("busy"), "{}", r.stderr);
+
+    // Writes fail with EROFS.
+    let e = std::fs::write(m.dir.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = std::fs::create_dir(m.dir.join("newdir")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+
+    // A killed daemon leaves a dead mount: reported with the command that clears it.
+    let pid = m.pid.take().unwrap();
+    Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = run(puzzle(&store).arg("mount").arg("all").arg(&mnt));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("killed") && r.stderr.contains("puzzle umount"),
+        "{}",
+        r.stderr
+    );
+    ok(puzzle(&store).arg("umount").arg(&m.dir));
+    assert!(!is_mounted(&m.dir));
+    let r = run(puzzle(&store).arg("umount").arg(&m.dir));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not a mount point"), "{}", r.stderr);
+}
+
+/// A foreground mount says when it is ready and unmounts cleanly on SIGTERM and SIGINT.
+#[test]
+fn foreground_mount_unmounts_on_signals() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    for sig in ["-TERM", "-INT"] {
+        let child = puzzle(&store)
+            .arg("mount")
+            .arg("all")
+            .arg(&mnt)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut g = ChildGuard(child, mnt.clone());
+        let mut err = std::io::BufReader::new(g.0.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(line.starts_with("mounted all at"), "{line}");
+        assert!(is_mounted(&mnt));
+        Command::new("kill")
+            .arg(sig)
+            .arg(g.0.id().to_string())
+            .status()
+            .unwrap();
+        let status = g.0.wait().unwrap();
+        assert!(status.success(), "{sig}: {status}");
+        assert!(!is_mounted(&mnt), "{sig} unmounted");
+    }
+}
+
+struct ChildGuard(Child, PathBuf);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if is_mounted(&self.1) {
+            let _ = Command::new("umount").arg("-l").arg(&self.1).status();
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The `fuser::Filesystem` over one image. Every callback wraps an inner
+//! function returning `Result`, and errors become errno in `crate::errno`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, OpenAccMode,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use puzzle_store::image::MappedImage;
+use puzzle_store::meta::{InodeRec, Kind, MetaBlob};
+use puzzle_store::mmap::Mapped;
+use puzzle_store::{BlobDigest, Store};
+
+use crate::cache::ChunkCache;
+use crate::{errno, Error, Log};
+
+/// The image never changes while mounted: let the kernel cache everything.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+const GEN: Generation = Generation(0);
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One stored image, served read-only.
+pub struct ImageFs {
+    meta: MetaBlob<Mapped>,
+    packs: Vec<(BlobDigest, std::path::PathBuf, OnceLock<File>)>,
+    cache: Arc<ChunkCache>,
+    log: Log,
+    /// Parent of each directory the kernel has seen, for "..".
+    parents: Mutex<HashMap<u32, u32>>,
+    _pin: puzzle_store::layout::Pin,
+}
+
+impl ImageFs {
+    /// Serves `image` from `store`, pinning its manifest for as long as the
+    /// filesystem lives so gc leaves its blobs alone.
+    pub fn new(
+        store: &Store,
+        image: MappedImage,
+        cache: Arc<ChunkCache>,
+        log: Log,
+    ) -> Result<Self> {
+        let pin = store.pin(&image.manifest_digest)?;
+        let packs = image
+            .meta
+            .packs()?
+            .into_iter()
+            .map(|d| (d, store.blob_path(&d), OnceLock::new()))
+            .collect();
+        Ok(ImageFs {
+            meta: image.meta,
+            packs,
+            cache,
+            log,
+            parents: Mutex::new(HashMap::new()),
+            _pin: pin,
+        })
+    }
+
+    fn index(ino: INodeNo) -> Result<u32> {
+        ino.0
+            .checked_sub(1)
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or(Error::NoInode(ino.0))
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<InodeRec> {
+        let i = Self::index(ino)?;
+        if u64::from(i) >= self.meta.inode_count() {
+            return Err(Error::NoInode(ino.0));
+        }
+        Ok(self.meta.inode(i)?)
+    }
+
+    fn attr(&self, r: &InodeRec) -> FileAttr {
+        let (kind, size, blocks) = match r.kind {
+            Kind::File => (FileType::RegularFile, r.size, r.size.div_ceil(512)),
+            Kind::Dir => (FileType::Directory, 4096, 8),
+            Kind::Symlink => (FileType::Symlink, r.size, 0),
+            Kind::CharDev => (FileType::CharDevice, 0, 0),
+            Kind::BlockDev => (FileType::BlockDevice, 0, 0),
+            Kind::Fifo => (FileType::NamedPipe, 0, 0),
+        };
+        let (major, minor) = r.rdev();
+        let mtime = time(r.mtime, r.mtime_nsec);
+        FileAttr {
+            ino: INodeNo(u64::from(r.ino) + 1),
+            size,
+            blocks,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: (r.mode & 0o7777) as u16,
+            nlink: r.nlink,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: encode_dev(major, minor),
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<InodeRec> {
+        let d = self.inode(ino)?;
+        if d.kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(d)
+    }
+
+    fn note_parent(&self, child: &InodeRec, parent: u32) {
+        if child.kind == Kind::Dir {
+            let mut p = self.parents.lock().unwrap_or_else(|e| e.into_inner());
+            p.insert(child.ino, parent);
+        }
+    }
+
+    fn parent_of(&self, dir: u32) -> u32 {
+        let p = self.parents.lock().unwrap_or_else(|e| e.into_inner());
+        p.get(&dir).copied().unwrap_or(0)
+    }
+
+    fn lookup_inner(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        let dir = self.dir(parent)?;
+        let child = self
+            .meta
+            .lookup(&dir, name.as_bytes())?
+            .ok_or(Error::NotFound)?;
+        let rec = self.meta.inode(child)?;
+        self.note_parent(&rec, dir.ino);
+        Ok(self.attr(&rec))
+    }
+
+    /// The entries of a directory from position `from`: ".", "..", then the
+    /// stored entries in name order. Positions are stable, so offsets are too.
+    fn entries(
+        &self,
+        dir: &InodeRec,
+        from: u64,
+        mut add: impl FnMut(u64, &[u8], &InodeRec) -> bool,
+    ) -> Result<()> {
+        let total = u64::from(dir.count()) + 2;
+        for pos in from..total {
+            let (name, rec): (&[u8], InodeRec) = match pos {
+                0 => (b".", *dir),
+                1 => (b"..", self.meta.inode(self.parent_of(dir.ino))?),
+                _ => {
+                    let (name, ino) = self.meta.dirent(dir, (pos - 2) as u32)?;
+                    let rec = self.meta.inode(ino)?;
+                    self.note_parent(&rec, dir.ino);
+                    (name, rec)
+                }
+            };
+            if add(pos + 1, name, &rec) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_inner(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let file = self.inode(ino)?;
+        match file.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid),
+        }
+        if offset >= file.size {
+            return Ok(Vec::new());
+        }
+        let end = file.size.min(offset.saturating_add(u64::from(size)));
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let Some(mut i) = self.meta.find_extent(&file, offset)? else {
+            return Ok(out);
+        };
+        let mut pos = offset;
+        while pos < end {
+            let e = self.meta.extent(&file, i)?;
+            i += 1;
+            if e.len == 0 {
+                continue;
+            }
+            let data = self.chunk(e.chunk)?;
+            let within = pos - e.file_offset;
+            let n = (u64::from(e.len) - within).min(end - pos) as usize;
+            let start = e.chunk_offset as usize + within as usize;
+            let bytes = data.get(start..start + n).ok_or_else(|| {
+                Error::Store(puzzle_store::Error::Corrupt {
+                    what: "metadata blob".into(),
+                    why: format!("extent of inode {} is outside its chunk", file.ino),
+                })
+            })?;
+            out.extend_from_slice(bytes);
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    /// Chunk `i` of the image, from the cache or decompressed and verified.
+    fn chunk(&self, i: u32) -> Result<Arc<Vec<u8>>> {
+        let rec = self.meta.chunk(i)?;
+        if let Some(d) = self.cache.get(&rec.id) {
+            return Ok(d);
+        }
+        let r = self.load(i, &rec);
+        match r {
+            Ok(data) => {
+                let data = Arc::new(data);
+                self.cache.insert(rec.id, data.clone());
+                Ok(data)
+            }
+            Err(e) => {
+                (self.log)(&format!("puzzle-fuse: read error: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn load(&self, i: u32, rec: &puzzle_store::meta::ChunkRec) -> Result<Vec<u8>> {
+        let pack = self
+            .packs
+            .iter()
+            .find(|p| p.0 == rec.loc.pack)
+            .ok_or_else(|| {
+                Error::Store(puzzle_store::Error::Corrupt {
+                    what: "metadata blob".into(),
+                    why: format!("chunk {i} names an unlisted pack"),
+                })
+            })?;
+        let file = match pack.2.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(&pack.1).map_err(|e| {
+                    Error::Store(if e.kind() == std::io::ErrorKind::NotFound {
+                        puzzle_store::Error::BlobMissing {
+                            digest: pack.0.to_string(),
+                        }
+                    } else {
+                        puzzle_store::Error::Io {
+                            path: pack.1.clone(),
+                            source: e,
+                        }
+                    })
+                })?;
+                let _ = pack.2.set(f);
+                pack.2.get().ok_or(Error::Invalid)?
+            }
+        };
+        let mut frame = vec![0u8; rec.loc.clen as usize];
+        file.read_exact_at(&mut frame, rec.loc.offset)
+            .map_err(|e| puzzle_store::Error::CorruptChunk {
+                id: rec.id,
+                pack: rec.loc.pack.to_string(),
+                why: format!("reading {} bytes at {}: {e}", rec.loc.clen, rec.loc.offset),
+            })?;
+        Ok(puzzle_store::pack::decode_frame(
+            &frame,
+            &rec.id,
+            rec.loc.rlen,
+            &rec.loc.pack,
+        )?)
+    }
+
+    fn xattr_inner(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<XattrReply> {
+        let r = self.inode(ino)?;
+        let xs = self.meta.xattrs(&r)?;
+        let (_, v) = xs
+            .iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .ok_or(Error::NoXattr)?;
+        sized(v.to_vec(), size)
+    }
+
+    fn listxattr_inner(&self, ino: INodeNo, size: u32) -> Result<XattrReply> {
+        let r = self.inode(ino)?;
+        let mut names = Vec::new();
+        for (n, _) in self.meta.xattrs(&r)? {
+            names.extend_from_slice(n);
+            names.push(0);
+        }
+        sized(names, size)
+    }
+}
+
+enum XattrReply {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+fn sized(v: Vec<u8>, size: u32) -> Result<XattrReply> {
+    if size == 0 {
+        Ok(XattrReply::Size(v.len() as u32))
+    } else if v.len() > size as usize {
+        Err(Error::Range)
+    } else {
+        Ok(XattrReply::Data(v))
+    }
+}
+
+fn time(secs: i64, nsec: u32) -> SystemTime {
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    };
+    t.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nsec))))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// The kernel's `new_encode_dev`: how FUSE carries rdev in 32 bits.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+impl fuser::Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags as F;
+        // Each is optional: ask for what the kernel offers.
+        for flag in [
+            F::FUSE_DO_READDIRPLUS,
+            F::FUSE_READDIRPLUS_AUTO,
+            F::FUSE_CACHE_SYMLINKS,
+            F::FUSE_PARALLEL_DIROPS,
+            F::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_inner(parent, name) {
+            Ok(a) => reply.entry(&TTL, &a, GEN),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(r) => reply.attr(&TTL, &self.attr(&r)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = self.inode(ino).and_then(|r| {
+            if r.kind != Kind::Symlink {
+                return Err(Error::Invalid);
+            }
+            Ok(self.meta.symlink_target(&r)?)
+        });
+        match r {
+            Ok(t) => reply.data(t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.inode(ino).and_then(|r| {
+            if flags.acc_mode() != OpenAccMode::O_RDONLY
+                || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0
+            {
+                return Err(Error::ReadOnly);
+            }
+            if r.kind == Kind::Dir {
+                return Err(Error::IsDir);
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.read_inner(ino, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino) {
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.dir(ino).and_then(|dir| {
+            self.entries(&dir, offset, |next, name, rec| {
+                let kind = self.attr(rec).kind;
+                reply.add(
+                    INodeNo(u64::from(rec.ino) + 1),
+                    next,
+                    kind,
+                    OsStr::from_bytes(name),
+                )
+            })
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = self.dir(ino).and_then(|dir| {
+            self.entries(&dir, offset, |next, name, rec| {
+                let attr = self.attr(rec);
+                reply.add(attr.ino, next, OsStr::from_bytes(name), &TTL, &attr, GEN)
+            })
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.meta.inode_count(), 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.xattr_inner(ino, name, size) {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(d)) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.listxattr_inner(ino, size) {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(d)) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        match self.inode(ino) {
+            Ok(_) if mask.contains(fuser::AccessFlags::W_OK) => {
+                reply.error(errno(&Error::ReadOnly))
+            }
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(errno(&Error::ReadOnly));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&Error::ReadOnly));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&Error::ReadOnly));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_encode_like_the_kernel() {
+        // /dev/null 1:3, a large minor, and the split-minor layout.
+        assert_eq!(encode_dev(1, 3), 0x103);
+        assert_eq!(
+            encode_dev(8, 0x12345),
+            0x12345 & 0xff | 8 << 8 | (0x12300 << 12)
+        );
+    }
+
+    #[test]
+    fn times_before_the_epoch() {
+        assert_eq!(
+            time(-1, 500),
+            UNIX_EPOCH - Duration::from_nanos(999_999_500)
+        );
+        assert_eq!(time(5, 7), UNIX_EPOCH + Duration::new(5, 7));
+    }
+}
