@@ -31,7 +31,7 @@ pub struct BuildArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], or an OCI layout directory.
     source: String,
     /// Name to store the image under (replaces an image of the same name).
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = parse_tag)]
     tag: String,
     /// Platform to pick from a multi-platform image, as os/arch[/variant].
     #[arg(long, default_value = "linux/amd64")]
@@ -54,6 +54,12 @@ pub struct BuildArgs {
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_tag(s: &str) -> Result<String, String> {
+    puzzle_store::layout::check_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The build summary (`--json` type "build").
@@ -89,7 +95,6 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         .context("invalid chunk parameters")?;
     let platform: Platform = args.platform.parse().context("invalid --platform")?;
     let src_ref: SourceRef = args.source.parse().context("invalid image source")?;
-    puzzle_store::layout::check_name(&args.tag)?;
     let what = format!("building {} from {}", args.tag, args.source);
 
     let src = source::open(&src_ref, &platform).with_context(|| what.clone())?;
@@ -110,17 +115,21 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         ..Summary::default()
     };
 
+    // Flattened as each layer arrives, so a bad entry stops the build before
+    // later layers are read and compressed.
+    let mut tree = Tree::new();
     let mut layers: Vec<Layer> = Vec::with_capacity(img.layers.len());
     let mut converted: HashMap<String, usize> = HashMap::new();
     let mut new_records: Vec<(String, Vec<u8>)> = Vec::new();
     for li in &img.layers {
         let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
         if let Some(&i) = converted.get(&li.diff_id) {
-            layers.push(layers[i].clone());
+            tree.apply(&layers[i]).with_context(ctx)?;
             summary.layers_reused += 1;
             continue;
         }
         if let Some(layer) = cached_layer(&index, &li.diff_id).with_context(ctx)? {
+            tree.apply(&layer).with_context(ctx)?;
             converted.insert(li.diff_id.clone(), layers.len());
             layers.push(layer);
             summary.layers_reused += 1;
@@ -141,15 +150,10 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             .chunk(params, &mut writer, &mut |n| bar.set_position(n))
             .with_context(ctx)?;
         bar.finish_and_clear();
+        tree.apply(&layer).with_context(ctx)?;
         new_records.push((li.diff_id.clone(), layer.to_record()));
         converted.insert(li.diff_id.clone(), layers.len());
         layers.push(layer);
-    }
-
-    let mut tree = Tree::new();
-    for (layer, li) in layers.iter().zip(&img.layers) {
-        tree.apply(layer)
-            .with_context(|| format!("{what}: layer {} ({})", li.index + 1, li.digest))?;
     }
 
     let ws = writer.stats();

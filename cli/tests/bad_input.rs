@@ -25,6 +25,7 @@ fn good_image(layout: &Path) -> String {
 /// Builds `src` as tag `bad`, expecting a failure whose message contains
 /// every string of `want`; then checks the store is still usable.
 fn expect_failure(t: &Path, store: &Path, src: &str, want: &[&str]) {
+    let blobs_before = blobs(store);
     let r = run(puzzle(store).args(["build", src, "--tag", "bad"]));
     assert_eq!(
         r.code, 1,
@@ -46,7 +47,12 @@ fn expect_failure(t: &Path, store: &Path, src: &str, want: &[&str]) {
         );
     }
     assert!(r.stdout.is_empty(), "nothing on stdout: {}", r.stdout);
-    // No partial image, nothing left in tmp/, and the next build works.
+    // No partial image, no new blob, nothing left in tmp/; the next build works.
+    assert_eq!(
+        blobs(store),
+        blobs_before,
+        "a failed build left blobs behind"
+    );
     if store.join("puzzle.json").exists() {
         assert!(images(store).iter().all(|i| i.name != "bad"));
         let leftovers: Vec<_> = std::fs::read_dir(store.join("tmp")).unwrap().collect();
@@ -61,6 +67,14 @@ fn expect_failure(t: &Path, store: &Path, src: &str, want: &[&str]) {
         std::fs::read(x.join("etc/os-release")).unwrap(),
         b"ID=good\n"
     );
+}
+
+fn blobs(store: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir(store.join("blobs/sha256"))
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn raw_image(

@@ -44,7 +44,7 @@ fn images_rm_and_exit_codes() {
     let r = run(puzzle(&store).args(["build"]));
     assert_eq!(r.code, 2);
     let r = run(puzzle(&store).args(["build", &src, "--tag", "bad name"]));
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("invalid image name"), "{}", r.stderr);
 
     // Extract refuses a non-empty target and leaves it alone.

@@ -10,7 +10,7 @@ use puzzle_chunker::ChunkId;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", show_os_path(path))]
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is not a puzzle store (no puzzle.json); build an image into it first")]
     NotAStore(PathBuf),
@@ -62,6 +62,16 @@ impl<T> IoContext<T> for io::Result<T> {
             path: path.into(),
             source,
         })
+    }
+}
+
+/// A filesystem path for a one-line message: control characters escaped.
+pub fn show_os_path(p: &std::path::Path) -> String {
+    let s = p.to_string_lossy();
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.into_owned()
     }
 }
 

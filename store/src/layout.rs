@@ -232,11 +232,25 @@ impl Store {
     pub fn pin(&self, manifest: &BlobDigest) -> Result<Pin> {
         let dir = self.root.join("pins");
         fs::create_dir_all(&dir).at(&dir)?;
-        let f = open_lock(&dir.join(manifest.hex()), false)?;
-        Ok(Pin {
-            manifest: *manifest,
-            _file: f,
-        })
+        let path = dir.join(manifest.hex());
+        // `pinned()` may unlink a pin file it found unheld between our open
+        // and our lock: then we hold an orphan inode. Retry until the file we
+        // locked is the one at the path.
+        loop {
+            let f = open_lock(&path, false)?;
+            let held = f.metadata().at(&path)?;
+            match fs::metadata(&path) {
+                Ok(now) if same_file(&now, &held) => {
+                    return Ok(Pin {
+                        manifest: *manifest,
+                        _file: f,
+                    })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
+        }
     }
 
     /// Manifests pinned by a live process right now. Stale pin files (no
@@ -363,6 +377,13 @@ impl Store {
 
     fn read_index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
+        let len = fs::metadata(&path).at(&path)?.len();
+        if len > MAX_JSON {
+            return Err(Error::BadStore {
+                path: self.root.clone(),
+                msg: format!("index.json is {len} bytes, over the {MAX_JSON}-byte limit"),
+            });
+        }
         let bytes = fs::read(&path).at(&path)?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Json {
             what: path.display().to_string(),
@@ -480,6 +501,11 @@ fn init_layout(root: &Path, config: &StoreConfig) -> Result<()> {
 
 fn lock_file(root: &Path, exclusive: bool) -> Result<File> {
     open_lock(&root.join("lock"), exclusive)
+}
+
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
 }
 
 /// Opens (creating) `path` and takes an flock on it, waiting for it.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
-use crate::pack::{ChunkLoc, MAX_CHUNK};
+use crate::pack::{ChunkLoc, MAX_CHUNK, MAX_FRAME};
 use crate::tree::{FileDigest, InodeKind, Tree};
 
 pub const META_MAGIC: &[u8; 8] = b"PZLMETA\0";
@@ -443,8 +443,11 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
         let id = ChunkId::from_bytes(r[..32].try_into().expect("32 bytes"));
         let pack = self.pack(u32_at(r, 32))?;
         let rlen = u32_at(r, 36);
-        if rlen > MAX_CHUNK {
-            return Err(corrupt(format!("chunk {id} claims {rlen} bytes")));
+        let clen = u32_at(r, 48);
+        if rlen > MAX_CHUNK || clen > MAX_FRAME {
+            return Err(corrupt(format!(
+                "chunk {id} claims {rlen} bytes in a {clen}-byte frame"
+            )));
         }
         Ok(ChunkRec {
             id,
@@ -530,7 +533,7 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let e = self.extent(file, mid)?;
-            if e.file_offset + u64::from(e.len) <= offset {
+            if e.file_offset.saturating_add(u64::from(e.len)) <= offset {
                 lo = mid + 1;
             } else if e.file_offset > offset {
                 hi = mid;

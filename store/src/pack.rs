@@ -23,6 +23,9 @@ pub const TRAILER_LEN: usize = 32;
 pub const DEFAULT_PACK_TARGET: u64 = 32 << 20;
 /// Largest raw chunk we accept from disk (fastcdc's maximum `max`).
 pub const MAX_CHUNK: u32 = 16 << 20;
+/// Largest frame a chunk of `MAX_CHUNK` bytes can compress to (zstd's bound
+/// is below `n + n/128 + 1 KiB`); larger claims are corrupt, not allocated.
+pub const MAX_FRAME: u32 = MAX_CHUNK + (MAX_CHUNK >> 7) + (1 << 10);
 
 /// Where a chunk lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,7 +151,11 @@ pub fn parse_index(index: &[u8], count: u32, index_offset: u64) -> Result<Vec<Pa
             clen: u32::from_le_bytes(e[40..44].try_into().unwrap()),
             rlen: u32::from_le_bytes(e[44..48].try_into().unwrap()),
         };
-        if entry.offset != next || entry.rlen > MAX_CHUNK || entry.clen == 0 {
+        if entry.offset != next
+            || entry.rlen > MAX_CHUNK
+            || entry.clen == 0
+            || entry.clen > MAX_FRAME
+        {
             return Err(bad(format!("entry {i} ({}) is out of place", entry.id)));
         }
         next = entry.offset + u64::from(entry.clen);
@@ -204,6 +211,13 @@ pub fn decode_frame(frame: &[u8], id: &ChunkId, rlen: u32, pack: &BlobDigest) ->
 
 /// Reads and verifies the chunk at `loc` from an open pack file.
 pub fn read_chunk(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+    if loc.clen > MAX_FRAME {
+        return Err(Error::CorruptChunk {
+            id: *id,
+            pack: loc.pack.to_string(),
+            why: format!("frame length {} is over the limit", loc.clen),
+        });
+    }
     let mut frame = vec![0u8; loc.clen as usize];
     file.read_exact_at(&mut frame, loc.offset)
         .map_err(|e| Error::CorruptChunk {

@@ -2,6 +2,8 @@
 //! frames appended to packs in submission order (so packs are deterministic).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -52,6 +54,8 @@ pub struct ChunkWriter<'a> {
     packer: Option<JoinHandle<Result<Written>>>,
     seq: u64,
     stats: WriteStats,
+    /// Set when the writer is dropped without `finish`: nothing is kept.
+    abort: Arc<AtomicBool>,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -70,7 +74,9 @@ impl<'a> ChunkWriter<'a> {
             .collect();
         drop(frame_tx);
         let store = store.clone();
-        let packer = std::thread::spawn(move || pack_loop(&store, frame_rx));
+        let abort = Arc::new(AtomicBool::new(false));
+        let abort2 = abort.clone();
+        let packer = std::thread::spawn(move || pack_loop(&store, frame_rx, &abort2));
         ChunkWriter {
             index,
             pending: HashSet::new(),
@@ -79,6 +85,7 @@ impl<'a> ChunkWriter<'a> {
             packer: Some(packer),
             seq: 0,
             stats: WriteStats::default(),
+            abort,
         }
     }
 
@@ -141,6 +148,9 @@ impl<'a> ChunkWriter<'a> {
 
 impl Drop for ChunkWriter<'_> {
     fn drop(&mut self) {
+        // Dropped without finish(): a failed build. Its packs would never be
+        // indexed, so keep none of them.
+        self.abort.store(true, Ordering::SeqCst);
         self.jobs = None;
         for c in self.compressors.drain(..) {
             let _ = c.join();
@@ -174,7 +184,7 @@ fn compress_loop(rx: Receiver<Job>, tx: Sender<Frame>, level: i32) {
     }
 }
 
-fn pack_loop(store: &Store, rx: Receiver<Frame>) -> Result<Written> {
+fn pack_loop(store: &Store, rx: Receiver<Frame>, abort: &AtomicBool) -> Result<Written> {
     let mut packs = Vec::new();
     let mut current: Option<PackWriter> = None;
     let mut waiting: BTreeMap<u64, Frame> = BTreeMap::new();
@@ -207,6 +217,17 @@ fn pack_loop(store: &Store, rx: Receiver<Frame>) -> Result<Written> {
                 break;
             }
         }
+    }
+    if abort.load(Ordering::SeqCst) {
+        // Not indexed, referenced by nothing: remove what this writer made
+        // durable. The open pack's temp file goes away when dropped.
+        for p in &packs {
+            let _ = std::fs::remove_file(store.blob_path(&p.digest));
+        }
+        return Err(failure.unwrap_or(Error::Corrupt {
+            what: "chunk writer".into(),
+            why: "aborted".into(),
+        }));
     }
     if let Some(e) = failure {
         return Err(e);
