@@ -9,12 +9,15 @@
 //! - [`writer::ChunkWriter`]: stores new chunks, compressing on worker threads.
 //! - [`image`]: committing an image (metadata, manifest, tag) and opening one.
 //! - [`extract`]: writing an image's tree to a directory.
+//! - [`verify`]: checking digests and cross-references; rebuilding the index.
+//! - [`gc`]: deleting what no image needs and repacking sparse packs.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod gc;
 pub mod image;
 pub mod index;
 pub mod layout;
@@ -22,6 +25,7 @@ pub mod manifest;
 pub mod meta;
 pub mod pack;
 pub mod tree;
+pub mod verify;
 pub mod writer;
 
 pub use digest::BlobDigest;
