@@ -2,6 +2,7 @@
 //! once, extract or mount any stored image, and report what images share.
 
 mod build;
+mod lifecycle;
 mod output;
 
 use std::io::Write;
@@ -21,6 +22,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const NOT_FOUND: u8 = 3;
     pub const NO_STORE: u8 = 4;
+    /// `verify` found problems in the store.
+    pub const PROBLEMS: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +49,10 @@ enum Command {
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
     Rm(RmArgs),
+    /// Check every image's manifest, metadata and packs, and the index; exit 5 on any problem.
+    Verify(lifecycle::VerifyArgs),
+    /// Delete what no image (tagged or in use) needs; rewrite sparse packs.
+    Gc(lifecycle::GcArgs),
 }
 
 #[derive(Args, Debug)]
@@ -147,13 +154,16 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
+        Command::Verify(args) => lifecycle::verify(&root, args, &progress),
+        Command::Gc(args) => lifecycle::gc(&root, args, &progress),
     }
 }
 
 fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
     let store = Store::open(root)?;
-    let img =
-        image::open(&store, &args.name).with_context(|| format!("opening image {}", args.name))?;
+    // Pinned for the whole extract: a concurrent gc keeps every blob it reads.
+    let (img, _pin) = image::open_pinned(&store, &args.name)
+        .with_context(|| format!("opening image {}", args.name))?;
     let started = std::time::Instant::now();
     let spinner = progress.spinner(&format!("extracting {}", args.name));
     let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)

@@ -8,4 +8,6 @@ mod util;
 mod bad_input;
 mod basics;
 mod corpus;
+mod crash;
+mod lifecycle;
 mod synthetic;
