@@ -7,7 +7,9 @@ mod util;
 
 mod bad_input;
 mod basics;
+mod concurrent;
 mod corpus;
 mod crash;
+mod diskfull;
 mod lifecycle;
 mod synthetic;
