@@ -3,6 +3,7 @@
 
 mod build;
 mod html;
+mod lifecycle;
 mod mount;
 mod output;
 mod stats;
@@ -24,6 +25,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const NOT_FOUND: u8 = 3;
     pub const NO_STORE: u8 = 4;
+    /// `verify` found problems in the store.
+    pub const PROBLEMS: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -55,6 +58,10 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `puzzle mount` and wait for its daemon to exit.
     Umount(mount::UmountArgs),
+    /// Check every image's manifest, metadata and packs, and the index; exit 5 on any problem.
+    Verify(lifecycle::VerifyArgs),
+    /// Delete what no image (tagged or in use) needs; rewrite sparse packs.
+    Gc(lifecycle::GcArgs),
 }
 
 #[derive(Args, Debug)]
@@ -159,13 +166,16 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Stats(args) => stats::run(&root, args),
         Command::Mount(args) => mount::mount(&root, args),
         Command::Umount(args) => mount::umount(args),
+        Command::Verify(args) => lifecycle::verify(&root, args, &progress),
+        Command::Gc(args) => lifecycle::gc(&root, args, &progress),
     }
 }
 
 fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
     let store = Store::open(root)?;
-    let img =
-        image::open(&store, &args.name).with_context(|| format!("opening image {}", args.name))?;
+    // Pinned for the whole extract: a concurrent gc keeps every blob it reads.
+    let (img, _pin) = image::open_pinned(&store, &args.name)
+        .with_context(|| format!("opening image {}", args.name))?;
     let started = std::time::Instant::now();
     let spinner = progress.spinner(&format!("extracting {}", args.name));
     let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)

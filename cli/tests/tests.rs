@@ -7,7 +7,11 @@ mod util;
 
 mod bad_input;
 mod basics;
+mod concurrent;
 mod corpus;
+mod crash;
+mod diskfull;
+mod lifecycle;
 mod mount;
 mod stats;
 mod synthetic;

@@ -162,3 +162,36 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
         );
     }
 }
+
+/// The rootfs `umoci unpack` gives for corpus image `tag`, unpacked once per
+/// corpus manifest digest and kept under the cargo target tmp dir (umoci
+/// takes seconds per image; several tests compare against the same images).
+/// `None` when umoci is missing and not required.
+pub fn umoci_rootfs(corpus: &Path, tag: &str) -> Option<PathBuf> {
+    use std::sync::Mutex;
+    static LOCK: Mutex<()> = Mutex::new(());
+    if !have("umoci") {
+        return None;
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .and_then(|m| m["digest"].as_str())
+        .unwrap_or_else(|| panic!("no {tag} in the corpus"))
+        .replace(':', "-");
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("umoci-cache");
+    let done = cache.join(format!("{digest}.done"));
+    let bundle = cache.join(&digest);
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(&cache).unwrap();
+        puzzle_testkit::umoci_unpack(corpus, tag, &bundle).unwrap();
+        std::fs::write(&done, b"").unwrap();
+    }
+    Some(bundle.join("rootfs"))
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::digest::BlobDigest;
 use crate::error::{Error, IoContext, Result};
 use crate::index::ChunkIndex;
-use crate::layout::{Store, FORMAT_VERSION, MAX_JSON};
+use crate::layout::{ImageRef, Pin, Store, FORMAT_VERSION, MAX_JSON};
 use crate::manifest::*;
 use crate::meta::{self, MetaBlob, SourceInfo};
 use crate::tree::Tree;
@@ -36,10 +36,28 @@ pub fn commit(
     let meta_bytes = meta::encode(tree, source, |id| {
         index.get(id)?.ok_or(Error::ChunkNotFound(*id))
     })?;
-    let meta_digest = store.write_blob(&meta_bytes)?;
-    let metadata = Descriptor::new(MEDIA_TYPE_METADATA, meta_digest, meta_bytes.len() as u64);
     let config_digest = store.write_blob(config_bytes)?;
-    let view = MetaBlob::open(&meta_bytes[..])?;
+    let config = Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config_bytes.len() as u64);
+    let (desc, metadata, packs) = write_image(store, &meta_bytes, config)?;
+    store.set_tag(name, &desc)?;
+    Ok(Committed {
+        manifest: desc,
+        metadata,
+        packs,
+    })
+}
+
+/// Writes a metadata blob and the manifest naming it, the packs it uses and
+/// `config` (already stored). Packs must be durable. Returns the manifest
+/// and metadata descriptors and the number of packs. Tags nothing.
+pub fn write_image(
+    store: &Store,
+    meta_bytes: &[u8],
+    config: Descriptor,
+) -> Result<(Descriptor, Descriptor, usize)> {
+    let meta_digest = store.write_blob(meta_bytes)?;
+    let metadata = Descriptor::new(MEDIA_TYPE_METADATA, meta_digest, meta_bytes.len() as u64);
+    let view = MetaBlob::open(meta_bytes)?;
     let mut layers = vec![metadata.clone()];
     for pack in view.packs()? {
         let path = store.blob_path(&pack);
@@ -59,19 +77,14 @@ pub fn commit(
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_TYPE_MANIFEST.to_string(),
-        config: Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config_bytes.len() as u64),
+        config,
         layers,
         annotations,
     };
     let bytes = manifest.to_bytes();
     let digest = store.write_blob(&bytes)?;
     let desc = Descriptor::new(MEDIA_TYPE_MANIFEST, digest, bytes.len() as u64);
-    store.set_tag(name, &desc)?;
-    Ok(Committed {
-        manifest: desc,
-        metadata,
-        packs,
-    })
+    Ok((desc, metadata, packs))
 }
 
 /// A stored image, opened for reading.
@@ -104,9 +117,21 @@ pub fn read_manifest(store: &Store, digest: &BlobDigest) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// Opens the image tagged `name` and pins it (see [`Store::pin_image`]):
+/// gc keeps everything it uses while the [`Pin`] is held.
+pub fn open_pinned(store: &Store, name: &str) -> Result<(Image, Pin)> {
+    let (r, pin) = store.pin_image(name)?;
+    Ok((open_ref(store, &r)?, pin))
+}
+
 /// Opens the image tagged `name`: its manifest and metadata blob, both verified.
+/// Not pinned: use [`open_pinned`] to read chunks while a gc may run.
 pub fn open(store: &Store, name: &str) -> Result<Image> {
-    let r = store.resolve(name)?;
+    open_ref(store, &store.resolve(name)?)
+}
+
+fn open_ref(store: &Store, r: &ImageRef) -> Result<Image> {
+    let name = &r.name;
     let manifest = read_manifest(store, &r.manifest.digest)?;
     let md = manifest.metadata().expect("checked").clone();
     let bytes = store.read_blob(&md.digest, MAX_METADATA)?;

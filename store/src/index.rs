@@ -107,6 +107,53 @@ impl ChunkIndex {
         self.chunks.apply_batch(batch).map_err(|e| self.err(e))
     }
 
+    /// Every chunk entry, in id order.
+    pub fn chunk_entries(&self) -> Result<Vec<(ChunkId, ChunkLoc)>> {
+        let mut out = Vec::new();
+        for kv in self.chunks.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let id: [u8; 32] = k.as_ref().try_into().map_err(|_| Error::Corrupt {
+                what: "index".into(),
+                why: format!("chunk key of {} bytes", k.len()),
+            })?;
+            let id = ChunkId::from_bytes(id);
+            let loc = decode_loc(&v).ok_or_else(|| Error::Corrupt {
+                what: format!("index record of chunk {id}"),
+                why: format!("{} bytes", v.len()),
+            })?;
+            out.push((id, loc));
+        }
+        Ok(out)
+    }
+
+    /// Records `loc` for `id` unless the index already has the chunk.
+    pub fn add_if_missing(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<()> {
+        self.chunks
+            .compare_and_swap(
+                id.as_bytes(),
+                None as Option<&[u8]>,
+                Some(&encode_loc(loc)[..]),
+            )
+            .map_err(|e| self.err(e))?
+            .ok();
+        Ok(())
+    }
+
+    pub fn remove_chunk(&self, id: &ChunkId) -> Result<()> {
+        self.chunks.remove(id.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The diff_ids of every converted-layer record.
+    pub fn layer_ids(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for k in self.layers.iter().keys() {
+            let k = k.map_err(|e| self.err(e))?;
+            out.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
+    }
+
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
     }

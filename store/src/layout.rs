@@ -221,11 +221,102 @@ impl Store {
         self.blob_path(d).is_file()
     }
 
-    /// Takes the writer lock, waiting for other writers.
+    /// Takes the writer lock, waiting for other writers. Only lock holders
+    /// write to `tmp/`, so whatever is there now is left by a writer that
+    /// crashed: it is removed.
     pub fn lock(&self) -> Result<StoreLock> {
-        Ok(StoreLock {
-            _file: lock_file(&self.root, true)?,
-        })
+        let file = lock_file(&self.root, true)?;
+        self.clean_tmp()?;
+        Ok(StoreLock { _file: file })
+    }
+
+    fn clean_tmp(&self) -> Result<()> {
+        let dir = self.tmp_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fs::create_dir_all(&dir).at(&dir);
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
+        };
+        for e in rd {
+            let e = e.at(&dir)?;
+            let path = e.path();
+            let r = if e.file_type().at(&path)?.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match r {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io { path, source: e })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every blob in `blobs/sha256/` with its size, sorted by digest. Files
+    /// whose names are not digests are skipped.
+    pub fn blobs(&self) -> Result<Vec<(BlobDigest, u64)>> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| format!("sha256:{n}").parse::<BlobDigest>().ok())
+            else {
+                continue;
+            };
+            let md = e.metadata().at(e.path())?;
+            if md.is_file() {
+                out.push((d, md.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes a blob (gc only, under the writer lock). A missing blob is fine.
+    pub fn remove_blob(&self, d: &BlobDigest) -> Result<()> {
+        let path = self.blob_path(d);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes deletions and renames in `blobs/sha256/` durable.
+    pub fn sync_blobs(&self) -> Result<()> {
+        sync_dir(&self.root.join("blobs/sha256"))
+    }
+
+    /// Resolves `name` and pins its manifest so that gc cannot remove it:
+    /// pin first, then check the tag still names that manifest (a gc or a
+    /// rebuild may have moved it in between; then try again). gc reads
+    /// `index.json` and the pins under the writer lock, and checks pins again
+    /// before deleting, so a manifest that is still tagged once pinned is safe.
+    pub fn pin_image(&self, name: &str) -> Result<(ImageRef, Pin)> {
+        let mut r = self.resolve(name)?;
+        loop {
+            let pin = self.pin(&r.manifest.digest)?;
+            let now = self.resolve(name)?;
+            if now.manifest.digest == r.manifest.digest {
+                return Ok((r, pin));
+            }
+            drop(pin);
+            r = now;
+        }
     }
 
     /// Pins `manifest` until the returned [`Pin`] is dropped (see [`Pin`]).
@@ -437,6 +528,21 @@ impl Store {
                 .get(ANNOTATION_REF_NAME)
                 .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
         });
+        self.write_index(&index)
+    }
+
+    /// Points every tag naming a manifest in `moved` at its replacement, in
+    /// one atomic write of `index.json` (gc, after rewriting images). The
+    /// caller holds the writer lock.
+    pub fn retarget(&self, moved: &BTreeMap<BlobDigest, Descriptor>) -> Result<()> {
+        let mut index = self.read_index()?;
+        for d in &mut index.manifests {
+            if let Some(new) = moved.get(&d.digest) {
+                let annotations = std::mem::take(&mut d.annotations);
+                *d = new.clone();
+                d.annotations = annotations;
+            }
+        }
         self.write_index(&index)
     }
 

@@ -12,12 +12,15 @@
 //! - [`stats`]: the dedup report (sharing, costs, diffs) from metadata alone.
 //! - [`mmap`]: the single memory-mapping wrapper; [`image::open_mapped`] uses
 //!   it so a mount reads the metadata blob in place.
+//! - [`verify`]: checking digests and cross-references; rebuilding the index.
+//! - [`gc`]: deleting what no image needs and repacking sparse packs.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod gc;
 pub mod image;
 pub mod index;
 pub mod layout;
@@ -27,6 +30,7 @@ pub mod mmap;
 pub mod pack;
 pub mod stats;
 pub mod tree;
+pub mod verify;
 pub mod writer;
 
 pub use digest::BlobDigest;

@@ -362,6 +362,47 @@ mod tests {
         assert!(parse_index(&bad[idx as usize..bad.len() - TRAILER_LEN], count, idx).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Fuzz stand-in (fuzz/fuzz_targets/pack_header.rs): a pack tail with
+        /// overwritten bytes parses or is refused, never panics, and whatever
+        /// parses is self-consistent.
+        #[test]
+        fn mutated_pack_headers_never_panic(
+            n in 0usize..6,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+            claimed_len in proptest::option::of(proptest::prelude::any::<u64>()),
+        ) {
+            let mut b = PackBuilder::default();
+            let mut bytes = Vec::new();
+            for i in 0..n {
+                let c = vec![i as u8; 100 + i];
+                let f = frame(&c);
+                b.add(ChunkId::of(&c), f.len() as u32, c.len() as u32);
+                bytes.extend_from_slice(&f);
+            }
+            bytes.extend_from_slice(&b.header());
+            let len = bytes.len();
+            for (at, v) in edits {
+                bytes[at % len] = v;
+            }
+            let pack_len = claimed_len.unwrap_or(len as u64);
+            if let Ok((count, idx)) = parse_trailer(&bytes, pack_len) {
+                let start = usize::try_from(idx).ok().filter(|&s| s <= len - TRAILER_LEN);
+                if let (Some(start), true) = (start, pack_len == len as u64) {
+                    if let Ok(entries) = parse_index(&bytes[start..len - TRAILER_LEN], count, idx) {
+                        let mut next = 0;
+                        for e in &entries {
+                            proptest::prop_assert_eq!(e.offset, next);
+                            next += u64::from(e.clen);
+                        }
+                        proptest::prop_assert_eq!(next, idx);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn corrupt_frame_is_an_error_not_wrong_bytes() {
         let data = vec![7u8; 5000];

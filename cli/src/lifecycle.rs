@@ -1,0 +1,226 @@
+//! `puzzle verify` and `puzzle gc`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use puzzle_store::gc::{GcOptions, DEFAULT_REPACK_BELOW};
+use puzzle_store::index::ChunkIndex;
+use puzzle_store::{gc, verify, Store};
+use serde::Serialize;
+
+use crate::exit;
+use crate::output::{self, Envelope, Progress};
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also decompress every chunk of every pack an image uses and check its BLAKE3 id.
+    #[arg(long)]
+    full: bool,
+    /// First rebuild the index from the packs in the store (layer records are dropped).
+    #[arg(long)]
+    rebuild_index: bool,
+    /// Print one JSON line per problem and a summary line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct ProblemLine<'a> {
+    object: &'a str,
+    images: &'a [String],
+    problem: &'a str,
+}
+
+#[derive(Serialize)]
+struct VerifySummary {
+    images: usize,
+    packs: usize,
+    chunk_refs: u64,
+    chunks_hashed: u64,
+    index_entries: u64,
+    problems: usize,
+    index_rebuilt: bool,
+    seconds: f64,
+}
+
+pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8> {
+    let started = Instant::now();
+    let store = Store::open(root)?;
+    // The index can be opened by one process only: take the writer lock.
+    let _lock = store.lock()?;
+    if args.rebuild_index {
+        let spinner = progress.spinner("rebuilding the index from packs");
+        let r = verify::rebuild_index(&store).context("rebuilding the index")?;
+        drop(spinner);
+        eprintln!(
+            "rebuilt the index: {} chunks from {} packs",
+            r.chunks, r.packs
+        );
+        for d in &r.bad_packs {
+            eprintln!("puzzle: warning: {d} looks like a pack but is damaged; not indexed");
+        }
+    }
+    let index = ChunkIndex::open(&store)?;
+    let spinner = progress.spinner("verifying");
+    let report = verify::verify(&store, Some(&index), args.full)?;
+    drop(spinner);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for p in &report.problems {
+        if args.json {
+            let line = Envelope::new(
+                "problem",
+                ProblemLine {
+                    object: &p.object,
+                    images: &p.images,
+                    problem: &p.what,
+                },
+            );
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        } else {
+            let who = if p.images.is_empty() {
+                String::new()
+            } else {
+                format!(" (needed by {})", p.images.join(", "))
+            };
+            writeln!(out, "{}: {}{who}", p.object, p.what)?;
+        }
+    }
+    let summary = VerifySummary {
+        images: report.images,
+        packs: report.packs,
+        chunk_refs: report.chunk_refs,
+        chunks_hashed: report.chunks_hashed,
+        index_entries: report.index_entries,
+        problems: report.problems.len(),
+        index_rebuilt: args.rebuild_index,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        serde_json::to_writer(&mut out, &Envelope::new("verify", &summary))?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    let hashed = if args.full {
+        format!(", {} chunks hashed", report.chunks_hashed)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "verified {} image(s), {} pack(s), {} chunk references, {} index entries{hashed}: {} problem(s) in {:.2}s",
+        report.images,
+        report.packs,
+        report.chunk_refs,
+        report.index_entries,
+        report.problems.len(),
+        summary.seconds
+    );
+    if report.problems.iter().any(|p| p.object == "index") {
+        eprintln!("puzzle: hint: `puzzle verify --rebuild-index` rebuilds the index from packs");
+    }
+    Ok(if report.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::PROBLEMS
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Say what would be freed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rewrite packs whose live bytes are below this fraction of their size (0 never repacks).
+    #[arg(long, default_value_t = DEFAULT_REPACK_BELOW, value_name = "FRACTION")]
+    repack_below: f64,
+    /// Print the summary as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct GcSummary {
+    dry_run: bool,
+    images: usize,
+    pinned: usize,
+    blobs_removed: usize,
+    bytes_removed: u64,
+    packs_removed: usize,
+    packs_repacked: usize,
+    packs_written: usize,
+    bytes_written: u64,
+    chunks_moved: u64,
+    chunks_removed: u64,
+    images_rewritten: usize,
+    layer_records_removed: usize,
+    freed_bytes: i64,
+    seconds: f64,
+}
+
+pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
+    let started = Instant::now();
+    if !(0.0..=1.0).contains(&args.repack_below) {
+        anyhow::bail!("--repack-below must be between 0 and 1");
+    }
+    let store = Store::open(root)?;
+    let _lock = store.lock()?;
+    let index = ChunkIndex::open(&store)?;
+    let spinner = progress.spinner("collecting garbage");
+    let opts = GcOptions {
+        dry_run: args.dry_run,
+        // 1.0 means "any dead chunk": compare with a bound just above 1.
+        repack_below: if args.repack_below >= 1.0 {
+            1.0 + f64::EPSILON
+        } else {
+            args.repack_below
+        },
+    };
+    let r = gc::gc(&store, &index, &opts).context("gc")?;
+    drop(spinner);
+    let s = GcSummary {
+        dry_run: args.dry_run,
+        images: r.images,
+        pinned: r.pinned,
+        blobs_removed: r.blobs_removed,
+        bytes_removed: r.bytes_removed,
+        packs_removed: r.packs_removed,
+        packs_repacked: r.packs_repacked,
+        packs_written: r.packs_written,
+        bytes_written: r.bytes_written,
+        chunks_moved: r.chunks_moved,
+        chunks_removed: r.chunks_removed,
+        images_rewritten: r.images_rewritten,
+        layer_records_removed: r.layer_records_removed,
+        freed_bytes: r.freed(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        output::print_json(&Envelope::new("gc", &s))?;
+    }
+    let (verb, freed) = if args.dry_run {
+        ("would free", "would remove")
+    } else {
+        ("freed", "removed")
+    };
+    eprintln!(
+        "gc {verb} {} ({} blob(s) {freed}, {} of them packs; {} chunk(s) no image needs); \
+         {} sparse pack(s) repacked into {} ({} chunks moved, {} image(s) rewritten); \
+         {} image(s), {} pinned, in {:.2}s",
+        output::bytes(r.freed().max(0) as u64),
+        r.blobs_removed,
+        r.packs_removed,
+        r.chunks_removed,
+        r.packs_repacked,
+        r.packs_written,
+        r.chunks_moved,
+        r.images_rewritten,
+        r.images,
+        r.pinned,
+        s.seconds
+    );
+    Ok(exit::OK)
+}

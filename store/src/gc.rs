@@ -1,0 +1,401 @@
+//! `gc`: give back the space no image needs.
+//!
+//! Roots are the manifests tagged in `index.json` plus every manifest pinned
+//! by a live process ([`Store::pinned`]). A blob is live if a root manifest
+//! names it (config, metadata blob, packs). A chunk is live if a root's
+//! metadata names it. Then, under the writer lock (the caller holds it):
+//!
+//! 1. a pack whose live frame bytes are below `repack_below` of its frame
+//!    bytes, and that no pinned manifest uses, is *sparse*: its live chunks
+//!    are copied (frames as stored, each checked against its BLAKE3 id) into
+//!    new packs, written durably;
+//! 2. the new packs go into the index (flushed);
+//! 3. every tagged image using a sparse pack gets a new metadata blob (its
+//!    chunk table pointing at the new places) and a new manifest;
+//! 4. `index.json` is rewritten once, pointing those tags at the new manifests;
+//! 5. pins are read again: a manifest pinned since step 0 keeps its blobs;
+//! 6. the index is cut down to the packs that stay, and layer records naming
+//!    a chunk no longer indexed are dropped (flushed);
+//! 7. only then every blob no root reaches is deleted.
+//!
+//! Killed at any point, the store stays valid: until step 4 the old images
+//! are untouched; until step 7 nothing is deleted; the index never names a
+//! pack before it is durable or after it is deleted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::File;
+
+use puzzle_chunker::ChunkId;
+
+use crate::digest::BlobDigest;
+use crate::error::{Error, Result};
+use crate::image::{read_manifest, write_image, MAX_METADATA};
+use crate::index::ChunkIndex;
+use crate::layout::Store;
+use crate::manifest::Descriptor;
+use crate::meta::MetaBlob;
+use crate::pack::{self, ChunkLoc, PackInfo, PackWriter, DEFAULT_PACK_TARGET};
+use crate::tree::Layer;
+
+/// Packs with less than this fraction of their frame bytes live are
+/// rewritten by default (docs/FORMAT.md, "Garbage collection").
+pub const DEFAULT_REPACK_BELOW: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Report what would be done; change nothing.
+    pub dry_run: bool,
+    /// Rewrite packs whose live fraction is below this (0 never, above 1 always
+    /// when anything in them is dead).
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            repack_below: DEFAULT_REPACK_BELOW,
+        }
+    }
+}
+
+/// What gc did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    pub images: usize,
+    pub pinned: usize,
+    /// Blobs deleted (packs, metadata blobs, manifests, configs).
+    pub blobs_removed: usize,
+    pub bytes_removed: u64,
+    pub packs_removed: usize,
+    /// Sparse packs whose live chunks were moved.
+    pub packs_repacked: usize,
+    pub packs_written: usize,
+    /// Bytes of new packs, metadata blobs and manifests written.
+    pub bytes_written: u64,
+    /// Chunks moved to new packs.
+    pub chunks_moved: u64,
+    /// Chunks that no image needs any more and whose pack is deleted.
+    pub chunks_removed: u64,
+    pub images_rewritten: usize,
+    pub layer_records_removed: usize,
+}
+
+impl GcReport {
+    /// Net bytes given back.
+    pub fn freed(&self) -> i64 {
+        self.bytes_removed as i64 - self.bytes_written as i64
+    }
+}
+
+/// Blobs a manifest names, itself included.
+fn closure(store: &Store, m: &BlobDigest) -> Result<Vec<BlobDigest>> {
+    let man = read_manifest(store, m)?;
+    let mut out = vec![*m, man.config.digest];
+    out.extend(man.layers.iter().map(|l| l.digest));
+    Ok(out)
+}
+
+struct Root {
+    name: Option<String>,
+    manifest: BlobDigest,
+    meta: MetaBlob<Vec<u8>>,
+    config: Descriptor,
+}
+
+/// Runs gc; see the module docs. The caller holds the writer lock and has
+/// the index open.
+pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcReport> {
+    let images = store.images()?;
+    let pins0 = store.pinned()?;
+    let mut report = GcReport {
+        images: images.len(),
+        pinned: pins0.len(),
+        ..Default::default()
+    };
+    let refuse = |what: String, e: Error| Error::Corrupt {
+        what,
+        why: format!("{e}; gc refuses to run (see `puzzle verify`)"),
+    };
+
+    // Roots, with their metadata.
+    let mut roots: Vec<Root> = Vec::new();
+    let mut seen = HashSet::new();
+    let tagged = images
+        .iter()
+        .map(|r| (Some(r.name.clone()), r.manifest.digest));
+    let pinned = pins0.iter().map(|d| (None, *d));
+    for (name, m) in tagged.chain(pinned) {
+        if !seen.insert(m) {
+            continue;
+        }
+        if name.is_none() && !store.has_blob(&m) {
+            continue; // pinned, but already gone: nothing to keep
+        }
+        let what = format!("image {}", name.as_deref().unwrap_or(&m.to_string()));
+        let man = read_manifest(store, &m).map_err(|e| refuse(what.clone(), e))?;
+        let md = man.metadata().expect("checked").digest;
+        let meta = store
+            .read_blob(&md, MAX_METADATA)
+            .and_then(MetaBlob::open)
+            .map_err(|e| refuse(what.clone(), e))?;
+        roots.push(Root {
+            name,
+            manifest: m,
+            meta,
+            config: man.config.clone(),
+        });
+    }
+    let pinned_manifests: HashSet<BlobDigest> = pins0.iter().copied().collect();
+
+    // Live chunk bytes per pack, and packs a pinned manifest uses.
+    let mut live: HashMap<BlobDigest, HashMap<ChunkId, ChunkLoc>> = HashMap::new();
+    let mut pinned_packs: HashSet<BlobDigest> = HashSet::new();
+    for r in &roots {
+        let is_pinned = pinned_manifests.contains(&r.manifest);
+        for i in 0..r.meta.chunk_count() {
+            let rec = r.meta.chunk(i as u32)?;
+            live.entry(rec.loc.pack)
+                .or_default()
+                .insert(rec.id, rec.loc);
+            if is_pinned {
+                pinned_packs.insert(rec.loc.pack);
+            }
+        }
+    }
+
+    // Sparse packs.
+    let mut sparse: BTreeSet<BlobDigest> = BTreeSet::new();
+    for (p, chunks) in &live {
+        if pinned_packs.contains(p) {
+            continue;
+        }
+        let path = store.blob_path(p);
+        let f = File::open(&path).map_err(|e| {
+            refuse(
+                format!("pack {p}"),
+                Error::Io {
+                    path: path.clone(),
+                    source: e,
+                },
+            )
+        })?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let entries = pack::read_pack_index(&f, len).map_err(|e| refuse(format!("pack {p}"), e))?;
+        let total: u64 = entries.iter().map(|e| u64::from(e.clen)).sum();
+        let live_bytes: u64 = chunks.values().map(|l| u64::from(l.clen)).sum();
+        let dead = entries.len() > chunks.len();
+        if dead && (live_bytes as f64) < opts.repack_below * total as f64 {
+            sparse.insert(*p);
+        }
+    }
+    report.packs_repacked = sparse.len();
+
+    let mut moved_manifests: BTreeMap<BlobDigest, Descriptor> = BTreeMap::new();
+    if !sparse.is_empty() {
+        // Copy live chunks of sparse packs, in image-name then chunk-table order.
+        let mut moved: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+        let mut order: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+        for r in &roots {
+            for i in 0..r.meta.chunk_count() {
+                let rec = r.meta.chunk(i as u32)?;
+                if sparse.contains(&rec.loc.pack) && !moved.contains_key(&rec.id) {
+                    moved.insert(rec.id, rec.loc);
+                    order.push((rec.id, rec.loc));
+                }
+            }
+        }
+        report.chunks_moved = order.len() as u64;
+        if opts.dry_run {
+            report.bytes_written = order.iter().map(|(_, l)| u64::from(l.clen)).sum();
+        } else {
+            let new_packs = copy_chunks(store, &order)?;
+            for p in &new_packs {
+                for e in &p.entries {
+                    moved.insert(
+                        e.id,
+                        ChunkLoc {
+                            pack: p.digest,
+                            offset: e.offset,
+                            clen: e.clen,
+                            rlen: e.rlen,
+                        },
+                    );
+                }
+                index.add_pack(p)?;
+                report.bytes_written += p.size;
+            }
+            report.packs_written = new_packs.len();
+            index.flush()?;
+            // New metadata and manifests for tagged images using sparse packs.
+            for r in &roots {
+                if r.name.is_none() || moved_manifests.contains_key(&r.manifest) {
+                    continue;
+                }
+                let uses = r.meta.packs()?.iter().any(|p| sparse.contains(p));
+                if !uses {
+                    continue;
+                }
+                let bytes = r.meta.relocate(|rec| {
+                    Ok(if sparse.contains(&rec.loc.pack) {
+                        moved[&rec.id]
+                    } else {
+                        rec.loc
+                    })
+                })?;
+                let (desc, md, _) = write_image(store, &bytes, r.config.clone())?;
+                report.bytes_written += desc.size + md.size;
+                moved_manifests.insert(r.manifest, desc);
+            }
+            report.images_rewritten = moved_manifests.len();
+            store.retarget(&moved_manifests)?;
+        }
+    }
+
+    // What stays: every blob the tags reach now, plus what pins reach now.
+    let mut keep: HashSet<BlobDigest> = HashSet::new();
+    let manifests: BTreeSet<BlobDigest> =
+        store.images()?.iter().map(|r| r.manifest.digest).collect();
+    let pins1 = store.pinned()?;
+    for m in manifests.iter().chain(&pins1).chain(&pins0) {
+        if !store.has_blob(m) {
+            continue;
+        }
+        let pinned_now = pins1.contains(m) || pins0.contains(m);
+        match closure(store, m) {
+            Ok(c) => keep.extend(c),
+            // A pinned manifest that is already damaged keeps nothing else.
+            Err(_) if pinned_now => {
+                keep.insert(*m);
+            }
+            Err(e) => return Err(refuse(format!("manifest {m}"), e)),
+        }
+    }
+    if opts.dry_run {
+        // Nothing was rewritten: count sparse packs as gone (their live
+        // chunks were counted as written above).
+        for p in &sparse {
+            if !pins1
+                .iter()
+                .any(|m| closure(store, m).is_ok_and(|c| c.contains(p)))
+            {
+                keep.remove(p);
+            }
+        }
+    }
+
+    let blobs = store.blobs()?;
+    let mut packs_removed: HashSet<BlobDigest> = HashSet::new();
+    for (d, len) in &blobs {
+        if keep.contains(d) {
+            continue;
+        }
+        report.blobs_removed += 1;
+        report.bytes_removed += len;
+        if crate::verify::looks_like_pack(store, d, *len) {
+            packs_removed.insert(*d);
+        }
+    }
+    report.packs_removed = packs_removed.len();
+
+    // The index: only chunks in packs that stay.
+    let entries = index.chunk_entries()?;
+    let mut gone: Vec<ChunkId> = Vec::new();
+    for (id, loc) in &entries {
+        if !keep.contains(&loc.pack) {
+            gone.push(*id);
+        }
+    }
+    let mut still_held: HashSet<ChunkId> = HashSet::new();
+    for (p, chunks) in &live {
+        // Chunks of sparse packs live on in the new packs.
+        if keep.contains(p) || sparse.contains(p) {
+            still_held.extend(chunks.keys().copied());
+        }
+    }
+    report.chunks_removed = gone.iter().filter(|id| !still_held.contains(id)).count() as u64;
+    if opts.dry_run {
+        return Ok(report);
+    }
+    for id in &gone {
+        index.remove_chunk(id)?;
+    }
+    // A chunk whose indexed pack goes may still be in a pack that stays.
+    for (p, chunks) in &live {
+        if keep.contains(p) {
+            for (id, loc) in chunks {
+                index.add_if_missing(id, loc)?;
+            }
+        }
+    }
+    for diff_id in index.layer_ids()? {
+        let ok = match index.layer(&diff_id)? {
+            Some(rec) => match Layer::from_record(&rec) {
+                Ok(layer) => {
+                    let mut all = true;
+                    for id in layer.chunks() {
+                        if !index.has(id)? {
+                            all = false;
+                            break;
+                        }
+                    }
+                    all
+                }
+                Err(_) => false,
+            },
+            None => true,
+        };
+        if !ok {
+            index.remove_layer(&diff_id)?;
+            report.layer_records_removed += 1;
+        }
+    }
+    index.flush()?;
+
+    // Only now delete.
+    for (d, _) in &blobs {
+        if !keep.contains(d) {
+            store.remove_blob(d)?;
+        }
+    }
+    store.sync_blobs()?;
+    Ok(report)
+}
+
+/// Copies frames of `chunks` (id, current place) into new durable packs,
+/// checking each against its id on the way.
+fn copy_chunks(store: &Store, chunks: &[(ChunkId, ChunkLoc)]) -> Result<Vec<PackInfo>> {
+    let mut files: HashMap<BlobDigest, File> = HashMap::new();
+    let mut out = Vec::new();
+    let mut w: Option<PackWriter> = None;
+    for (id, loc) in chunks {
+        let f = match files.entry(loc.pack) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let path = store.blob_path(&loc.pack);
+                e.insert(File::open(&path).map_err(|e| Error::Io { path, source: e })?)
+            }
+        };
+        let mut frame = vec![0u8; loc.clen as usize];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut frame, loc.offset).map_err(|e| {
+            Error::CorruptChunk {
+                id: *id,
+                pack: loc.pack.to_string(),
+                why: format!("reading: {e}"),
+            }
+        })?;
+        pack::decode_frame(&frame, id, loc.rlen, &loc.pack)?;
+        if w.is_none() {
+            w = Some(PackWriter::new(store)?);
+        }
+        let pw = w.as_mut().expect("just set");
+        pw.append(*id, &frame, loc.rlen)?;
+        if pw.frames_len() >= DEFAULT_PACK_TARGET {
+            out.push(w.take().expect("open").finish(store)?);
+        }
+    }
+    if let Some(pw) = w.filter(|w| !w.is_empty()) {
+        out.push(pw.finish(store)?);
+    }
+    Ok(out)
+}

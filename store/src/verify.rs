@@ -1,0 +1,332 @@
+//! `verify`: check a store against its own digests and cross-references, and
+//! rebuild the index from packs.
+//!
+//! What is checked, for every image in `index.json`: the manifest's digest
+//! and form, the config's digest, the metadata blob's digest and every record
+//! in it, that the manifest lists exactly the packs the metadata uses, and
+//! that every chunk the metadata names is in its pack's index at the same
+//! place. Every pack any image uses is hashed whole and its index parsed.
+//! With an open [`ChunkIndex`], every index entry must point at a pack that
+//! exists and lists that chunk there. With `full`, every frame of every used
+//! pack is decompressed and its BLAKE3 id checked.
+//!
+//! Problems are collected, not returned as errors: each names the object and
+//! the images it affects.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::Read;
+
+use puzzle_chunker::ChunkId;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::BlobDigest;
+use crate::error::{Error, Result};
+use crate::image::{read_manifest, MAX_METADATA};
+use crate::index::ChunkIndex;
+use crate::layout::{Store, MAX_JSON};
+use crate::meta::MetaBlob;
+use crate::pack::{self, ChunkLoc, PackEntry, PackInfo, TRAILER_LEN};
+
+/// One thing wrong with the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// What is damaged: `manifest sha256:…`, `pack sha256:…`, `chunk … in pack …`, `index`.
+    pub object: String,
+    /// Names of the images that need the object (empty for the index).
+    pub images: Vec<String>,
+    /// What is wrong, one line.
+    pub what: String,
+}
+
+/// What verify looked at and found.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    pub images: usize,
+    pub packs: usize,
+    /// Chunk records checked against pack indexes (metadata + index entries).
+    pub chunk_refs: u64,
+    /// Frames decompressed and hashed (`full` only).
+    pub chunks_hashed: u64,
+    pub index_entries: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// A pack's parsed index by chunk id, or why it could not be read.
+type PackIndex = std::result::Result<HashMap<ChunkId, PackEntry>, String>;
+
+struct Checker<'a> {
+    store: &'a Store,
+    report: VerifyReport,
+    packs: BTreeMap<BlobDigest, PackIndex>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, object: String, images: &BTreeSet<String>, what: String) {
+        self.report.problems.push(Problem {
+            object,
+            images: images.iter().cloned().collect(),
+            what,
+        });
+    }
+
+    /// Hashes the pack whole and parses its index (once per pack).
+    fn pack_index(&mut self, d: &BlobDigest) -> &PackIndex {
+        if !self.packs.contains_key(d) {
+            let r = load_pack(self.store, d);
+            self.packs.insert(*d, r);
+        }
+        &self.packs[d]
+    }
+}
+
+fn load_pack(store: &Store, d: &BlobDigest) -> PackIndex {
+    let path = store.blob_path(d);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) => return Err(format!("reading: {e}")),
+        }
+    }
+    let actual = BlobDigest::from_bytes(h.finalize().into());
+    if actual != *d {
+        return Err(format!("content hashes to {actual}"));
+    }
+    let entries = pack::read_pack_index(&f, len).map_err(|e| e.to_string())?;
+    Ok(entries.into_iter().map(|e| (e.id, e)).collect())
+}
+
+fn same_place(e: &PackEntry, loc: &ChunkLoc) -> bool {
+    e.offset == loc.offset && e.clen == loc.clen && e.rlen == loc.rlen
+}
+
+/// Checks the store; see the module docs. `index`, when given, is checked too.
+pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<VerifyReport> {
+    let images = store.images()?;
+    let mut c = Checker {
+        store,
+        report: VerifyReport {
+            images: images.len(),
+            ..Default::default()
+        },
+        packs: BTreeMap::new(),
+    };
+    // Which images use each pack, and where their metadata says each chunk is.
+    let mut users: BTreeMap<BlobDigest, BTreeSet<String>> = BTreeMap::new();
+    let mut wanted: BTreeMap<BlobDigest, Vec<(ChunkId, ChunkLoc, String)>> = BTreeMap::new();
+    for r in &images {
+        let who = BTreeSet::from([r.name.clone()]);
+        let m = match read_manifest(store, &r.manifest.digest) {
+            Ok(m) => m,
+            Err(e) => {
+                c.problem(
+                    format!("manifest {}", r.manifest.digest),
+                    &who,
+                    e.to_string(),
+                );
+                continue;
+            }
+        };
+        if let Err(e) = store.read_blob(&m.config.digest, MAX_JSON) {
+            c.problem(format!("config {}", m.config.digest), &who, e.to_string());
+        }
+        let md = m.metadata().expect("checked by read_manifest").digest;
+        let listed: BTreeSet<BlobDigest> = m.packs().map(|p| p.digest).collect();
+        for p in &listed {
+            users.entry(*p).or_default().insert(r.name.clone());
+        }
+        let meta = match store
+            .read_blob(&md, MAX_METADATA)
+            .and_then(MetaBlob::open)
+            .and_then(|m| m.check().map(|()| m))
+        {
+            Ok(meta) => meta,
+            Err(e) => {
+                c.problem(format!("metadata {md}"), &who, e.to_string());
+                continue;
+            }
+        };
+        let used: BTreeSet<BlobDigest> = meta.packs()?.into_iter().collect();
+        if used != listed {
+            c.problem(
+                format!("manifest {}", r.manifest.digest),
+                &who,
+                format!(
+                    "lists {} pack(s) but its metadata uses {}",
+                    listed.len(),
+                    used.len()
+                ),
+            );
+        }
+        for i in 0..meta.chunk_count() {
+            let rec = meta.chunk(i as u32)?;
+            users
+                .entry(rec.loc.pack)
+                .or_default()
+                .insert(r.name.clone());
+            wanted
+                .entry(rec.loc.pack)
+                .or_default()
+                .push((rec.id, rec.loc, r.name.clone()));
+        }
+    }
+
+    c.report.packs = users.len();
+    for (p, who) in &users {
+        let idx = c.pack_index(p).clone();
+        let idx = match idx {
+            Ok(idx) => idx,
+            Err(why) => {
+                c.problem(format!("pack {p}"), who, why);
+                continue;
+            }
+        };
+        for (id, loc, name) in wanted.get(p).map(Vec::as_slice).unwrap_or_default() {
+            c.report.chunk_refs += 1;
+            if !idx.get(id).is_some_and(|e| same_place(e, loc)) {
+                c.problem(
+                    format!("chunk {id} in pack {p}"),
+                    &BTreeSet::from([name.clone()]),
+                    format!(
+                        "metadata says offset {} length {}, the pack index disagrees",
+                        loc.offset, loc.clen
+                    ),
+                );
+            }
+        }
+        if full {
+            let path = store.blob_path(p);
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    c.problem(format!("pack {p}"), who, e.to_string());
+                    continue;
+                }
+            };
+            let mut entries: Vec<&PackEntry> = idx.values().collect();
+            entries.sort_by_key(|e| e.offset);
+            for e in entries {
+                c.report.chunks_hashed += 1;
+                let loc = ChunkLoc {
+                    pack: *p,
+                    offset: e.offset,
+                    clen: e.clen,
+                    rlen: e.rlen,
+                };
+                if let Err(err) = pack::read_chunk(&f, &e.id, &loc) {
+                    c.problem(format!("chunk {} in pack {p}", e.id), who, err.to_string());
+                }
+            }
+        }
+    }
+
+    if let Some(index) = index {
+        // One problem per pack and reason, however many entries share it.
+        let mut bad: BTreeMap<(BlobDigest, String), (u64, ChunkId)> = BTreeMap::new();
+        for (id, loc) in index.chunk_entries()? {
+            c.report.index_entries += 1;
+            let why = match c.pack_index(&loc.pack) {
+                Ok(idx) if idx.get(&id).is_some_and(|e| same_place(e, &loc)) => continue,
+                Ok(_) => "does not hold them where the index says".to_string(),
+                Err(why) => why.clone(),
+            };
+            bad.entry((loc.pack, why)).or_insert((0, id)).0 += 1;
+        }
+        let none = BTreeSet::new();
+        for ((pack, why), (n, first)) in bad {
+            c.problem(
+                "index".into(),
+                &none,
+                format!("{n} chunk entries (first {first}) point at pack {pack}: {why}"),
+            );
+        }
+    }
+    Ok(c.report)
+}
+
+/// What [`rebuild_index`] found.
+#[derive(Clone, Debug, Default)]
+pub struct RebuildReport {
+    pub packs: usize,
+    pub chunks: usize,
+    /// Blobs that look like packs but failed their digest or index check.
+    pub bad_packs: Vec<BlobDigest>,
+}
+
+/// Replaces the index with one built from the packs in `blobs/` alone. Every
+/// blob whose trailer has the pack magic is hashed and parsed; a chunk held
+/// by several packs points at one an image uses, if any. Converted-layer
+/// records cannot be derived from packs: they are dropped, so those layers
+/// are converted again on their next build. The caller holds the writer lock
+/// and must not have the index open.
+pub fn rebuild_index(store: &Store) -> Result<RebuildReport> {
+    let dir = store.index_dir();
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                path: dir,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    let index = ChunkIndex::open(store)?;
+    // Packs some image uses go last, so their locations win.
+    let mut used = BTreeSet::new();
+    for r in store.images()? {
+        if let Ok(m) = read_manifest(store, &r.manifest.digest) {
+            used.extend(m.packs().map(|p| p.digest));
+        }
+    }
+    let mut report = RebuildReport::default();
+    let mut candidates = Vec::new();
+    for (d, len) in store.blobs()? {
+        if looks_like_pack(store, &d, len) {
+            candidates.push(d);
+        }
+    }
+    candidates.sort_by_key(|d| used.contains(d));
+    for d in candidates {
+        match load_pack(store, &d) {
+            Ok(idx) => {
+                let mut entries: Vec<PackEntry> = idx.into_values().collect();
+                entries.sort_by_key(|e| e.offset);
+                report.packs += 1;
+                index.add_pack(&PackInfo {
+                    digest: d,
+                    size: 0,
+                    entries,
+                })?;
+            }
+            Err(_) => report.bad_packs.push(d),
+        }
+    }
+    index.flush()?;
+    report.chunks = index.chunk_count();
+    Ok(report)
+}
+
+/// Whether a blob ends with a pack trailer.
+pub(crate) fn looks_like_pack(store: &Store, d: &BlobDigest, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    if len < TRAILER_LEN as u64 {
+        return false;
+    }
+    let Ok(f) = File::open(store.blob_path(d)) else {
+        return false;
+    };
+    let mut t = [0u8; 8];
+    f.read_exact_at(&mut t, len - TRAILER_LEN as u64).is_ok() && &t == pack::PACK_MAGIC
+}
