@@ -192,6 +192,7 @@ impl ImageFs {
         let Some(mut i) = self.meta.find_extent(&file, offset)? else {
             return Ok(out);
         };
+        self.prefetch(&file, i, end)?;
         let mut pos = offset;
         while pos < end {
             let e = self.meta.extent(&file, i)?;
@@ -213,6 +214,34 @@ impl ImageFs {
             pos += n as u64;
         }
         Ok(out)
+    }
+
+    /// Decompresses the uncached chunks of extents `first..` up to file offset
+    /// `end` on two threads, so one large cold read uses both cores.
+    /// Failures are left for the caller's own pass to report.
+    fn prefetch(&self, file: &InodeRec, first: u32, end: u64) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut i = first;
+        while i < file.count() {
+            let e = self.meta.extent(file, i)?;
+            if e.file_offset >= end {
+                break;
+            }
+            let id = self.meta.chunk(e.chunk)?.id;
+            if missing.last() != Some(&e.chunk) && !self.cache.contains(&id) {
+                missing.push(e.chunk);
+            }
+            i += 1;
+        }
+        if missing.len() < 4 {
+            return Ok(());
+        }
+        let (a, b) = missing.split_at(missing.len() / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| a.iter().for_each(|&c| drop(self.chunk(c))));
+            b.iter().for_each(|&c| drop(self.chunk(c)));
+        });
+        Ok(())
     }
 
     /// Chunk `i` of the image, from the cache or decompressed and verified.
