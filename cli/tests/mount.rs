@@ -354,3 +354,28 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Two images of one store mounted at once, each identical to its extract.
+#[test]
+fn two_images_from_one_store_mounted_at_once() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    two_file_image().write_oci_layout(&layout, "two").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    build(&store, &format!("oci:{}:two", layout.display()), "two");
+    extract(&store, "all", &t.join("x-all"));
+    extract(&store, "two", &t.join("x-two"));
+    let mut a = Mount::new(&store, "all", &t.join("m-all"), &[]);
+    let mut b = Mount::new(&store, "two", &t.join("m-two"), &[]);
+    assert_same_tree(&t.join("x-all"), &a.dir);
+    assert_same_tree(&t.join("x-two"), &b.dir);
+    a.umount();
+    assert_same_tree(&t.join("x-two"), &b.dir);
+    b.umount();
+}

@@ -56,6 +56,11 @@ impl ChunkCache {
         Some(data.clone())
     }
 
+    /// Whether `id` is cached (without marking it used).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.lock().map.contains_key(id)
+    }
+
     /// Adds verified bytes for `id`, evicting the least recently used.
     pub fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
         let mut g = self.lock();

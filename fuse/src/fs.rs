@@ -36,6 +36,12 @@ pub struct ImageFs {
     log: Log,
     /// Parent of each directory the kernel has seen, for "..".
     parents: Mutex<HashMap<u32, u32>>,
+    /// The image has no xattrs: answer ENOSYS once so the kernel stops asking
+    /// (`ls -l` asks twice per file).
+    no_xattrs: bool,
+    /// The kernel opens files and directories without asking us, with
+    /// keep_cache and cache_dir (FUSE_NO_OPEN_SUPPORT / NO_OPENDIR_SUPPORT).
+    no_open: bool,
     _pin: puzzle_store::layout::Pin,
 }
 
@@ -55,12 +61,15 @@ impl ImageFs {
             .into_iter()
             .map(|d| (d, store.blob_path(&d), OnceLock::new()))
             .collect();
+        let no_xattrs = image.meta.xattr_total() == 0;
         Ok(ImageFs {
+            no_xattrs,
             meta: image.meta,
             packs,
             cache,
             log,
             parents: Mutex::new(HashMap::new()),
+            no_open: false,
             _pin: pin,
         })
     }
@@ -183,6 +192,7 @@ impl ImageFs {
         let Some(mut i) = self.meta.find_extent(&file, offset)? else {
             return Ok(out);
         };
+        self.prefetch(&file, i, end)?;
         let mut pos = offset;
         while pos < end {
             let e = self.meta.extent(&file, i)?;
@@ -204,6 +214,34 @@ impl ImageFs {
             pos += n as u64;
         }
         Ok(out)
+    }
+
+    /// Decompresses the uncached chunks of extents `first..` up to file offset
+    /// `end` on two threads, so one large cold read uses both cores.
+    /// Failures are left for the caller's own pass to report.
+    fn prefetch(&self, file: &InodeRec, first: u32, end: u64) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut i = first;
+        while i < file.count() {
+            let e = self.meta.extent(file, i)?;
+            if e.file_offset >= end {
+                break;
+            }
+            let id = self.meta.chunk(e.chunk)?.id;
+            if missing.last() != Some(&e.chunk) && !self.cache.contains(&id) {
+                missing.push(e.chunk);
+            }
+            i += 1;
+        }
+        if missing.len() < 4 {
+            return Ok(());
+        }
+        let (a, b) = missing.split_at(missing.len() / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| a.iter().for_each(|&c| drop(self.chunk(c))));
+            b.iter().for_each(|&c| drop(self.chunk(c)));
+        });
+        Ok(())
     }
 
     /// Chunk `i` of the image, from the cache or decompressed and verified.
@@ -335,6 +373,11 @@ impl fuser::Filesystem for ImageFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        // Opens cost a round trip each (find opens every directory); the
+        // kernel can skip them and assume keep_cache/cache_dir itself.
+        self.no_open = config
+            .add_capabilities(F::FUSE_NO_OPEN_SUPPORT | F::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);
         Ok(())
@@ -368,6 +411,10 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            // The mount is read-only: the kernel refuses writes before this.
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         let r = self.inode(ino).and_then(|r| {
             if flags.acc_mode() != OpenAccMode::O_RDONLY
                 || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0
@@ -403,6 +450,9 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_open {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.dir(ino) {
             Ok(_) => reply.opened(
                 FileHandle(0),
@@ -462,6 +512,9 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.xattr_inner(ino, name, size) {
             Ok(XattrReply::Size(n)) => reply.size(n),
             Ok(XattrReply::Data(d)) => reply.data(&d),
@@ -470,6 +523,9 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.listxattr_inner(ino, size) {
             Ok(XattrReply::Size(n)) => reply.size(n),
             Ok(XattrReply::Data(d)) => reply.data(&d),

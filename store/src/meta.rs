@@ -527,6 +527,10 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
     pub fn chunk_count(&self) -> u64 {
         (self.sec[S_CHUNKS].1 / REC[S_CHUNKS]) as u64
     }
+    /// Extended attributes over all inodes.
+    pub fn xattr_total(&self) -> u64 {
+        (self.sec[S_XATTRS].1 / REC[S_XATTRS]) as u64
+    }
     pub fn pack_count(&self) -> u64 {
         (self.sec[S_PACKS].1 / REC[S_PACKS]) as u64
     }
