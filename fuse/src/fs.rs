@@ -54,7 +54,7 @@ impl ImageFs {
         cache: Arc<ChunkCache>,
         log: Log,
     ) -> Result<Self> {
-        let pin = store.pin(&image.manifest_digest)?;
+        let pin = image.pin;
         let packs = image
             .meta
             .packs()?

@@ -150,6 +150,8 @@ pub struct MappedImage {
     pub manifest_digest: BlobDigest,
     pub manifest: Manifest,
     pub meta: MetaBlob<crate::mmap::Mapped>,
+    /// Held from before the manifest was read: gc keeps every blob it needs.
+    pub pin: Pin,
 }
 
 /// Opens the image tagged `name` with its metadata blob mapped in place, for
@@ -158,7 +160,7 @@ pub struct MappedImage {
 /// SHA-256 pass over it) and is always bounds-checked record by record.
 /// Only blobs are read, never the index.
 pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImage> {
-    let r = store.resolve(name)?;
+    let (r, pin) = store.pin_image(name)?;
     let manifest = read_manifest(store, &r.manifest.digest)?;
     let md = manifest.metadata().expect("checked").clone();
     let path = store.blob_path(&md.digest);
@@ -202,5 +204,6 @@ pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImag
         manifest_digest: r.manifest.digest,
         manifest,
         meta,
+        pin,
     })
 }
