@@ -379,3 +379,48 @@ fn two_images_from_one_store_mounted_at_once() {
     assert_same_tree(&t.join("x-two"), &b.dir);
     b.umount();
 }
+
+/// Issue 6's scenario with a real mount: a build, a mount and gc at once.
+/// The mounted image is removed and gc runs (repacking everything it can)
+/// while the mount serves it: the pin keeps every blob it needs.
+#[test]
+fn build_mount_and_gc_at_once() {
+    let Some(corpus) = corpus() else { return };
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let src = |tag: &str| format!("oci:{}:{tag}", corpus.display());
+    build(&store, &src("django-5.0.7"), "django-5.0.7");
+    build(&store, &src("django-5.0.8"), "django-5.0.8");
+    let mut m = Mount::new(&store, "django-5.0.7", &t.join("mnt"), &[]);
+    let builder = puzzle(&store)
+        .args(["build", &src("python3"), "--tag", "python3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(puzzle(&store).args(["rm", "django-5.0.7"]));
+    for _ in 0..3 {
+        ok(puzzle(&store).args(["gc", "--repack-below", "1"]));
+    }
+    // Every file of the removed, mounted image still reads back exactly.
+    if let Some(rootfs) = umoci_rootfs(&corpus, "django-5.0.7") {
+        assert_same_tree(&rootfs, &m.dir);
+    }
+    let out = builder.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.umount();
+    // Unpinned now: gc collects 5.0.7; what remains verifies in full.
+    ok(puzzle(&store).args(["gc", "--repack-below", "1"]));
+    let (code, report) = crate::lifecycle::verify(&store, &["--full"]);
+    assert_eq!(code, 0, "{report}");
+    let names: Vec<String> = images(&store).into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["django-5.0.8", "python3"]);
+}
