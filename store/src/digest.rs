@@ -89,9 +89,6 @@ impl<W: Write> HashingWriter<W> {
             written: 0,
         }
     }
-    pub fn written(&self) -> u64 {
-        self.written
-    }
     pub fn finish(self) -> (W, BlobDigest, u64) {
         (
             self.inner,

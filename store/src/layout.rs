@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use puzzle_chunker::ChunkParams;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{BlobDigest, HashingWriter};
+use crate::digest::BlobDigest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME};
 
@@ -448,22 +448,6 @@ impl Store {
             source: e.error,
         })?;
         sync_dir(&self.root.join("blobs/sha256"))
-    }
-
-    /// Streams `src` into a new blob, hashing as it goes.
-    pub fn write_blob_from(&self, src: &mut dyn Read) -> Result<(BlobDigest, u64)> {
-        let tmp = self.temp_file()?;
-        let mut w = HashingWriter::new(tmp);
-        std::io::copy(src, &mut w).map_err(|source| Error::Io {
-            path: self.tmp_dir(),
-            source,
-        })?;
-        let (tmp, d, n) = w.finish();
-        if self.has_blob(&d) {
-            return Ok((d, n));
-        }
-        self.persist_blob(tmp, &d)?;
-        Ok((d, n))
     }
 
     fn read_index(&self) -> Result<Index> {
