@@ -295,3 +295,31 @@ fn hard_links_follow_tar_order() {
     assert_eq!(ino(&x.join("d/m")), ino(&x.join("d/n")));
     assert_ne!(ino(&x.join("d/c")), ino(&x.join("d/m")));
 }
+
+/// Tar order: a later non-directory at a path replaces the directory the
+/// layer put there before, with everything under it (umoci does the same).
+#[test]
+fn later_file_replaces_directory_of_same_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let x = matches_umoci(
+        t,
+        "dir-then-file",
+        Image::new()
+            .layer(
+                &[Entry::dir("d"), Entry::file("d/low", b"l")],
+                Compression::Gzip,
+            )
+            .layer(
+                &[
+                    Entry::dir("d"),
+                    Entry::file("d/x", b"x"),
+                    Entry::hardlink("keep", "d/x"),
+                    Entry::file("d", b"file"),
+                ],
+                Compression::Gzip,
+            ),
+    );
+    assert_eq!(std::fs::read(x.join("d")).unwrap(), b"file");
+    assert_eq!(std::fs::read(x.join("keep")).unwrap(), b"x");
+}

@@ -155,6 +155,9 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
     let mut entries: Vec<(Vec<u8>, Pending)> = Vec::new();
     // Path -> its latest definition so far in `entries`.
     let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
+    // Path -> its latest definition as something other than a directory,
+    // which removes what the layer put under that path before.
+    let mut last_nondir: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut whiteouts = Vec::new();
     let mut opaques = Vec::new();
     let mut counts = LayerCounts::default();
@@ -322,6 +325,15 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
         // Skip whatever data the entry has left without holding it.
         copy_hashing(&mut entry, &mut io::sink(), &mut buf, None)
             .map_err(|e| tar_err(e, &format!("the entry {last}")))?;
+        if !matches!(
+            pending,
+            Pending::Node {
+                node: Node::Dir,
+                ..
+            }
+        ) {
+            last_nondir.insert(path.clone(), entries.len());
+        }
         latest.insert(path.clone(), entries.len());
         entries.push((path, pending));
     }
@@ -331,7 +343,7 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
         source: e.into_error(),
     })?;
 
-    let entries = settle_links(entries, &latest);
+    let entries = settle_links(entries, &latest, &last_nondir);
     for (_, p) in &entries {
         if let Pending::File { size, .. } = p {
             counts.files += 1;
@@ -352,7 +364,9 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
 }
 
 /// Keeps the last definition of each path, sorted by path, and settles hard
-/// links within the layer.
+/// links within the layer. An entry is also dropped when a later entry of
+/// the layer defined one of its ancestors as a non-directory (tar order: `d/`,
+/// `d/x`, then a file `d` leaves only the file).
 ///
 /// A link names the entry its target path held when the link was read. When
 /// that entry was superseded later at its own path, its data lives on under
@@ -362,8 +376,16 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
 fn settle_links(
     entries: Vec<(Vec<u8>, Pending)>,
     latest: &HashMap<Vec<u8>, usize>,
+    last_nondir: &HashMap<Vec<u8>, usize>,
 ) -> Vec<(Vec<u8>, Pending)> {
-    let alive = |i: usize| latest.get(&entries[i].0) == Some(&i);
+    let alive = |i: usize| {
+        let path = &entries[i].0;
+        latest.get(path) == Some(&i)
+            && !path
+                .iter()
+                .enumerate()
+                .any(|(k, &b)| b == b'/' && last_nondir.get(&path[..k]).is_some_and(|&n| n > i))
+    };
     // Data entry (tar index) -> surviving links to it.
     let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, (_, p)) in entries.iter().enumerate() {
@@ -699,6 +721,28 @@ mod tests {
                 s("b", "lower a".into()),
                 s("c", "lower a".into()),
                 s("d", "link a".into()),
+            ]
+        );
+        // A later non-directory at an ancestor removes what was under it;
+        // data linked from elsewhere survives under the link.
+        let sp = spool_entries(&[
+            Entry::dir("d"),
+            Entry::file("d/x", b"X"),
+            Entry::hardlink("e", "d/x"),
+            Entry::dir("d/sub"),
+            Entry::file("d/sub/y", b"Y"),
+            Entry::file("d", b"Y"),
+            Entry::dir("k"),
+            Entry::file("k/x", b"X"),
+            Entry::dir("k"),
+        ]);
+        assert_eq!(
+            shape(&sp),
+            vec![
+                s("d", format!("file {}", FileDigest::of(b"Y"))),
+                s("e", format!("file {}", FileDigest::of(b"X"))),
+                s("k", "node".into()),
+                s("k/x", format!("file {}", FileDigest::of(b"X"))),
             ]
         );
         // A hard link to a directory of the layer is refused.
