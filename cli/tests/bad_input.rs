@@ -152,6 +152,52 @@ fn hostile_tar_entries_are_refused() {
     assert!(!Path::new("/tmp/evil").exists());
 }
 
+/// A ustar header block (no tar crate in this crate's dependencies).
+fn ustar_header(name: &[u8], typeflag: u8, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[148..156].copy_from_slice(b"        ");
+    h[156] = typeflag;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A PAX record the tar reader would hold whole in memory is refused after a
+/// bounded read, naming the entry before it.
+#[test]
+fn huge_pax_record_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let mut tar = puzzle_testkit::layer_tar(&[Entry::file("first", b"1")]);
+    // Drop the end-of-archive blocks, then append a 64 MiB PAX header.
+    while tar.len() >= 512 && tar[tar.len() - 512..].iter().all(|&b| b == 0) {
+        tar.truncate(tar.len() - 512);
+    }
+    let len: u64 = 64 << 20;
+    tar.extend_from_slice(&ustar_header(b"PaxHeaders/huge", b'x', len));
+    let record = format!("{len} comment=");
+    tar.extend_from_slice(record.as_bytes());
+    tar.resize(tar.len() + len as usize - record.len() - 1, b'a');
+    tar.push(b'\n');
+    tar.extend_from_slice(&puzzle_testkit::layer_tar(&[Entry::file("after", b"2")]));
+    let (src, _) = raw_image(t, "huge-pax-record", tar, Compression::Gzip);
+    expect_failure(
+        t,
+        &store,
+        &src,
+        &["layer 2", "entry after /first", "8 MiB of tar headers"],
+    );
+}
+
 #[test]
 fn damaged_layouts_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -204,3 +204,122 @@ fn hard_link_data_owner_does_not_change_chunks() {
     let ino = |p: &str| std::fs::metadata(t.join(p)).unwrap().ino();
     assert_eq!(ino("x2/a/x"), ino("x2/b/y"));
 }
+
+/// Builds `img`, extracts it and compares with `umoci unpack`; returns the
+/// extracted tree's directory (inside `t`).
+fn matches_umoci(t: &Path, name: &str, img: Image) -> std::path::PathBuf {
+    let layout = t.join(format!("{name}-layout"));
+    img.write_oci_layout(&layout, name).unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:{name}", layout.display()), name);
+    let out = t.join(format!("{name}-x"));
+    extract(&store, name, &out);
+    if have("umoci") {
+        let rootfs = umoci_unpack(&layout, name, &t.join(format!("{name}-bundle"))).unwrap();
+        assert_same_tree(&rootfs, &out);
+    }
+    out
+}
+
+/// Hard links name what their target path held at that point of the tar,
+/// like umoci: later entries at the target path replace only that name.
+#[test]
+fn hard_links_follow_tar_order() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+
+    // One layer: `a`="X", `b` -> `a`, then `a`="Y": b keeps "X".
+    let x = matches_umoci(
+        t,
+        "same-layer",
+        Image::new().layer(
+            &[
+                Entry::file("a", b"X"),
+                Entry::hardlink("b", "a"),
+                Entry::file("a", b"Y"),
+            ],
+            Compression::Gzip,
+        ),
+    );
+    assert_eq!(std::fs::read(x.join("b")).unwrap(), b"X");
+    assert_eq!(std::fs::read(x.join("a")).unwrap(), b"Y");
+
+    // Two layers: `b` -> lower `a`, then a new `a`: b keeps the lower data.
+    let x = matches_umoci(
+        t,
+        "lower",
+        Image::new()
+            .layer(&[Entry::file("a", b"old")], Compression::Gzip)
+            .layer(
+                &[Entry::hardlink("b", "a"), Entry::file("a", b"new")],
+                Compression::Gzip,
+            ),
+    );
+    assert_eq!(std::fs::read(x.join("b")).unwrap(), b"old");
+    assert_eq!(std::fs::read(x.join("a")).unwrap(), b"new");
+
+    // `b` -> lower `a`, then `.wh.a`: b keeps the data, a is gone.
+    let x = matches_umoci(
+        t,
+        "whiteout",
+        Image::new()
+            .layer(&[Entry::file("a", b"kept")], Compression::Gzip)
+            .layer(
+                &[Entry::hardlink("b", "a"), Entry::whiteout("a")],
+                Compression::Gzip,
+            ),
+    );
+    assert_eq!(std::fs::read(x.join("b")).unwrap(), b"kept");
+    assert!(!x.join("a").exists());
+
+    // A link group whose data name is replaced keeps one inode for the rest.
+    let x = matches_umoci(
+        t,
+        "group",
+        Image::new().layer(
+            &[
+                Entry::dir("d"),
+                Entry::file("d/m", b"X"),
+                Entry::hardlink("d/z", "d/m"),
+                Entry::hardlink("d/c", "d/z"),
+                Entry::file("d/m", b"Y"),
+                Entry::hardlink("d/n", "d/m"),
+            ],
+            Compression::Gzip,
+        ),
+    );
+    assert_eq!(std::fs::read(x.join("d/c")).unwrap(), b"X");
+    assert_eq!(ino(&x.join("d/c")), ino(&x.join("d/z")));
+    assert_eq!(ino(&x.join("d/m")), ino(&x.join("d/n")));
+    assert_ne!(ino(&x.join("d/c")), ino(&x.join("d/m")));
+}
+
+/// Tar order: a later non-directory at a path replaces the directory the
+/// layer put there before, with everything under it (umoci does the same).
+#[test]
+fn later_file_replaces_directory_of_same_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let x = matches_umoci(
+        t,
+        "dir-then-file",
+        Image::new()
+            .layer(
+                &[Entry::dir("d"), Entry::file("d/low", b"l")],
+                Compression::Gzip,
+            )
+            .layer(
+                &[
+                    Entry::dir("d"),
+                    Entry::file("d/x", b"x"),
+                    Entry::hardlink("keep", "d/x"),
+                    Entry::file("d", b"file"),
+                ],
+                Compression::Gzip,
+            ),
+    );
+    assert_eq!(std::fs::read(x.join("d")).unwrap(), b"file");
+    assert_eq!(std::fs::read(x.join("keep")).unwrap(), b"x");
+}

@@ -11,9 +11,12 @@
 //! Entry order and tar-header noise (mtimes, uid names, PAX padding) never
 //! change the chunk stream, only the metadata.
 
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use puzzle_chunker::{ChunkId, ChunkParams, StreamChunker};
 use puzzle_store::tree::{
@@ -50,24 +53,74 @@ enum Pending {
         digest: FileDigest,
         meta: Meta,
     },
-    HardLink(Vec<u8>),
+    Link(LinkTo),
 }
 
-/// Hashes the bytes written through it: files are hashed while they are
-/// spooled, so their digests cost no second read.
-struct Hashing<'a, W: Write> {
-    inner: &'a mut W,
-    hasher: blake3::Hasher,
+/// What a hard link names.
+enum LinkTo {
+    /// While parsing: the entry (index in tar order) its target named when
+    /// the link was read.
+    Entry(usize),
+    /// After grouping: the path in this layer that carries the data.
+    Path(Vec<u8>),
+    /// A path this layer had not defined when the link was read: an entry
+    /// of the lower layers.
+    Lower(Vec<u8>),
 }
 
-impl<W: Write> Write for Hashing<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+/// Most bytes of tar headers and extension records (PAX `x`/`g`, GNU `L`/`K`)
+/// read between two entries. The tar crate holds extension data in memory.
+const HEADER_BUDGET: u64 = 8 << 20;
+
+/// Reads through a shared byte budget: the tar crate reads extension records
+/// whole into memory, so between entries only [`HEADER_BUDGET`] bytes may be
+/// read; file contents are streamed with the budget lifted.
+struct Budgeted<R> {
+    inner: R,
+    left: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other(format!(
+                "more than {} MiB of tar headers and extension records (PAX, GNU long names) \
+                 before the next entry",
+                HEADER_BUDGET >> 20
+            )));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
         Ok(n)
     }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+}
+
+/// Copy buffer size for file contents.
+const COPY_BUF: usize = 256 << 10;
+
+/// Copies `from` to `to` through `buf`, hashing what passes when `hasher` is
+/// given. Returns the bytes copied.
+fn copy_hashing(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    buf: &mut [u8],
+    mut hasher: Option<&mut blake3::Hasher>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        to.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -96,8 +149,15 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
         source,
     })?;
     let mut out = BufWriter::with_capacity(1 << 20, spool_file);
+    let mut buf = vec![0u8; COPY_BUF];
     let mut spooled = 0u64;
+    // In tar order, every definition kept (later ones win at the end).
     let mut entries: Vec<(Vec<u8>, Pending)> = Vec::new();
+    // Path -> its latest definition so far in `entries`.
+    let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
+    // Path -> its latest definition as something other than a directory,
+    // which removes what the layer put under that path before.
+    let mut last_nondir: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut whiteouts = Vec::new();
     let mut opaques = Vec::new();
     let mut counts = LayerCounts::default();
@@ -109,13 +169,21 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
         },
     };
 
-    let mut archive = tar::Archive::new(tar);
-    let iter = archive
+    let budget = Rc::new(Cell::new(HEADER_BUDGET));
+    let mut archive = tar::Archive::new(Budgeted {
+        inner: tar,
+        left: budget.clone(),
+    });
+    let mut iter = archive
         .entries()
         .map_err(|e| tar_err(e, "the start of the layer"))?;
     let mut last = String::from("the start of the layer");
-    for entry in iter {
+    loop {
+        budget.set(HEADER_BUDGET);
+        let Some(entry) = iter.next() else { break };
         let mut entry = entry.map_err(|e| tar_err(e, &format!("the entry after {last}")))?;
+        // Entry data is streamed, never held: no budget while reading it.
+        budget.set(u64::MAX);
         counts.entries += 1;
         let raw_path = entry.path_bytes().into_owned();
         last = puzzle_store::error::show_path(&raw_path);
@@ -148,14 +216,13 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
                 let offset = spooled;
-                let mut tee = Hashing {
-                    inner: &mut out,
-                    hasher: blake3::Hasher::new(),
-                };
-                let n = io::copy(&mut entry, &mut tee).map_err(|e| match Error::from_io(e) {
-                    Ok(inner) => inner,
-                    Err(e) => entry_err(&path, format!("reading contents: {e}")),
-                })?;
+                let mut hasher = blake3::Hasher::new();
+                let n = copy_hashing(&mut entry, &mut out, &mut buf, Some(&mut hasher)).map_err(
+                    |e| match Error::from_io(e) {
+                        Ok(inner) => inner,
+                        Err(e) => entry_err(&path, format!("reading contents: {e}")),
+                    },
+                )?;
                 if n != size {
                     return Err(entry_err(
                         &path,
@@ -164,7 +231,7 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
                         ),
                     ));
                 }
-                let digest = FileDigest::from_bytes(*tee.hasher.finalize().as_bytes());
+                let digest = FileDigest::from_bytes(*hasher.finalize().as_bytes());
                 spooled += n;
                 progress(spooled);
                 Pending::File {
@@ -206,7 +273,32 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
                 if target.is_empty() {
                     return Err(entry_err(&path, "hard link to the root"));
                 }
-                Pending::HardLink(target)
+                // The target is what its path names at this point of the tar.
+                match latest.get(&target).map(|&i| (i, &entries[i].1)) {
+                    None => Pending::Link(LinkTo::Lower(target)),
+                    Some((
+                        _,
+                        Pending::Node {
+                            node: Node::Dir, ..
+                        },
+                    )) => {
+                        return Err(entry_err(
+                            &path,
+                            format!(
+                                "hard link target {} is a directory",
+                                puzzle_store::error::show_path(&target)
+                            ),
+                        ))
+                    }
+                    Some((_, Pending::Link(LinkTo::Entry(j)))) => Pending::Link(LinkTo::Entry(*j)),
+                    Some((_, Pending::Link(LinkTo::Lower(t)))) => {
+                        Pending::Link(LinkTo::Lower(t.clone()))
+                    }
+                    Some((_, Pending::Link(LinkTo::Path(_)))) => {
+                        unreachable!("paths are assigned after parsing")
+                    }
+                    Some((i, _)) => Pending::Link(LinkTo::Entry(i)),
+                }
             }
             EntryType::Char | EntryType::Block => {
                 let h = entry.header();
@@ -230,24 +322,28 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
                 ))
             }
         };
+        // Skip whatever data the entry has left without holding it.
+        copy_hashing(&mut entry, &mut io::sink(), &mut buf, None)
+            .map_err(|e| tar_err(e, &format!("the entry {last}")))?;
+        if !matches!(
+            pending,
+            Pending::Node {
+                node: Node::Dir,
+                ..
+            }
+        ) {
+            last_nondir.insert(path.clone(), entries.len());
+        }
+        latest.insert(path.clone(), entries.len());
         entries.push((path, pending));
     }
+    drop(archive);
     let spool = out.into_inner().map_err(|e| Error::Io {
         path: tmp_dir.to_path_buf(),
         source: e.into_error(),
     })?;
 
-    // Sort by path; of duplicates the last in the tar wins.
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0).then(b.cmp(&a)));
-    order.dedup_by(|a, b| entries[*a].0 == entries[*b].0);
-    let mut slots: Vec<Option<(Vec<u8>, Pending)>> = entries.into_iter().map(Some).collect();
-    let entries: Vec<(Vec<u8>, Pending)> = order
-        .into_iter()
-        .map(|i| slots[i].take().expect("each index once"))
-        .collect();
-    let mut entries = entries;
-    canonical_links(&mut entries);
+    let entries = settle_links(entries, &latest, &last_nondir);
     for (_, p) in &entries {
         if let Pending::File { size, .. } = p {
             counts.files += 1;
@@ -267,51 +363,69 @@ pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) 
     })
 }
 
-/// Makes the smallest path of each hard-link group within the layer the
-/// one that carries the data, the others links to it. Which name a tar writer
-/// gives the data to depends on its directory walk; without this, the same
-/// content would move around the sorted chunk stream between builds.
-fn canonical_links(entries: &mut [(Vec<u8>, Pending)]) {
-    let index: std::collections::HashMap<&[u8], usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, (p, _))| (p.as_slice(), i))
-        .collect();
-    // Resolve every link to the file it finally names (links to links allowed).
-    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+/// Keeps the last definition of each path, sorted by path, and settles hard
+/// links within the layer. An entry is also dropped when a later entry of
+/// the layer defined one of its ancestors as a non-directory (tar order: `d/`,
+/// `d/x`, then a file `d` leaves only the file).
+///
+/// A link names the entry its target path held when the link was read. When
+/// that entry was superseded later at its own path, its data lives on under
+/// the link names. Of each link group the smallest path carries the data
+/// and the others link to it: which name a tar writer gives the data to
+/// depends on its directory walk, and the chunk stream must not.
+fn settle_links(
+    entries: Vec<(Vec<u8>, Pending)>,
+    latest: &HashMap<Vec<u8>, usize>,
+    last_nondir: &HashMap<Vec<u8>, usize>,
+) -> Vec<(Vec<u8>, Pending)> {
+    let alive = |i: usize| {
+        let path = &entries[i].0;
+        latest.get(path) == Some(&i)
+            && !path
+                .iter()
+                .enumerate()
+                .any(|(k, &b)| b == b'/' && last_nondir.get(&path[..k]).is_some_and(|&n| n > i))
+    };
+    // Data entry (tar index) -> surviving links to it.
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, (_, p)) in entries.iter().enumerate() {
-        let Pending::HardLink(t) = p else { continue };
-        let mut target = t.clone();
-        for _ in 0..32 {
-            match index.get(target.as_slice()).map(|&t| (t, &entries[t].1)) {
-                Some((t, Pending::File { .. })) => {
-                    groups.entry(t).or_default().push(i);
-                    break;
-                }
-                Some((_, Pending::HardLink(next))) => target = next.clone(),
-                _ => break,
+        if let Pending::Link(LinkTo::Entry(j)) = p {
+            if alive(i) {
+                groups.entry(*j).or_default().push(i);
             }
         }
     }
-    drop(index);
-    for (file, links) in groups {
-        // Entries are sorted by path: the smallest index is the smallest path.
-        let first = links
+    let alive: Vec<bool> = (0..entries.len()).map(alive).collect();
+    let mut slots: Vec<Option<(Vec<u8>, Pending)>> = entries.into_iter().map(Some).collect();
+    let path_of = |slots: &[Option<(Vec<u8>, Pending)>], i: usize| {
+        slots[i].as_ref().expect("present").0.clone()
+    };
+    for (data, links) in groups {
+        let owner = links
             .iter()
             .copied()
-            .chain([file])
-            .min()
-            .expect("non-empty");
-        if first == file {
-            continue;
+            .chain(alive[data].then_some(data))
+            .min_by(|&a, &b| path_of(&slots, a).cmp(&path_of(&slots, b)))
+            .expect("a group has a link");
+        let owner_path = path_of(&slots, owner);
+        if owner != data {
+            let taken = std::mem::replace(
+                &mut slots[data].as_mut().expect("present").1,
+                Pending::Link(LinkTo::Path(owner_path.clone())),
+            );
+            slots[owner].as_mut().expect("present").1 = taken;
         }
-        let owner = entries[first].0.clone();
-        let data = std::mem::replace(&mut entries[file].1, Pending::HardLink(owner.clone()));
-        entries[first].1 = data;
-        for l in links.into_iter().filter(|&l| l != first) {
-            entries[l].1 = Pending::HardLink(owner.clone());
+        for l in links.into_iter().filter(|&l| l != owner) {
+            slots[l].as_mut().expect("present").1 = Pending::Link(LinkTo::Path(owner_path.clone()));
         }
     }
+    let mut out: Vec<(Vec<u8>, Pending)> = slots
+        .into_iter()
+        .zip(alive)
+        .filter_map(|(s, a)| if a { s } else { None })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Mode, owner, mtime (with PAX nanoseconds) and PAX xattrs of an entry.
@@ -378,7 +492,7 @@ fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
     }
     if int.starts_with('-') && nsec > 0 {
         // -1.5 means 1.5 s before the epoch: (-2, 0.5 s).
-        return Some((secs - 1, 1_000_000_000 - nsec));
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nsec));
     }
     Some((secs, nsec))
 }
@@ -487,7 +601,9 @@ impl Spooled {
                     },
                     meta,
                 },
-                Pending::HardLink(target) => LayerEntry::HardLink { path, target },
+                Pending::Link(LinkTo::Path(target)) => LayerEntry::HardLink { path, target },
+                Pending::Link(LinkTo::Lower(target)) => LayerEntry::LowerLink { path, target },
+                Pending::Link(LinkTo::Entry(_)) => unreachable!("links are settled in spool"),
             })
             .collect();
         Ok(Layer {
@@ -532,6 +648,164 @@ mod tests {
         );
     }
 
+    fn spool_entries(entries: &[puzzle_testkit::Entry]) -> Spooled {
+        let tar = puzzle_testkit::layer_tar(entries);
+        let tmp = tempfile::tempdir().unwrap();
+        spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap()
+    }
+
+    /// (path, "file <digest>" | "link <path>" | "lower <path>") per entry.
+    fn shape(sp: &Spooled) -> Vec<(String, String)> {
+        sp.entries
+            .iter()
+            .map(|(p, e)| {
+                let what = match e {
+                    Pending::File { digest, .. } => format!("file {digest}"),
+                    Pending::Node { .. } => "node".to_string(),
+                    Pending::Link(LinkTo::Path(t)) => {
+                        format!("link {}", String::from_utf8_lossy(t))
+                    }
+                    Pending::Link(LinkTo::Lower(t)) => {
+                        format!("lower {}", String::from_utf8_lossy(t))
+                    }
+                    Pending::Link(LinkTo::Entry(_)) => "unsettled".to_string(),
+                };
+                (String::from_utf8_lossy(p).into_owned(), what)
+            })
+            .collect()
+    }
+
+    fn s(a: &str, b: String) -> (String, String) {
+        (a.to_string(), b)
+    }
+
+    #[test]
+    fn links_follow_tar_order() {
+        use puzzle_testkit::Entry;
+        let x = format!("file {}", FileDigest::of(b"X"));
+        let y = format!("file {}", FileDigest::of(b"Y"));
+        // `b` links to the first `a`; the second `a` replaces only the name.
+        let sp = spool_entries(&[
+            Entry::file("a", b"X"),
+            Entry::hardlink("b", "a"),
+            Entry::file("a", b"Y"),
+        ]);
+        assert_eq!(shape(&sp), vec![s("a", y.clone()), s("b", x.clone())]);
+        assert_eq!(sp.counts.files, 2);
+        // The superseded data goes to the smallest remaining name.
+        let sp = spool_entries(&[
+            Entry::file("m", b"X"),
+            Entry::hardlink("z", "m"),
+            Entry::hardlink("c", "z"),
+            Entry::file("m", b"Y"),
+        ]);
+        assert_eq!(
+            shape(&sp),
+            vec![s("c", x.clone()), s("m", y), s("z", "link c".into())]
+        );
+        // A superseded data entry nobody links to is dropped.
+        let sp = spool_entries(&[Entry::file("a", b"X"), Entry::file("a", b"Y")]);
+        assert_eq!(sp.counts.files, 1);
+        // Links to paths not (yet) defined in the layer are lower links,
+        // even when the layer defines the path later.
+        let sp = spool_entries(&[
+            Entry::hardlink("b", "a"),
+            Entry::file("a", b"X"),
+            Entry::hardlink("c", "b"),
+            Entry::hardlink("d", "a"),
+        ]);
+        assert_eq!(
+            shape(&sp),
+            vec![
+                s("a", x),
+                s("b", "lower a".into()),
+                s("c", "lower a".into()),
+                s("d", "link a".into()),
+            ]
+        );
+        // A later non-directory at an ancestor removes what was under it;
+        // data linked from elsewhere survives under the link.
+        let sp = spool_entries(&[
+            Entry::dir("d"),
+            Entry::file("d/x", b"X"),
+            Entry::hardlink("e", "d/x"),
+            Entry::dir("d/sub"),
+            Entry::file("d/sub/y", b"Y"),
+            Entry::file("d", b"Y"),
+            Entry::dir("k"),
+            Entry::file("k/x", b"X"),
+            Entry::dir("k"),
+        ]);
+        assert_eq!(
+            shape(&sp),
+            vec![
+                s("d", format!("file {}", FileDigest::of(b"Y"))),
+                s("e", format!("file {}", FileDigest::of(b"X"))),
+                s("k", "node".into()),
+                s("k/x", format!("file {}", FileDigest::of(b"X"))),
+            ]
+        );
+        // A hard link to a directory of the layer is refused.
+        let tar = puzzle_testkit::layer_tar(&[Entry::dir("d"), Entry::hardlink("l", "d")]);
+        let tmp = tempfile::tempdir().unwrap();
+        let err = spool(&mut &tar[..], tmp.path(), &mut |_| {}).err().unwrap();
+        assert!(err.to_string().contains("directory"), "{err}");
+    }
+
+    /// A tar whose second member is a PAX header of `pax_len` bytes.
+    fn tar_with_big_pax(pax_len: u64) -> impl Read {
+        let mut first = tar::Header::new_ustar();
+        first.set_path("ok").unwrap();
+        first.set_size(2);
+        first.set_mode(0o644);
+        first.set_uid(0);
+        first.set_gid(0);
+        first.set_mtime(0);
+        first.set_entry_type(EntryType::Regular);
+        first.set_cksum();
+        let mut head = first.as_bytes().to_vec();
+        head.extend_from_slice(b"ok");
+        head.resize(1024, 0);
+        let mut pax = tar::Header::new_ustar();
+        pax.set_path("PaxHeaders/x").unwrap();
+        pax.set_size(pax_len);
+        pax.set_entry_type(EntryType::XHeader);
+        pax.set_cksum();
+        head.extend_from_slice(pax.as_bytes());
+        let record = format!("{pax_len} comment=");
+        head.extend_from_slice(record.as_bytes());
+        io::Cursor::new(head)
+            .chain(io::repeat(b'a').take(pax_len - record.len() as u64 - 1))
+            .chain(&b"\n"[..])
+            .chain(io::repeat(0).take(4096))
+    }
+
+    #[test]
+    fn huge_extension_records_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = spool(&mut tar_with_big_pax(64 << 20), tmp.path(), &mut |_| {})
+            .err()
+            .expect("a 64 MiB PAX record is refused");
+        let msg = format!("{err}: {err:?}");
+        assert!(msg.contains("the entry after /ok"), "{msg}");
+        assert!(msg.contains("8 MiB of tar headers"), "{msg}");
+        // Just under the budget is read (and then fails as a tar with no entry
+        // after the record, not on the budget).
+        let err = spool(&mut tar_with_big_pax(1 << 20), tmp.path(), &mut |_| {});
+        if let Err(e) = err {
+            let msg = format!("{e}: {:?}", std::error::Error::source(&e));
+            assert!(!msg.contains("8 MiB"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn budget_is_lifted_for_file_contents() {
+        use puzzle_testkit::Entry;
+        let big = vec![7u8; (HEADER_BUDGET + (1 << 20)) as usize];
+        let sp = spool_entries(&[Entry::file("big", &big), Entry::symlink("s", "big")]);
+        assert_eq!(sp.counts.file_bytes, big.len() as u64);
+    }
+
     #[test]
     fn pax_times() {
         assert_eq!(parse_pax_time("1700000000"), Some((1_700_000_000, 0)));
@@ -543,5 +817,13 @@ mod tests {
         assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_pax_time("x"), None);
         assert_eq!(parse_pax_time("1.x"), None);
+        // Out of range: an error, never an overflow.
+        assert_eq!(parse_pax_time("-9223372036854775808.5"), None);
+        assert_eq!(parse_pax_time("-9223372036854775808"), Some((i64::MIN, 0)));
+        assert_eq!(parse_pax_time("9223372036854775808"), None);
+        assert_eq!(
+            parse_pax_time("-9223372036854775807.5"),
+            Some((i64::MIN, 500_000_000))
+        );
     }
 }

@@ -101,14 +101,21 @@ pub enum LayerEntry {
         node: Node,
         meta: Meta,
     },
-    /// A hard link at `path` to the entry at `target` (this or a lower layer).
+    /// A hard link at `path` to the entry at `target`, looked up after this
+    /// layer's entries are in place (a target in this layer).
     HardLink { path: Vec<u8>, target: Vec<u8> },
+    /// A hard link at `path` to the entry `target` names in the lower layers,
+    /// looked up before this layer's whiteouts and entries apply (the tar
+    /// linked to it before this layer defined anything at `target`).
+    LowerLink { path: Vec<u8>, target: Vec<u8> },
 }
 
 impl LayerEntry {
     pub fn path(&self) -> &[u8] {
         match self {
-            LayerEntry::Node { path, .. } | LayerEntry::HardLink { path, .. } => path,
+            LayerEntry::Node { path, .. }
+            | LayerEntry::HardLink { path, .. }
+            | LayerEntry::LowerLink { path, .. } => path,
         }
     }
 }
@@ -126,7 +133,8 @@ pub struct Layer {
 }
 
 /// 2: files carry their content digest.
-const LAYER_RECORD_VERSION: u8 = 2;
+/// 3: links into lower layers are [`LayerEntry::LowerLink`].
+const LAYER_RECORD_VERSION: u8 = 3;
 
 impl Layer {
     /// Serialized form kept in the index's layer cache.
@@ -337,6 +345,14 @@ impl Tree {
 
     /// Applies one layer on top of the tree.
     pub fn apply(&mut self, layer: &Layer) -> Result<()> {
+        // Links into lower layers name what is there before this layer changes
+        // anything (tar order: the link came before this layer's definition).
+        let mut lower_links = Vec::new();
+        for e in &layer.entries {
+            if let LayerEntry::LowerLink { path, target } = e {
+                lower_links.push((path, self.link_target(path, target)?));
+            }
+        }
         // Whiteouts and opaque markers hide what lower layers put there.
         for w in &layer.whiteouts {
             let (parent, name) = split_parent(w);
@@ -359,10 +375,14 @@ impl Tree {
                 self.put(path, node, meta)?;
             }
         }
-        // Hard links last: their targets may sort after them.
+        for (path, ino) in lower_links {
+            self.link_inode(path, ino)?;
+        }
+        // Links within the layer last: their targets may sort after them.
         for e in &layer.entries {
             if let LayerEntry::HardLink { path, target } = e {
-                self.link(path, target)?;
+                let ino = self.link_target(path, target)?;
+                self.link_inode(path, ino)?;
             }
         }
         Ok(())
@@ -415,7 +435,8 @@ impl Tree {
         Ok(())
     }
 
-    fn link(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+    /// The inode a hard link at `path` to `target` names.
+    fn link_target(&self, path: &[u8], target: &[u8]) -> Result<usize> {
         if path.is_empty() {
             return Err(bad_entry(path, "the root cannot be a hard link".into()));
         }
@@ -431,6 +452,10 @@ impl Tree {
                 format!("hard link target {} is a directory", show_path(target)),
             ));
         }
+        Ok(t)
+    }
+
+    fn link_inode(&mut self, path: &[u8], t: usize) -> Result<()> {
         let dir = self.parent_dir(path)?;
         let (_, name) = split_parent(path);
         self.children_mut(dir)
@@ -607,6 +632,48 @@ mod tests {
     }
 
     #[test]
+    fn lower_links_name_the_lower_tree() {
+        let lower_link = |p: &str, t: &str| LayerEntry::LowerLink {
+            path: p.into(),
+            target: t.into(),
+        };
+        let mut t = Tree::new();
+        t.apply(&layer(vec![file("a", 3), file("w", 4)], &[], &[]))
+            .unwrap();
+        // `b` -> lower `a` then a new `a`; `c` -> lower `w` then `.wh.w`.
+        t.apply(&layer(
+            vec![lower_link("b", "a"), file("a", 5), lower_link("c", "w")],
+            &["w", "b"],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(size(&t, "a"), Some(5));
+        assert_eq!(size(&t, "b"), Some(3), "b keeps the lower a");
+        assert_ne!(t.lookup(b"a"), t.lookup(b"b"));
+        assert_eq!(size(&t, "c"), Some(4), "c keeps the whited-out w");
+        assert_eq!(t.lookup(b"w"), None);
+        // In-layer links see this layer's entries.
+        t.apply(&layer(
+            vec![
+                file("n", 6),
+                LayerEntry::HardLink {
+                    path: b"m".to_vec(),
+                    target: b"n".to_vec(),
+                },
+            ],
+            &[],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(t.lookup(b"m"), t.lookup(b"n"));
+        // A lower link to something absent below is an error.
+        let err = Tree::new()
+            .apply(&layer(vec![lower_link("x", "y"), file("y", 1)], &[], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
     fn nothing_is_written_through_a_symlink() {
         let mut t = Tree::new();
         let err = t
@@ -646,9 +713,9 @@ mod tests {
         );
         assert_eq!(Layer::from_record(&l.to_record()).unwrap(), l);
         assert!(Layer::from_record(&[9, 1, 2]).is_err());
-        // A version-1 record (files without digests) is refused, not misread.
+        // A version-2 record (links not split by kind) is refused, not misread.
         let mut old = l.to_record();
-        old[0] = 1;
+        old[0] = 2;
         assert!(Layer::from_record(&old).is_err());
         assert!(Layer::from_record(&[]).is_err());
     }
