@@ -715,6 +715,28 @@ fn html_page_draws_its_charts_in_chromium() {
         assert!(!page.contains(forbidden), "page contains {forbidden}");
     }
     let Some(browser) = chromium() else { return };
+    // The console check catches errors: a page with a script error and a
+    // blocked fetch shows both on stderr.
+    let bad = syn.store.parent().unwrap().join("bad.html");
+    std::fs::write(
+        &bad,
+        "<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" \
+         content=\"default-src 'none'; script-src 'unsafe-inline'\"></head><body>\
+         <img src=\"https://example.invalid/x.png\"><script>nope();</script></body></html>",
+    )
+    .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = headless(&browser, profile.path())
+        .arg("--dump-dom")
+        .arg(format!("file://{}", bad.display()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("Uncaught ReferenceError") && log.contains("Content Security Policy"),
+        "the negative control shows no console errors:\n{log}"
+    );
+
     let profile = tempfile::tempdir().unwrap();
     let url = format!("file://{}", html.display());
     let dump = headless(&browser, profile.path())
