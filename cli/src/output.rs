@@ -9,7 +9,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-/// Version of the `--json` line schema (docs/JSON.md).
+/// Version of the `--json` line schema (README.md "Output"; docs/STATS.md for `stats` and `diff`).
 pub const JSON_SCHEMA: u32 = 1;
 
 /// One JSON line: `{"type": ..., "schema": 1, "data": ...}`.

@@ -139,10 +139,21 @@ struct FileChange {
     content_in_a: bool,
 }
 
+/// `{"text": ...}` for UTF-8 paths, `{"bytes": base64}` otherwise.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PathC {
-    text: String,
+#[serde(untagged)]
+enum PathC {
+    Text { text: String },
+    Bytes { bytes: String },
+}
+
+impl PathC {
+    fn text(&self) -> &str {
+        match self {
+            PathC::Text { text } => text,
+            PathC::Bytes { bytes } => panic!("non-UTF-8 path {bytes}"),
+        }
+    }
 }
 
 /// Runs `puzzle stats --json [args]`: the stats line and the diff line, if any.
@@ -414,7 +425,7 @@ fn synthetic_store_figures_are_exact() {
         .iter()
         .map(|f| {
             (
-                f.path.text.as_str(),
+                f.path.text(),
                 f.change.as_str(),
                 f.size_a,
                 f.size_b,
@@ -439,7 +450,7 @@ fn synthetic_store_figures_are_exact() {
         .iter()
         .map(|f| {
             (
-                f.path.text.as_str(),
+                f.path.text(),
                 f.change.as_str(),
                 f.new_bytes,
                 f.content_in_a,
@@ -474,6 +485,30 @@ fn synthetic_store_figures_are_exact() {
     }
     let bad = run(puzzle(&syn.store).args(["stats", "nope"]));
     assert_eq!(bad.code, 3, "{}", bad.stderr);
+}
+
+#[test]
+fn diff_paths_that_are_not_utf8_are_base64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let store = tmp.path().join("store");
+    let a = Image::new().layer(&[Entry::file("same", b"1")], Compression::None);
+    let b = Image::new().layer(
+        &[Entry::file("same", b"1"), Entry::file(b"caf\xe9", b"new")],
+        Compression::None,
+    );
+    for (tag, img) in [("a", a), ("b", b)] {
+        img.write_oci_layout(&layout, tag).unwrap();
+        build(&store, &format!("oci:{}:{tag}", layout.display()), tag);
+    }
+    let (_, d) = stats_json(&store, &["--diff", "a", "b"]);
+    let d = d.unwrap();
+    let added: Vec<_> = d.files.iter().filter(|f| f.change == "added").collect();
+    assert_eq!(added.len(), 1);
+    match &added[0].path {
+        PathC::Bytes { bytes } => assert_eq!(bytes, "Y2Fm6Q=="),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ---- the small corpus ----
@@ -595,12 +630,12 @@ fn corpus_figures_match_extracted_trees_and_packs() {
         .files
         .iter()
         .filter(|f| f.change != "rechunked")
-        .map(|f| (f.path.text.as_str(), f.change.as_str()))
+        .map(|f| (f.path.text(), f.change.as_str()))
         .collect();
     assert_eq!(got, want);
     assert!(!want.is_empty());
     for f in d.files.iter().filter(|f| f.change == "rechunked") {
-        let p = &f.path.text;
+        let p = f.path.text();
         assert_eq!(
             std::fs::read(&a[p]).unwrap(),
             std::fs::read(&b[p]).unwrap(),
@@ -608,7 +643,7 @@ fn corpus_figures_match_extracted_trees_and_packs() {
         );
         assert!(f.new_bytes > 0);
     }
-    let paths: BTreeSet<&str> = d.files.iter().map(|f| f.path.text.as_str()).collect();
+    let paths: BTreeSet<&str> = d.files.iter().map(|f| f.path.text()).collect();
     assert_eq!(paths.len(), d.files.len(), "each path once");
     assert!(
         d.files.windows(2).all(|w| w[0].new_bytes >= w[1].new_bytes),
@@ -715,6 +750,28 @@ fn html_page_draws_its_charts_in_chromium() {
         assert!(!page.contains(forbidden), "page contains {forbidden}");
     }
     let Some(browser) = chromium() else { return };
+    // The console check catches errors: a page with a script error and a
+    // blocked fetch shows both on stderr.
+    let bad = syn.store.parent().unwrap().join("bad.html");
+    std::fs::write(
+        &bad,
+        "<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" \
+         content=\"default-src 'none'; script-src 'unsafe-inline'\"></head><body>\
+         <img src=\"https://example.invalid/x.png\"><script>nope();</script></body></html>",
+    )
+    .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = headless(&browser, profile.path())
+        .arg("--dump-dom")
+        .arg(format!("file://{}", bad.display()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("Uncaught ReferenceError") && log.contains("Content Security Policy"),
+        "the negative control shows no console errors:\n{log}"
+    );
+
     let profile = tempfile::tempdir().unwrap();
     let url = format!("file://{}", html.display());
     let dump = headless(&browser, profile.path())
