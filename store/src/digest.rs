@@ -20,6 +20,11 @@ impl BlobDigest {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+    /// Parses a blob's file name (64 lowercase hex digits, no prefix).
+    pub fn from_hex(name: &str) -> Option<Self> {
+        format!("sha256:{name}").parse().ok()
+    }
+
     /// Lowercase hex without the algorithm prefix: the blob's file name.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
@@ -123,6 +128,8 @@ mod tests {
             "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(s.parse::<BlobDigest>().unwrap(), d);
+        assert_eq!(BlobDigest::from_hex(&d.hex()), Some(d));
+        assert_eq!(BlobDigest::from_hex("../x"), None);
         for bad in [
             "",
             "sha256:",

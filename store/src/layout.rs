@@ -269,11 +269,7 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).at(&dir)? {
             let e = e.at(&dir)?;
-            let Some(d) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| format!("sha256:{n}").parse::<BlobDigest>().ok())
-            else {
+            let Some(d) = e.file_name().to_str().and_then(BlobDigest::from_hex) else {
                 continue;
             };
             let md = e.metadata().at(e.path())?;
@@ -361,11 +357,7 @@ impl Store {
         let mut out = Vec::new();
         for e in rd {
             let e = e.at(&dir)?;
-            let Some(d) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| format!("sha256:{n}").parse::<BlobDigest>().ok())
-            else {
+            let Some(d) = e.file_name().to_str().and_then(BlobDigest::from_hex) else {
                 continue;
             };
             let path = e.path();
