@@ -74,6 +74,9 @@ pub struct Summary {
     pub layers_reused: usize,
     /// Compressed layer bytes read from the source.
     pub bytes_read: u64,
+    /// Uncompressed layer (tar) bytes read from the source, for the layers
+    /// converted by this build (the build throughput's numerator).
+    pub bytes_uncompressed: u64,
     /// Uncompressed file-content bytes chunked.
     pub bytes_chunked: u64,
     pub new_chunks: u64,
@@ -143,6 +146,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         let stats = reader.finish().with_context(ctx)?;
         bar.finish_and_clear();
         summary.bytes_read += stats.compressed_bytes;
+        summary.bytes_uncompressed += stats.uncompressed_bytes;
         summary.files += spooled.counts.files;
         summary.bytes_chunked += spooled.counts.file_bytes;
         let bar = progress.bar(&format!("{label}: chunking"), spooled.counts.file_bytes);

@@ -20,6 +20,48 @@ fn src(corpus: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", corpus.display())
 }
 
+/// Uncompressed sizes of `tag`'s layers, by `gzip -dc` (not our decoder).
+fn layer_tar_sizes(corpus: &Path, tag: &str) -> Vec<u64> {
+    let json = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        let path = corpus.join("blobs/sha256").join(hex);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let manifest = json(desc["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let hex = l["digest"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("sha256:")
+                .unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("gzip -dc \"$0\" | wc -c")
+                .arg(corpus.join("blobs/sha256").join(hex))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn corpus_images_extract_identical_to_umoci() {
     let Some(corpus) = corpus() else { return };
@@ -51,6 +93,8 @@ fn version_series_dedups_and_rebuilds_add_nothing() {
     let s0 = build(&store, &src(&corpus, "django-5.0.7"), "django-5.0.7");
     assert_eq!(s0.layers, 3);
     assert_eq!(s0.new_chunk_bytes + s0.reused_chunk_bytes, s0.bytes_chunked);
+    let tars = layer_tar_sizes(&corpus, "django-5.0.7");
+    assert_eq!(s0.bytes_uncompressed, tars.iter().sum::<u64>());
 
     let s1 = build(&store, &src(&corpus, "django-5.0.8"), "django-5.0.8");
     assert_eq!(
@@ -60,6 +104,11 @@ fn version_series_dedups_and_rebuilds_add_nothing() {
     // Only the django layer was chunked; most of it was already stored.
     assert_eq!(s1.new_chunk_bytes + s1.reused_chunk_bytes, s1.bytes_chunked);
     assert!(s1.reused_chunk_bytes > 0);
+    let tars = layer_tar_sizes(&corpus, "django-5.0.8");
+    assert_eq!(
+        s1.bytes_uncompressed, tars[2],
+        "only the django layer is read"
+    );
     assert!(
         s1.new_chunk_bytes * 2 < s1.bytes_chunked,
         "5.0.8 after 5.0.7 should mostly reuse chunks: new {} of {}",

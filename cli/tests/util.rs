@@ -57,6 +57,7 @@ pub struct BuildSummary {
     pub layers: usize,
     pub layers_reused: usize,
     pub bytes_read: u64,
+    pub bytes_uncompressed: u64,
     pub bytes_chunked: u64,
     pub new_chunks: u64,
     pub new_chunk_bytes: u64,
