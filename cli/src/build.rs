@@ -7,18 +7,22 @@
 //! manifest -> tag.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use crossbeam_channel::bounded;
+use indicatif::ProgressBar;
 use puzzle_chunker::ChunkParams;
 use puzzle_oci::layer;
-use puzzle_oci::source::{self, Platform, SourceRef};
+use puzzle_oci::source::{self, ImageSource, LayerInfo, LayerStats, Platform, SourceRef};
 use puzzle_store::index::ChunkIndex;
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
 use puzzle_store::meta::{SourceInfo, SourceLayer};
-use puzzle_store::tree::{Layer, Tree};
+use puzzle_store::tree::{Extent, Layer, LayerEntry, Node, Tree};
 use puzzle_store::writer::ChunkWriter;
 use puzzle_store::{image, Store, StoreConfig};
 use serde::Serialize;
@@ -118,47 +122,120 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         ..Summary::default()
     };
 
-    // Flattened as each layer arrives, so a bad entry stops the build before
-    // later layers are read and compressed.
-    let mut tree = Tree::new();
-    let mut layers: Vec<Layer> = Vec::with_capacity(img.layers.len());
-    let mut converted: HashMap<String, usize> = HashMap::new();
-    let mut new_records: Vec<(String, Vec<u8>)> = Vec::new();
-    for li in &img.layers {
+    // What each layer needs: the first layer of each diff_id not converted
+    // before is read; the others come from the index or an earlier layer.
+    let mut steps: Vec<Step> = Vec::with_capacity(img.layers.len());
+    let mut to_read: Vec<&LayerInfo> = Vec::new();
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    for (i, li) in img.layers.iter().enumerate() {
         let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
-        if let Some(&i) = converted.get(&li.diff_id) {
-            tree.apply(&layers[i]).with_context(ctx)?;
-            summary.layers_reused += 1;
+        if let Some(&j) = first_of.get(li.diff_id.as_str()) {
+            steps.push(Step::Again(j));
             continue;
         }
-        if let Some(layer) = cached_layer(&index, &li.diff_id).with_context(ctx)? {
-            tree.apply(&layer).with_context(ctx)?;
-            converted.insert(li.diff_id.clone(), layers.len());
-            layers.push(layer);
-            summary.layers_reused += 1;
-            continue;
+        first_of.insert(&li.diff_id, i);
+        match cached_layer(&index, &li.diff_id).with_context(ctx)? {
+            Some(layer) => steps.push(Step::Cached(layer)),
+            None => {
+                steps.push(Step::Read(to_read.len()));
+                to_read.push(li);
+            }
         }
-        let label = format!("layer {}/{}", li.index + 1, img.layers.len());
-        let mut reader = src.open_layer(li).with_context(ctx)?;
-        let bar = progress.counter(&format!("{label}: reading"));
-        let spooled = layer::spool(&mut reader, &store.tmp_dir(), &mut |n| bar.set_position(n));
-        let spooled = spooled.with_context(ctx)?;
-        let stats = reader.finish().with_context(ctx)?;
-        bar.finish_and_clear();
-        summary.bytes_read += stats.compressed_bytes;
-        summary.bytes_uncompressed += stats.uncompressed_bytes;
-        summary.files += spooled.counts.files;
-        summary.bytes_chunked += spooled.counts.file_bytes;
-        let bar = progress.bar(&format!("{label}: chunking"), spooled.counts.file_bytes);
-        let layer = spooled
-            .chunk(params, &mut writer, &mut |n| bar.set_position(n))
-            .with_context(ctx)?;
-        bar.finish_and_clear();
-        tree.apply(&layer).with_context(ctx)?;
-        new_records.push((li.diff_id.clone(), layer.to_record()));
-        converted.insert(li.diff_id.clone(), layers.len());
-        layers.push(layer);
     }
+
+    // Layers are read (decompressed, verified, spooled) on reader threads, a
+    // few ahead of the one being chunked, so both cores stay busy. They are
+    // chunked and flattened in order on this thread, so a bad entry stops the
+    // build before later layers are chunked, and packs stay deterministic.
+    let mut tree = Tree::new();
+    // Layer of each step, by image layer index.
+    let mut layers: Vec<Option<Layer>> = Vec::with_capacity(img.layers.len());
+    let mut new_records: Vec<(String, [u8; 32], Vec<u8>)> = Vec::new();
+    let stop = AtomicBool::new(false);
+    let slots: Vec<_> = to_read.iter().map(|_| bounded::<SpoolResult>(1)).collect();
+    let next = AtomicUsize::new(0);
+    let reading = progress.counter(&format!("reading {} layer(s)", to_read.len()));
+    let tmp_dir = store.tmp_dir();
+    let result = std::thread::scope(|scope| -> Result<()> {
+        // A reader takes a token before it starts a layer; one is handed back
+        // as each layer is chunked, which bounds the layers spooled ahead.
+        let (token_tx, token_rx) = bounded::<()>(READ_AHEAD + 1);
+        for _ in 0..=READ_AHEAD {
+            token_tx.send(()).expect("room for every token");
+        }
+        for _ in 0..READERS.min(to_read.len()) {
+            let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
+            let (slots, to_read, tmp_dir, reading) = (&slots, &to_read, &tmp_dir, &reading);
+            scope.spawn(move || {
+                while token_rx.recv().is_ok() {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= to_read.len() || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let res = read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading);
+                    let _ = slots[k].0.send(res);
+                }
+            });
+        }
+        drop(token_rx);
+        for (i, step) in steps.into_iter().enumerate() {
+            let li = &img.layers[i];
+            let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
+            let layer = match step {
+                Step::Again(j) => {
+                    let layer = layers[j].as_ref().expect("an earlier layer");
+                    tree.apply(layer).with_context(ctx)?;
+                    summary.layers_reused += 1;
+                    layers.push(None);
+                    continue;
+                }
+                Step::Cached(layer) => {
+                    summary.layers_reused += 1;
+                    layer
+                }
+                Step::Read(k) => {
+                    let (spooled, stats) = slots[k]
+                        .1
+                        .recv()
+                        .expect("a reader sends every layer it takes")
+                        .with_context(ctx)?;
+                    summary.bytes_read += stats.compressed_bytes;
+                    summary.bytes_uncompressed += stats.uncompressed_bytes;
+                    summary.files += spooled.counts.files;
+                    summary.bytes_chunked += spooled.counts.file_bytes;
+                    let key = spooled.stream_key(params);
+                    let layer = match same_stream(&index, &key, &spooled).with_context(ctx)? {
+                        Some(extents) => {
+                            for len in chunk_lens(&extents) {
+                                writer.note_reused(len);
+                            }
+                            spooled.reuse(extents).with_context(ctx)?
+                        }
+                        None => {
+                            let label =
+                                format!("layer {}/{}: chunking", li.index + 1, img.layers.len());
+                            let bar = progress.bar(&label, spooled.counts.file_bytes);
+                            let layer = spooled
+                                .chunk(params, &mut writer, &mut |n| bar.set_position(n))
+                                .with_context(ctx)?;
+                            bar.finish_and_clear();
+                            layer
+                        }
+                    };
+                    let _ = token_tx.send(());
+                    new_records.push((li.diff_id.clone(), key, layer.to_record()));
+                    layer
+                }
+            };
+            tree.apply(&layer).with_context(ctx)?;
+            layers.push(Some(layer));
+        }
+        Ok(())
+    });
+    // Readers still at work stop at their next read.
+    stop.store(true, Ordering::SeqCst);
+    reading.finish_and_clear();
+    result?;
 
     let ws = writer.stats();
     let written = writer.finish().with_context(|| what.clone())?;
@@ -166,8 +243,9 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         index.add_pack(p)?;
     }
     index.flush()?;
-    for (diff_id, record) in &new_records {
+    for (diff_id, key, record) in &new_records {
         index.put_layer(diff_id, record)?;
+        index.put_stream(key, diff_id)?;
     }
     index.flush()?;
 
@@ -219,6 +297,114 @@ fn peak_rss() -> u64 {
             Some(kb * 1024)
         })
         .unwrap_or(0)
+}
+
+/// How many layers are read at once.
+const READERS: usize = 2;
+
+/// How many layers may wait spooled beyond the one being chunked.
+const READ_AHEAD: usize = 2;
+
+/// How one layer of the image is obtained.
+enum Step {
+    /// Converted before: its record from the index.
+    Cached(Layer),
+    /// The same diff_id as the earlier image layer at this index.
+    Again(usize),
+    /// Read from the source: the index into the layers to read.
+    Read(usize),
+}
+
+type SpoolResult = puzzle_oci::Result<(layer::Spooled, LayerStats)>;
+
+/// Reads one layer: decompress, verify its digests, spool its contents.
+/// Stops early with an error once `stop` is set.
+fn read_layer(
+    src: &dyn ImageSource,
+    li: &LayerInfo,
+    tmp_dir: &Path,
+    stop: &AtomicBool,
+    bar: &ProgressBar,
+) -> SpoolResult {
+    let mut reader = src.open_layer(li)?;
+    let mut last = 0;
+    let spooled = {
+        let mut r = Stoppable {
+            inner: &mut reader,
+            stop,
+        };
+        layer::spool(&mut r, tmp_dir, &mut |n| {
+            bar.inc(n - last);
+            last = n;
+        })?
+    };
+    let stats = reader.finish()?;
+    Ok((spooled, stats))
+}
+
+/// A reader that fails once `stop` is set.
+struct Stoppable<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Stoppable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("build stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The extents of a layer converted before whose contents make the same
+/// chunk stream (same stream key), if its record is intact, every chunk it
+/// uses is still stored and its files match `spooled`'s sizes and digests.
+fn same_stream(
+    index: &ChunkIndex,
+    key: &[u8; 32],
+    spooled: &layer::Spooled,
+) -> Result<Option<Vec<Vec<Extent>>>> {
+    let Some(diff_id) = index.stream(key)? else {
+        return Ok(None);
+    };
+    let Some(earlier) = cached_layer(index, &diff_id)? else {
+        return Ok(None);
+    };
+    let mut files = Vec::new();
+    for e in earlier.entries {
+        if let LayerEntry::Node {
+            node:
+                Node::File {
+                    size,
+                    extents,
+                    digest,
+                },
+            ..
+        } = e
+        {
+            files.push((size, digest, extents));
+        }
+    }
+    let same = files.len() == spooled.files().count()
+        && files
+            .iter()
+            .zip(spooled.files())
+            .all(|((size, digest, _), (s, d))| *size == s && *digest == d);
+    Ok(same.then(|| files.into_iter().map(|f| f.2).collect()))
+}
+
+/// Lengths of the chunks a run of extent lists uses, one per use in stream
+/// order (a chunk's first extent starts at offset 0 in it).
+fn chunk_lens(extents: &[Vec<Extent>]) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for e in extents.iter().flatten() {
+        match out.last_mut() {
+            Some(len) if e.offset != 0 => *len += u64::from(e.len),
+            _ => out.push(u64::from(e.len)),
+        }
+    }
+    out
 }
 
 /// A layer converted before, if its record is intact and every chunk it

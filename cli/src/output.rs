@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 /// Version of the `--json` line schema (README.md "Output"; docs/STATS.md for `stats` and `diff`).
@@ -56,15 +56,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Whether and how to show progress.
+/// Whether and how to show progress. Bars shown at the same time (a build
+/// reads one layer while it chunks another) are drawn one per line.
 pub struct Progress {
     enabled: bool,
+    multi: MultiProgress,
 }
 
 impl Progress {
     pub fn new(disabled: bool) -> Self {
         Progress {
             enabled: !disabled && std::io::stderr().is_terminal(),
+            multi: MultiProgress::new(),
         }
     }
 
@@ -73,7 +76,7 @@ impl Progress {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let pb = ProgressBar::new(len);
+        let pb = self.multi.add(ProgressBar::new(len));
         pb.set_style(
             ProgressStyle::with_template(
                 "{msg:40!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
@@ -91,7 +94,7 @@ impl Progress {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let pb = ProgressBar::no_length();
+        let pb = self.multi.add(ProgressBar::no_length());
         pb.set_style(
             ProgressStyle::with_template("{spinner} {msg:40!} {bytes:>10} {bytes_per_sec:>12}")
                 .expect("valid template"),
@@ -105,7 +108,7 @@ impl Progress {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let pb = ProgressBar::new_spinner();
+        let pb = self.multi.add(ProgressBar::new_spinner());
         pb.set_message(msg.to_string());
         pb.enable_steady_tick(Duration::from_millis(200));
         pb

@@ -159,6 +159,73 @@ fn entry_order_and_mtimes_do_not_change_chunks() {
     assert_eq!(b.reused_chunk_bytes, a.new_chunk_bytes);
 }
 
+/// A layer whose files (sizes and contents, in chunking order) were converted
+/// before takes its extents from that layer's record without chunking: the
+/// result must equal chunking it, and a record whose chunks are gone must not
+/// be used.
+#[test]
+fn converted_contents_are_reused_exactly_and_only_while_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    let files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            let name = format!("d{}/f{i:02}", i % 3);
+            (
+                name,
+                puzzle_testkit::pseudo_random(100 + i, 5_000 + i as usize * 9_000),
+            )
+        })
+        .collect();
+    let entries = |mtime: u64, rev: bool| -> Vec<Entry> {
+        let mut v: Vec<Entry> = (0..3).map(|d| Entry::dir(format!("d{d}"))).collect();
+        let mut f: Vec<Entry> = files
+            .iter()
+            .map(|(n, c)| Entry::file(n, c).mtime(mtime, 0))
+            .collect();
+        if rev {
+            f.reverse();
+        }
+        v.extend(f);
+        v
+    };
+    for (tag, mtime, rev) in [("a", 1_600_000_000, false), ("b", 1_700_000_000, true)] {
+        Image::new()
+            .layer(&entries(mtime, rev), Compression::Gzip)
+            .write_oci_layout(&layout, tag)
+            .unwrap();
+    }
+    let src = |tag: &str| format!("oci:{}:{tag}", layout.display());
+    let store = t.join("store");
+    let a = build(&store, &src("a"), "a");
+    assert!(a.new_chunk_bytes > 1_000_000);
+    let b = build(&store, &src("b"), "b");
+    assert_eq!(b.layers_reused, 0, "a different layer");
+    assert_eq!((b.new_chunks, b.new_chunk_bytes), (0, 0));
+    assert_eq!(
+        (b.reused_chunks, b.reused_chunk_bytes),
+        (a.new_chunks, a.bytes_chunked)
+    );
+
+    // Chunking b for real, in a fresh store, gives the same metadata blob.
+    let fresh = build(&t.join("fresh"), &src("b"), "b");
+    assert_eq!(fresh.new_chunk_bytes, a.new_chunk_bytes);
+    assert_eq!(fresh.metadata, b.metadata);
+    extract(&store, "b", &t.join("xb"));
+    extract(&t.join("fresh"), "b", &t.join("xf"));
+    assert_same_tree(&t.join("xf"), &t.join("xb"));
+
+    // Once the chunks are collected, the earlier record must not be used.
+    ok(puzzle(&store).args(["rm", "a", "b"]));
+    ok(puzzle(&store).arg("gc"));
+    let again = build(&store, &src("b"), "b");
+    assert_eq!(again.new_chunk_bytes, a.new_chunk_bytes);
+    assert_eq!(again.metadata, b.metadata);
+    ok(puzzle(&store).args(["verify", "--full"]));
+    extract(&store, "b", &t.join("xa"));
+    assert_same_tree(&t.join("xf"), &t.join("xa"));
+}
+
 /// Which name of a hard-link group carries the data depends on the tar
 /// writer's directory walk; it must not move content in the chunk stream.
 #[test]

@@ -584,6 +584,56 @@ impl Spooled {
             done += len;
             progress(done);
         }
+        Ok(self.with_extents(extents))
+    }
+
+    /// The stream key: identifies the chunk stream this layer's contents make
+    /// with `params` (BLAKE3 over the chunk parameters and, in chunking order,
+    /// every file's size and content digest). Two layers with the same key cut
+    /// into the same chunks, so a layer whose key was converted before can
+    /// take its extents from that layer without reading its contents again.
+    pub fn stream_key(&self, params: ChunkParams) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"puzzle stream key v1\0");
+        for v in [params.min(), params.avg(), params.max()] {
+            h.update(&v.to_le_bytes());
+        }
+        for (_, p) in &self.entries {
+            if let Pending::File { size, digest, .. } = p {
+                h.update(&size.to_le_bytes());
+                h.update(digest.as_bytes());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Regular files in chunking order: (size, content digest).
+    pub fn files(&self) -> impl Iterator<Item = (u64, FileDigest)> + '_ {
+        self.entries.iter().filter_map(|(_, p)| match p {
+            Pending::File { size, digest, .. } => Some((*size, *digest)),
+            _ => None,
+        })
+    }
+
+    /// Finishes the layer with `extents` (one list per file, in chunking
+    /// order) instead of chunking: for a layer whose [`Spooled::stream_key`]
+    /// was converted before. Errors if the lists do not fit the files.
+    pub fn reuse(self, extents: Vec<Vec<Extent>>) -> Result<Layer> {
+        let fits = extents.len() == self.files().count()
+            && self
+                .files()
+                .zip(&extents)
+                .all(|((size, _), ex)| ex.iter().map(|e| u64::from(e.len)).sum::<u64>() == size);
+        if !fits {
+            return Err(Error::Invalid(
+                "reused extents do not match the layer's files".into(),
+            ));
+        }
+        Ok(self.with_extents(extents))
+    }
+
+    /// The layer, with one extent list per file in chunking order.
+    fn with_extents(self, extents: Vec<Vec<Extent>>) -> Layer {
         let mut extents = extents.into_iter();
         let entries = self
             .entries
@@ -606,17 +656,63 @@ impl Spooled {
                 Pending::Link(LinkTo::Entry(_)) => unreachable!("links are settled in spool"),
             })
             .collect();
-        Ok(Layer {
+        Layer {
             entries,
             whiteouts: self.whiteouts,
             opaques: self.opaques,
-        })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_key_follows_contents_in_chunking_order_only() {
+        use puzzle_testkit::{layer_tar, Entry};
+        let tmp = tempfile::tempdir().unwrap();
+        let key = |entries: &[Entry], params: ChunkParams| {
+            let tar = layer_tar(entries);
+            let sp = spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap();
+            sp.stream_key(params)
+        };
+        let p = ChunkParams::default();
+        let base = key(&[Entry::file("a", b"1"), Entry::file("b", b"22")], p);
+        // Tar order, mtimes and names that keep the order: same stream.
+        let same = key(
+            &[
+                Entry::file("b2", b"22").mtime(5, 0),
+                Entry::file("a", b"1").owner(3, 3),
+            ],
+            p,
+        );
+        assert_eq!(base, same);
+        // Other contents, another order of contents, other chunk parameters.
+        let other = key(&[Entry::file("a", b"1"), Entry::file("b", b"23")], p);
+        let swapped = key(&[Entry::file("a", b"22"), Entry::file("b", b"1")], p);
+        let params = ChunkParams::new(8192, 32768, 131072).unwrap();
+        let other_params = key(&[Entry::file("a", b"1"), Entry::file("b", b"22")], params);
+        for k in [other, swapped, other_params] {
+            assert_ne!(k, base);
+        }
+    }
+
+    #[test]
+    fn reuse_refuses_extents_that_do_not_fit() {
+        use puzzle_testkit::{layer_tar, Entry};
+        let tmp = tempfile::tempdir().unwrap();
+        let tar = layer_tar(&[Entry::file("a", b"hello")]);
+        let ext = |len| Extent {
+            chunk: ChunkId::of(b"hello"),
+            offset: 0,
+            len,
+        };
+        let sp = || spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap();
+        assert!(sp().reuse(vec![vec![ext(4)]]).is_err());
+        assert!(sp().reuse(vec![]).is_err());
+        assert!(sp().reuse(vec![vec![ext(5)]]).is_ok());
+    }
 
     #[test]
     fn files_are_hashed_while_spooled() {

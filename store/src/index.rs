@@ -20,6 +20,7 @@ pub struct ChunkIndex {
     db: sled::Db,
     chunks: sled::Tree,
     layers: sled::Tree,
+    streams: sled::Tree,
 }
 
 fn encode_loc(loc: &ChunkLoc) -> [u8; LOC_LEN] {
@@ -61,11 +62,13 @@ impl ChunkIndex {
         };
         let chunks = db.open_tree("chunks").map_err(err)?;
         let layers = db.open_tree("layers").map_err(err)?;
+        let streams = db.open_tree("streams").map_err(err)?;
         Ok(ChunkIndex {
             path,
             db,
             chunks,
             layers,
+            streams,
         })
     }
 
@@ -176,6 +179,23 @@ impl ChunkIndex {
     pub fn remove_layer(&self, diff_id: &str) -> Result<()> {
         self.layers
             .remove(diff_id.as_bytes())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The diff_id of a converted layer whose contents make the chunk stream
+    /// with this stream key (a hint: the record may since be gone).
+    pub fn stream(&self, key: &[u8; 32]) -> Result<Option<String>> {
+        Ok(self
+            .streams
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn put_stream(&self, key: &[u8; 32], diff_id: &str) -> Result<()> {
+        self.streams
+            .insert(key, diff_id.as_bytes())
             .map_err(|e| self.err(e))?;
         Ok(())
     }

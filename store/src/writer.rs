@@ -115,6 +115,14 @@ impl<'a> ChunkWriter<'a> {
         Ok(true)
     }
 
+    /// Counts a chunk of `len` bytes that a layer uses and the store already
+    /// has, found without `put` (a layer whose chunk stream was converted
+    /// before).
+    pub fn note_reused(&mut self, len: u64) {
+        self.stats.reused_chunks += 1;
+        self.stats.reused_bytes += len;
+    }
+
     fn finish_err(&mut self) -> Result<bool> {
         self.jobs = None;
         for c in self.compressors.drain(..) {

@@ -3,7 +3,14 @@
 use std::{
     fmt,
     io::{self, BufRead, BufReader, Read},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
 };
+
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use sha2::{Digest as _, Sha256};
 
@@ -90,6 +97,22 @@ impl Decoder {
     }
 }
 
+/// Size of the blocks of decompressed bytes passed from the decoding thread.
+const BLOCK_SIZE: usize = 512 * 1024;
+
+/// Blocks in flight between the decoding thread and the reader.
+const BLOCKS: usize = 4;
+
+/// What the decoding thread sends.
+enum Msg {
+    /// A block and how many of its bytes are filled.
+    Data(Vec<u8>, usize),
+    /// The stream ended and the blob was read to its end and checked; the
+    /// blob's size.
+    End(u64),
+    Failed(Error),
+}
+
 /// The uncompressed tar stream of one layer.
 ///
 /// Hashes the blob as stored (checked against the layer's digest and size) and
@@ -98,22 +121,35 @@ impl Decoder {
 /// `io::Error` wrapping this crate's [`Error`] (recover it with
 /// [`Error::from_io`]); [`LayerReader::finish`] returns it again.
 ///
+/// Reading the blob, checking its digest and decompressing run on a thread of
+/// their own, a few blocks ahead of the reader, so a build decodes the next
+/// bytes while it parses and hashes the last ones. The diff_id is hashed on
+/// the reader's side, which balances the two threads.
+///
 /// Tar parsers stop at the end-of-archive marker, before any padding or the
 /// compression footer, so always call [`LayerReader::finish`] once the parser is done:
 /// the checks only run at the end of the stream.
 pub struct LayerReader {
     what: String,
-    decoder: Decoder,
     compression: Compression,
     diff_id: Sha256Digest,
     diff_hasher: Sha256,
     uncompressed: u64,
+    /// Compressed bytes consumed so far by the decoding thread.
+    compressed: Arc<AtomicU64>,
+    blocks: Option<Receiver<Msg>>,
+    recycle: Option<Sender<Vec<u8>>>,
+    decoder_thread: Option<JoinHandle<()>>,
+    /// The block being read and the position in it.
+    block: Vec<u8>,
+    block_len: usize,
+    pos: usize,
     state: State,
 }
 
 enum State {
     Reading,
-    Done,
+    Done(u64),
     Failed(Error),
 }
 
@@ -123,7 +159,7 @@ impl LayerReader {
         let mut raw = BufReader::with_capacity(BUF_SIZE, raw);
         let head = match raw.fill_buf() {
             Ok(head) => head,
-            Err(e) => return Err(Self::classify(e, &what)),
+            Err(e) => return Err(classify(e, &what)),
         };
         let compression = Compression::detect(head);
         let decoder = match compression {
@@ -139,13 +175,30 @@ impl LayerReader {
                 Decoder::Zstd(Box::new(d))
             }
         };
+        let (block_tx, block_rx) = bounded(BLOCKS);
+        let (recycle_tx, recycle_rx) = bounded(BLOCKS + 1);
+        let compressed = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let what = what.clone();
+            let compressed = compressed.clone();
+            std::thread::Builder::new()
+                .name("layer-decoder".into())
+                .spawn(move || decode_loop(decoder, &what, &block_tx, &recycle_rx, &compressed))
+                .map_err(|e| Error::io("a layer decoding thread", e))?
+        };
         Ok(LayerReader {
             what,
-            decoder,
             compression,
             diff_id,
             diff_hasher: Sha256::new(),
             uncompressed: 0,
+            compressed,
+            blocks: Some(block_rx),
+            recycle: Some(recycle_tx),
+            decoder_thread: Some(thread),
+            block: Vec::new(),
+            block_len: 0,
+            pos: 0,
             state: State::Reading,
         })
     }
@@ -157,7 +210,7 @@ impl LayerReader {
 
     /// Bytes of the stored (compressed) blob consumed so far, for progress.
     pub fn compressed_read(&self) -> u64 {
-        self.decoder.raw().count()
+        self.compressed.load(Ordering::Relaxed)
     }
 
     /// Bytes of the uncompressed tar returned so far.
@@ -175,25 +228,19 @@ impl LayerReader {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    return Err(match std::mem::replace(&mut self.state, State::Done) {
+                    return Err(match std::mem::replace(&mut self.state, State::Done(0)) {
                         State::Failed(err) => err,
-                        _ => Self::classify(e, &self.what),
+                        _ => classify(e, &self.what),
                     })
                 }
             }
         }
+        let State::Done(compressed_bytes) = self.state else {
+            unreachable!("read returned 0 only when done")
+        };
         Ok(LayerStats {
-            compressed_bytes: self.decoder.raw().count(),
+            compressed_bytes,
             uncompressed_bytes: self.uncompressed,
-        })
-    }
-
-    /// Our error if the io::Error carries one, else a decompression error
-    /// naming the layer.
-    fn classify(e: io::Error, what: &str) -> Error {
-        Error::from_io(e).unwrap_or_else(|source| Error::Decompress {
-            what: what.to_owned(),
-            source,
         })
     }
 
@@ -203,13 +250,9 @@ impl LayerReader {
         copy.into()
     }
 
-    /// End of the decompressed stream: read the blob to its end (a decoder may
-    /// stop before trailing bytes) and check everything.
-    fn complete(&mut self) -> io::Result<usize> {
-        if let Err(e) = self.decoder.raw_mut().drain() {
-            let err = Self::classify(e, &self.what);
-            return Err(self.fail(err));
-        }
+    /// End of the decompressed stream (the decoding thread has read the blob
+    /// to its end and checked it): check the diff_id.
+    fn complete(&mut self, compressed_bytes: u64) -> io::Result<usize> {
         let actual =
             Sha256Digest::from_bytes(std::mem::take(&mut self.diff_hasher).finalize().into());
         if actual != self.diff_id {
@@ -220,8 +263,87 @@ impl LayerReader {
             };
             return Err(self.fail(err));
         }
-        self.state = State::Done;
+        self.state = State::Done(compressed_bytes);
         Ok(0)
+    }
+
+    /// Moves to the next block from the decoding thread. Returns false at the
+    /// end of the stream (the state then says how it ended).
+    fn next_block(&mut self) -> io::Result<bool> {
+        let msg = self.blocks.as_ref().and_then(|rx| rx.recv().ok());
+        match msg {
+            Some(Msg::Data(block, len)) => {
+                let old = std::mem::replace(&mut self.block, block);
+                if !old.is_empty() {
+                    if let Some(tx) = &self.recycle {
+                        let _ = tx.try_send(old);
+                    }
+                }
+                self.block_len = len;
+                self.pos = 0;
+                Ok(true)
+            }
+            Some(Msg::End(compressed_bytes)) => self.complete(compressed_bytes).map(|_| false),
+            Some(Msg::Failed(err)) => Err(self.fail(err)),
+            None => {
+                let err = Error::Invalid(format!("{}: the decoding thread stopped", self.what));
+                Err(self.fail(err))
+            }
+        }
+    }
+}
+
+/// Our error if the io::Error carries one, else a decompression error naming
+/// the layer.
+fn classify(e: io::Error, what: &str) -> Error {
+    Error::from_io(e).unwrap_or_else(|source| Error::Decompress {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+/// The decoding thread: fills blocks with decompressed bytes until the end of
+/// the stream, then reads the blob to its end (a decoder may stop before
+/// trailing bytes), which checks its size and digest. Stops quietly when the
+/// reader is gone.
+fn decode_loop(
+    mut decoder: Decoder,
+    what: &str,
+    blocks: &Sender<Msg>,
+    recycle: &Receiver<Vec<u8>>,
+    compressed: &AtomicU64,
+) {
+    loop {
+        let mut block = recycle.try_recv().unwrap_or_else(|_| vec![0u8; BLOCK_SIZE]);
+        let mut len = 0;
+        let mut at_end = false;
+        while len < block.len() {
+            match decoder.read(&mut block[len..]) {
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = blocks.send(Msg::Failed(classify(e, what)));
+                    return;
+                }
+            }
+        }
+        compressed.store(decoder.raw().count(), Ordering::Relaxed);
+        if len > 0 && blocks.send(Msg::Data(block, len)).is_err() {
+            return;
+        }
+        if at_end {
+            let msg = match decoder.raw_mut().drain() {
+                Ok(()) => Msg::End(decoder.raw().count()),
+                Err(e) => Msg::Failed(classify(e, what)),
+            };
+            compressed.store(decoder.raw().count(), Ordering::Relaxed);
+            let _ = blocks.send(msg);
+            return;
+        }
     }
 }
 
@@ -229,24 +351,32 @@ impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.state {
             State::Reading => {}
-            State::Done => return Ok(0),
+            State::Done(_) => return Ok(0),
             State::Failed(err) => return Err(err.duplicate().into()),
         }
         if buf.is_empty() {
             return Ok(0);
         }
-        match self.decoder.read(buf) {
-            Ok(0) => self.complete(),
-            Ok(n) => {
-                self.diff_hasher.update(&buf[..n]);
-                self.uncompressed += n as u64;
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
-            Err(e) => {
-                let err = Self::classify(e, &self.what);
-                Err(self.fail(err))
-            }
+        if self.pos == self.block_len && !self.next_block()? {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.block_len - self.pos);
+        let bytes = &self.block[self.pos..self.pos + n];
+        buf[..n].copy_from_slice(bytes);
+        self.diff_hasher.update(bytes);
+        self.uncompressed += n as u64;
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for LayerReader {
+    fn drop(&mut self) {
+        // Closing both channels wakes the decoding thread wherever it waits.
+        self.blocks = None;
+        self.recycle = None;
+        if let Some(t) = self.decoder_thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -391,6 +521,24 @@ mod tests {
         assert_eq!(r.compression(), Compression::None);
         assert_eq!(r.finish().unwrap(), LayerStats::default());
         assert!(reader(b"", Sha256Digest::of(b""), 5, Sha256Digest::of(b"")).is_err());
+    }
+
+    #[test]
+    fn dropping_a_reader_mid_stream_stops_its_decoding_thread() {
+        // Many blocks of output, so the decoding thread is blocked sending
+        // when the reader goes away: dropping must not hang.
+        let tar = tar_of(&[("big", &vec![7u8; BLOCK_SIZE * (BLOCKS + 4)])]);
+        let blob = gzip(&tar);
+        let mut r = good(&blob, &tar);
+        let mut first = [0u8; 1000];
+        r.read_exact(&mut first).unwrap();
+        drop(r);
+        // And a full read still checks out.
+        let mut r = good(&blob, &tar);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, tar);
+        assert_eq!(r.finish().unwrap().uncompressed_bytes, tar.len() as u64);
     }
 
     #[test]
