@@ -143,7 +143,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         }
     }
 
-    // Layers are read (decompressed, verified, spooled) on reader threads, a
+    // Layers are read (decompressed, verified, spooled) on a reader thread, a
     // few ahead of the one being chunked, so both cores stay busy. They are
     // chunked and flattened in order on this thread, so a bad entry stops the
     // build before later layers are chunked, and packs stay deterministic.
@@ -299,8 +299,11 @@ fn peak_rss() -> u64 {
         .unwrap_or(0)
 }
 
-/// How many layers are read at once.
-const READERS: usize = 2;
+/// How many layers are read at once. One: a layer's reading already keeps
+/// two cores busy (decoder thread and reader thread), and the next layer to
+/// chunk should be read first, not share the cores with a later one (with
+/// two readers, a python3 build chunked nothing until both layers were read).
+const READERS: usize = 1;
 
 /// How many layers may wait spooled beyond the one being chunked.
 const READ_AHEAD: usize = 2;
