@@ -178,62 +178,69 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             });
         }
         drop(token_rx);
-        for (i, step) in steps.into_iter().enumerate() {
-            let li = &img.layers[i];
-            let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
-            let layer = match step {
-                Step::Again(j) => {
-                    let layer = layers[j].as_ref().expect("an earlier layer");
-                    tree.apply(layer).with_context(ctx)?;
-                    summary.layers_reused += 1;
-                    layers.push(None);
-                    continue;
-                }
-                Step::Cached(layer) => {
-                    summary.layers_reused += 1;
-                    layer
-                }
-                Step::Read(k) => {
-                    let (spooled, stats) = slots[k]
-                        .1
-                        .recv()
-                        .expect("a reader sends every layer it takes")
-                        .with_context(ctx)?;
-                    summary.bytes_read += stats.compressed_bytes;
-                    summary.bytes_uncompressed += stats.uncompressed_bytes;
-                    summary.files += spooled.counts.files;
-                    summary.bytes_chunked += spooled.counts.file_bytes;
-                    let key = spooled.stream_key(params);
-                    let layer = match same_stream(&index, &key, &spooled).with_context(ctx)? {
-                        Some(extents) => {
-                            for len in chunk_lens(&extents) {
-                                writer.note_reused(len);
+        let chunked = (|| -> Result<()> {
+            for (i, step) in steps.into_iter().enumerate() {
+                let li = &img.layers[i];
+                let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
+                let layer = match step {
+                    Step::Again(j) => {
+                        let layer = layers[j].as_ref().expect("an earlier layer");
+                        tree.apply(layer).with_context(ctx)?;
+                        summary.layers_reused += 1;
+                        layers.push(None);
+                        continue;
+                    }
+                    Step::Cached(layer) => {
+                        summary.layers_reused += 1;
+                        layer
+                    }
+                    Step::Read(k) => {
+                        let (spooled, stats) = slots[k]
+                            .1
+                            .recv()
+                            .expect("a reader sends every layer it takes")
+                            .with_context(ctx)?;
+                        summary.bytes_read += stats.compressed_bytes;
+                        summary.bytes_uncompressed += stats.uncompressed_bytes;
+                        summary.files += spooled.counts.files;
+                        summary.bytes_chunked += spooled.counts.file_bytes;
+                        let key = spooled.stream_key(params);
+                        let layer = match same_stream(&index, &key, &spooled).with_context(ctx)? {
+                            Some(extents) => {
+                                for len in chunk_lens(&extents) {
+                                    writer.note_reused(len);
+                                }
+                                spooled.reuse(extents).with_context(ctx)?
                             }
-                            spooled.reuse(extents).with_context(ctx)?
-                        }
-                        None => {
-                            let label =
-                                format!("layer {}/{}: chunking", li.index + 1, img.layers.len());
-                            let bar = progress.bar(&label, spooled.counts.file_bytes);
-                            let layer = spooled
-                                .chunk(params, &mut writer, &mut |n| bar.set_position(n))
-                                .with_context(ctx)?;
-                            bar.finish_and_clear();
-                            layer
-                        }
-                    };
-                    let _ = token_tx.send(());
-                    new_records.push((li.diff_id.clone(), key, layer.to_record()));
-                    layer
-                }
-            };
-            tree.apply(&layer).with_context(ctx)?;
-            layers.push(Some(layer));
-        }
-        Ok(())
+                            None => {
+                                let label = format!(
+                                    "layer {}/{}: chunking",
+                                    li.index + 1,
+                                    img.layers.len()
+                                );
+                                let bar = progress.bar(&label, spooled.counts.file_bytes);
+                                let layer = spooled
+                                    .chunk(params, &mut writer, &mut |n| bar.set_position(n))
+                                    .with_context(ctx)?;
+                                bar.finish_and_clear();
+                                layer
+                            }
+                        };
+                        let _ = token_tx.send(());
+                        new_records.push((li.diff_id.clone(), key, layer.to_record()));
+                        layer
+                    }
+                };
+                tree.apply(&layer).with_context(ctx)?;
+                layers.push(Some(layer));
+            }
+            Ok(())
+        })();
+        // After an error, a reader still at work stops at its next read (the
+        // scope waits for it).
+        stop.store(true, Ordering::SeqCst);
+        chunked
     });
-    // Readers still at work stop at their next read.
-    stop.store(true, Ordering::SeqCst);
     reading.finish_and_clear();
     result?;
 
