@@ -11,6 +11,8 @@
 //! - [`bad`] builds hostile tars and damages layouts.
 //! - [`compare_trees`] checks two extracted trees field by field;
 //!   [`umoci_unpack`] produces the reference tree.
+//! - [`pseudo_random`] and [`text_like`] are seeded inputs (incompressible
+//!   and text-like) for tests and the criterion benches.
 //!
 //! ```
 //! use puzzle_testkit::{Compression, Entry, Image};
@@ -25,6 +27,7 @@
 
 pub mod bad;
 mod compare;
+mod data;
 mod entry;
 mod image;
 mod kinds;
@@ -32,6 +35,7 @@ pub mod raw;
 mod tools;
 
 pub use compare::{compare_trees, show_bytes, CompareOpts, Difference, Differences, Field};
+pub use data::text_like;
 pub use entry::{layer_tar, layer_tar_gnu, layer_tar_with, Entry, Kind, LongNames, DEFAULT_MTIME};
 pub use image::{
     sha256_digest, Compression, Image, Written, CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE,

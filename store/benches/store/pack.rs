@@ -1,0 +1,107 @@
+//! Writing packs and reading frames back, in a temp store on the target's disk.
+//!
+//! The frames are 256 chunks of 64 KiB of `text_like(20, ..)`, compressed at
+//! the default level before timing.
+//!
+//! - `pack/append/256x64KiB`: [`PackWriter::new`] and 256 appends (buffered
+//!   writes to a temp file and SHA-256 of the bytes); the writer is dropped
+//!   unfinished, which deletes its temp file.
+//! - `pack/append_finish/256x64KiB`: the same, then [`PackWriter::finish`]:
+//!   header, fsync, rename into `blobs/` and fsync of the directory. Every
+//!   iteration writes the same pack, renamed over the previous copy.
+//! - `pack/read_chunk/64KiB`: [`pack::read_chunk`] of one frame of that pack
+//!   (pread from the page cache, decompress, BLAKE3 check), frames in a
+//!   seeded random order.
+//!
+//! Throughput is in compressed bytes written for the writes and raw bytes
+//! returned for the reads.
+
+use std::fs::File;
+
+use criterion::{criterion_group, Criterion, Throughput};
+use puzzle_chunker::{ChunkId, ChunkParams};
+use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
+use puzzle_store::pack::{self, ChunkLoc, PackWriter};
+use puzzle_store::{Store, StoreConfig};
+use puzzle_testkit::text_like;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+
+const CHUNK: usize = 64 << 10;
+const FRAMES: usize = 256;
+
+struct Frame {
+    id: ChunkId,
+    bytes: Vec<u8>,
+}
+
+fn frames() -> Vec<Frame> {
+    let data = text_like(20, CHUNK * FRAMES);
+    let mut cx = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).expect("zstd context");
+    data.chunks(CHUNK)
+        .map(|c| Frame {
+            id: ChunkId::of(c),
+            bytes: cx.compress(c).expect("compress"),
+        })
+        .collect()
+}
+
+fn append_all(store: &Store, frames: &[Frame]) -> PackWriter {
+    let mut w = PackWriter::new(store).expect("pack writer");
+    for f in frames {
+        w.append(f.id, black_box(&f.bytes), CHUNK as u32)
+            .expect("append");
+    }
+    w
+}
+
+fn packs(c: &mut Criterion) {
+    // CARGO_TARGET_TMPDIR is target/tmp: a real disk, unlike a tmpfs /tmp.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let config = StoreConfig::new(ChunkParams::default(), DEFAULT_ZSTD_LEVEL);
+    let store = Store::open_or_create(dir.path(), &config).expect("store");
+    let frames = frames();
+    let framed: u64 = frames.iter().map(|f| f.bytes.len() as u64).sum();
+
+    let mut g = c.benchmark_group("pack");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(framed));
+    g.bench_function("append/256x64KiB", |b| {
+        b.iter(|| append_all(&store, &frames))
+    });
+    g.bench_function("append_finish/256x64KiB", |b| {
+        b.iter(|| append_all(&store, &frames).finish(&store).expect("finish"))
+    });
+
+    let info = append_all(&store, &frames).finish(&store).expect("finish");
+    let file = File::open(store.blob_path(&info.digest)).expect("open pack");
+    let mut reads: Vec<(ChunkId, ChunkLoc)> = info
+        .entries
+        .iter()
+        .map(|e| {
+            let loc = ChunkLoc {
+                pack: info.digest,
+                offset: e.offset,
+                clen: e.clen,
+                rlen: e.rlen,
+            };
+            (e.id, loc)
+        })
+        .collect();
+    reads.shuffle(&mut ChaCha8Rng::seed_from_u64(21));
+    let mut i = 0;
+    g.sample_size(100);
+    g.throughput(Throughput::Bytes(CHUNK as u64));
+    g.bench_function("read_chunk/64KiB", |b| {
+        b.iter(|| {
+            i = (i + 1) % reads.len();
+            let (id, loc) = &reads[i];
+            pack::read_chunk(&file, id, loc).expect("read chunk")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, packs);
