@@ -1,6 +1,5 @@
 //! Integration tests of puzzle-chunker's public API, one binary.
 
-mod bench;
 mod common;
 mod golden;
 mod props;
