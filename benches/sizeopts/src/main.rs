@@ -31,8 +31,9 @@
 //!   9 btultra2); `ldm`: long-distance matching.
 //!
 //! Columns: `frames` are compressed bytes; `blobs` adds what the store holds
-//! beside frames (pack indexes at 48 bytes a chunk plus trailers, metadata
-//! blobs, configs, manifests, as built) and the dictionary; `x gz` divides
+//! beside frames (pack indexes at this build's bytes per chunk entry plus
+//! trailers; metadata blobs, configs and manifests as built) and the
+//! dictionary; `x gz` divides
 //! `blobs` by the gzip layer bytes (each distinct layer once). Speeds are MB/s
 //! (10^6 bytes) of raw chunk bytes per CPU-second of one thread: `comp`
 //! includes dictionary training, `dec` is zstd alone over every frame once,
@@ -45,7 +46,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use puzzle_chunker::ChunkId;
-use puzzle_store::pack::{self, ChunkLoc};
+use puzzle_store::frame::FrameReader;
+use puzzle_store::pack;
 use puzzle_store::{image, Store};
 use zstd::stream::raw::CParameter;
 use zstd::zstd_safe::Strategy;
@@ -145,8 +147,9 @@ fn cpu() -> f64 {
 /// The chunks of the images, in the order a fresh build writes them.
 struct Input {
     chunks: Vec<(ChunkId, Vec<u8>)>,
-    /// Frame bytes as stored.
+    /// Frame bytes as stored, and whole pack blobs.
     stored_frames: u64,
+    pack_bytes: u64,
     /// Bytes of the images' other blobs: metadata, configs, manifests.
     other_blobs: u64,
     /// Bytes of the metadata blobs alone (also in `other_blobs`).
@@ -163,6 +166,7 @@ fn load(store: &Store, tags: &[String]) -> Result<Input> {
     let mut input = Input {
         chunks: Vec::new(),
         stored_frames: 0,
+        pack_bytes: 0,
         other_blobs: 0,
         metadata: Vec::new(),
         gzip_bytes: 0,
@@ -194,19 +198,17 @@ fn load(store: &Store, tags: &[String]) -> Result<Input> {
             let path = store.blob_path(&p.digest);
             let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let entries = pack::read_pack_index(&f, p.size)?;
-            let mut packs = pack::PackFiles::new(store);
+            input.pack_bytes += p.size;
+            let mut frames = FrameReader::new(store, 32 << 20);
             for e in entries {
-                input.stored_frames += u64::from(e.clen);
+                if e.at == 0 {
+                    input.stored_frames += u64::from(e.clen);
+                }
                 if !seen_chunks.insert(e.id) {
                     continue;
                 }
-                let loc = ChunkLoc {
-                    pack: p.digest,
-                    offset: e.offset,
-                    clen: e.clen,
-                    rlen: e.rlen,
-                };
-                input.chunks.push((e.id, packs.read(&e.id, &loc)?));
+                let data = frames.chunk(&e.id, &e.loc(p.digest))?;
+                input.chunks.push((e.id, data.to_vec()));
             }
         }
     }
@@ -375,7 +377,7 @@ fn main() -> Result<()> {
     let input = load(&store, &tags)?;
     let raw: u64 = input.chunks.iter().map(|(_, c)| c.len() as u64).sum();
     let n = input.chunks.len() as u64;
-    let headers = |frames: u64| 48 * n + 32 * frames.div_ceil(32 << 20).max(1);
+    let headers = |frames: u64| pack::ENTRY_LEN as u64 * n + 32 * frames.div_ceil(32 << 20).max(1);
     let gz = input.gzip_bytes as f64;
     let mb = |b: u64| b as f64 / 1e6;
 
@@ -388,7 +390,7 @@ fn main() -> Result<()> {
         input.packs,
         mb(input.other_blobs),
     );
-    let as_built = input.stored_frames + headers(input.stored_frames) + input.other_blobs;
+    let as_built = input.pack_bytes + input.other_blobs;
     println!(
         "as built: blobs {:.2} MB = {:.4}x gzip",
         mb(as_built),
