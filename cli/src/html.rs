@@ -68,7 +68,7 @@ pub fn page(r: &Report, diff: Option<&Diff>, top: usize) -> String {
     if let Some(d) = diff {
         diff_section(&mut h, d, top);
     }
-    h.push_str("<p class=\"note\">Figures are defined in docs/STATS.md of puzzle. Raw bytes are uncompressed chunk bytes; stored bytes are zstd frames.</p>\n</body></html>\n");
+    h.push_str("<p class=\"note\">Figures are defined in docs/STATS.md of puzzle. Raw bytes are uncompressed chunk bytes; stored bytes are each chunk's share of its zstd frame.</p>\n</body></html>\n");
     h
 }
 

@@ -185,7 +185,10 @@ fn two_file_image() -> Image {
     )
 }
 
-/// Flips a byte in the middle of the first chunk of `path` in its pack; returns the chunk id.
+/// Flips a byte in the middle of the first chunk of `path` in its pack;
+/// returns the chunk id. The chunk's frame may hold other chunks: the byte
+/// is taken at the chunk's place in proportion, which lands inside the
+/// chunk for random data (zstd stores it as raw blocks).
 fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
     let s = puzzle_store::Store::open(store).unwrap();
     let img = puzzle_store::image::open(&s, tag).unwrap();
@@ -198,7 +201,9 @@ fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
     let c = img.meta.chunk(e.chunk).unwrap();
     let pack = s.blob_path(&c.loc.pack);
     let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(c.loc.offset + u64::from(c.loc.clen) / 2) as usize] ^= 0x55;
+    let mid = u64::from(c.loc.at) + u64::from(c.loc.rlen) / 2;
+    let within = u64::from(c.loc.clen) * mid / u64::from(c.loc.frame_rlen);
+    bytes[(c.loc.offset + within) as usize] ^= 0x55;
     std::fs::write(&pack, bytes).unwrap();
     c.id.to_string()
 }

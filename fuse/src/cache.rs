@@ -1,30 +1,36 @@
-//! The decompressed-chunk cache shared by every open file of a mount (and by
-//! every mount of one process): a byte-bounded LRU keyed by chunk id, so
-//! images that share a chunk share its cache entry.
+//! The decompressed-frame cache shared by every open file of a mount (and by
+//! every mount of one process): a byte-bounded LRU keyed by the frame's pack
+//! and offset, so images that share a chunk share its cache entry. A frame
+//! holds several consecutive chunks; each is checked against its BLAKE3 id
+//! the first time it is read ([`puzzle_store::frame::Frame`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use puzzle_chunker::ChunkId;
+use puzzle_store::frame::Frame;
+use puzzle_store::BlobDigest;
 
-/// A byte-bounded least-recently-used map from chunk id to its verified bytes.
+/// Where a frame is: its pack and its offset in the pack.
+pub type FrameKey = (BlobDigest, u64);
+
+/// A byte-bounded least-recently-used map from frame to its decompressed bytes.
 pub struct ChunkCache {
     inner: Mutex<Lru>,
     capacity: usize,
 }
 
 struct Lru {
-    /// id -> (data, last-use tick)
-    map: HashMap<ChunkId, (Arc<Vec<u8>>, u64)>,
-    /// last-use tick -> id, oldest first
-    order: BTreeMap<u64, ChunkId>,
+    /// frame -> (data, last-use tick)
+    map: HashMap<FrameKey, (Arc<Frame>, u64)>,
+    /// last-use tick -> frame, oldest first
+    order: BTreeMap<u64, FrameKey>,
     tick: u64,
     bytes: usize,
 }
 
 impl ChunkCache {
-    /// A cache holding at most `capacity` bytes of chunk data (at least one
-    /// chunk is always kept, whatever its size).
+    /// A cache holding at most `capacity` bytes of decompressed frames (at
+    /// least one frame is always kept, whatever its size).
     pub fn new(capacity: usize) -> Self {
         ChunkCache {
             inner: Mutex::new(Lru {
@@ -43,8 +49,8 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached bytes of `id`, marking them most recently used.
-    pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+    /// The cached frame, marking it most recently used.
+    pub fn get(&self, id: &FrameKey) -> Option<Arc<Frame>> {
         let mut g = self.lock();
         let lru = &mut *g;
         lru.tick += 1;
@@ -56,13 +62,13 @@ impl ChunkCache {
         Some(data.clone())
     }
 
-    /// Whether `id` is cached (without marking it used).
-    pub fn contains(&self, id: &ChunkId) -> bool {
+    /// Whether the frame is cached (without marking it used).
+    pub fn contains(&self, id: &FrameKey) -> bool {
         self.lock().map.contains_key(id)
     }
 
-    /// Adds verified bytes for `id`, evicting the least recently used.
-    pub fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+    /// Adds a decompressed frame, evicting the least recently used.
+    pub fn insert(&self, id: FrameKey, data: Arc<Frame>) {
         let mut g = self.lock();
         let lru = &mut *g;
         lru.tick += 1;
@@ -84,12 +90,12 @@ impl ChunkCache {
         }
     }
 
-    /// Bytes of chunk data held now.
+    /// Bytes of decompressed frames held now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
 
-    /// Chunks held now.
+    /// Frames held now.
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }
@@ -103,9 +109,12 @@ impl ChunkCache {
 mod tests {
     use super::*;
 
-    fn chunk(n: u8, len: usize) -> (ChunkId, Arc<Vec<u8>>) {
+    fn chunk(n: u8, len: usize) -> (FrameKey, Arc<Frame>) {
         let d = vec![n; len];
-        (ChunkId::of(&d), Arc::new(d))
+        (
+            (BlobDigest::of(&[n]), u64::from(n)),
+            Arc::new(Frame::new(d)),
+        )
     }
 
     #[test]

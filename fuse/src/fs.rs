@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +13,13 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use puzzle_store::frame::{ChunkBytes, Frame};
 use puzzle_store::image::MappedImage;
 use puzzle_store::meta::{InodeRec, Kind, MetaBlob};
 use puzzle_store::mmap::Mapped;
 use puzzle_store::{BlobDigest, Store};
 
-use crate::cache::ChunkCache;
+use crate::cache::{ChunkCache, FrameKey};
 use crate::{errno, Error, Log};
 
 /// The image never changes while mounted: let the kernel cache everything.
@@ -216,24 +216,27 @@ impl ImageFs {
         Ok(out)
     }
 
-    /// Decompresses the uncached chunks of extents `first..` up to file offset
-    /// `end` on two threads, so one large cold read uses both cores.
+    /// Decompresses the uncached frames of extents `first..` up to file
+    /// offset `end` on two threads, so one large cold read uses both cores.
     /// Failures are left for the caller's own pass to report.
     fn prefetch(&self, file: &InodeRec, first: u32, end: u64) -> Result<()> {
-        let mut missing = Vec::new();
+        let mut missing: Vec<u32> = Vec::new();
+        let mut last: Option<FrameKey> = None;
         let mut i = first;
         while i < file.count() {
             let e = self.meta.extent(file, i)?;
             if e.file_offset >= end {
                 break;
             }
-            let id = self.meta.chunk(e.chunk)?.id;
-            if missing.last() != Some(&e.chunk) && !self.cache.contains(&id) {
+            let loc = self.meta.chunk(e.chunk)?.loc;
+            let key = (loc.pack, loc.offset);
+            if last != Some(key) && !self.cache.contains(&key) {
                 missing.push(e.chunk);
             }
+            last = Some(key);
             i += 1;
         }
-        if missing.len() < 4 {
+        if missing.len() < 2 {
             return Ok(());
         }
         let (a, b) = missing.split_at(missing.len() / 2);
@@ -244,27 +247,28 @@ impl ImageFs {
         Ok(())
     }
 
-    /// Chunk `i` of the image, from the cache or decompressed and verified.
-    fn chunk(&self, i: u32) -> Result<Arc<Vec<u8>>> {
+    /// Chunk `i` of the image, from a cached frame or its frame decompressed,
+    /// checked against its id.
+    fn chunk(&self, i: u32) -> Result<ChunkBytes> {
         let rec = self.meta.chunk(i)?;
-        if let Some(d) = self.cache.get(&rec.id) {
-            return Ok(d);
+        let key = (rec.loc.pack, rec.loc.offset);
+        let r = match self.cache.get(&key) {
+            Some(f) => f.chunk_bytes(&rec.id, &rec.loc).map_err(Error::Store),
+            None => self.load(i, &rec).and_then(|f| {
+                let f = Arc::new(f);
+                let bytes = f.chunk_bytes(&rec.id, &rec.loc)?;
+                // Only a frame that gave a good chunk is kept.
+                self.cache.insert(key, f);
+                Ok(bytes)
+            }),
+        };
+        if let Err(e) = &r {
+            (self.log)(&format!("puzzle-fuse: read error: {e}"));
         }
-        let r = self.load(i, &rec);
-        match r {
-            Ok(data) => {
-                let data = Arc::new(data);
-                self.cache.insert(rec.id, data.clone());
-                Ok(data)
-            }
-            Err(e) => {
-                (self.log)(&format!("puzzle-fuse: read error: {e}"));
-                Err(e)
-            }
-        }
+        r
     }
 
-    fn load(&self, i: u32, rec: &puzzle_store::meta::ChunkRec) -> Result<Vec<u8>> {
+    fn load(&self, i: u32, rec: &puzzle_store::meta::ChunkRec) -> Result<Frame> {
         let pack = self
             .packs
             .iter()
@@ -294,19 +298,7 @@ impl ImageFs {
                 pack.2.get().ok_or(Error::Invalid)?
             }
         };
-        let mut frame = vec![0u8; rec.loc.clen as usize];
-        file.read_exact_at(&mut frame, rec.loc.offset)
-            .map_err(|e| puzzle_store::Error::CorruptChunk {
-                id: rec.id,
-                pack: rec.loc.pack.to_string(),
-                why: format!("reading {} bytes at {}: {e}", rec.loc.clen, rec.loc.offset),
-            })?;
-        Ok(puzzle_store::pack::decode_frame(
-            &frame,
-            &rec.id,
-            rec.loc.rlen,
-            &rec.loc.pack,
-        )?)
+        Ok(Frame::read(file, &rec.id, &rec.loc)?)
     }
 
     fn xattr_inner(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<XattrReply> {

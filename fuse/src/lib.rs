@@ -4,9 +4,10 @@
 //!   memory-mapped metadata blob and its packs (never the sled index).
 //!   FUSE inode numbers are metadata inode indices plus one (the root is 1),
 //!   so they are stable and hard links share one inode.
-//! - [`ChunkCache`]: decompressed, BLAKE3-verified chunks, a byte-bounded LRU
-//!   keyed by chunk id and shared by every open file (and every image served
-//!   by one process).
+//! - [`ChunkCache`]: decompressed frames (each holding consecutive chunks,
+//!   every chunk BLAKE3-checked on first read), a byte-bounded LRU keyed by
+//!   pack and frame offset and shared by every open file (and every image
+//!   served by one process).
 //! - [`mount`]: mounts an [`ImageFs`] with kernel caching on and returns a
 //!   [`Mounted`] handle that unmounts on [`Mounted::unmount`] or drop.
 //!

@@ -7,16 +7,26 @@ use puzzle_store::pack::{parse_index, parse_trailer, TRAILER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
-    if let Ok((count, idx)) = parse_trailer(data, len) {
-        let start = idx as usize;
-        let Ok(entries) = parse_index(&data[start..data.len() - TRAILER_LEN], count, idx) else {
+    if let Ok(t) = parse_trailer(data, len) {
+        let start = t.index_offset as usize;
+        let Ok(entries) = parse_index(&data[start..data.len() - TRAILER_LEN], &t) else {
             return;
         };
-        let mut next = 0;
+        // Frames contiguous from 0; chunks contiguous inside each frame.
+        let (mut next, mut frames) = (0u64, 0u32);
+        let mut prev: Option<&puzzle_store::pack::PackEntry> = None;
         for e in &entries {
-            assert_eq!(e.offset, next);
-            next += u64::from(e.clen);
+            match prev {
+                Some(p) if p.offset == e.offset => assert_eq!(e.at, p.at + p.rlen),
+                _ => {
+                    assert_eq!((e.offset, e.at), (next, 0));
+                    next += u64::from(e.clen);
+                    frames += 1;
+                }
+            }
+            assert!(e.at + e.rlen <= e.frame_rlen);
+            prev = Some(e);
         }
-        assert_eq!(next, idx);
+        assert_eq!((next, frames), (t.index_offset, t.frames));
     }
 });

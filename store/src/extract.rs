@@ -5,22 +5,21 @@
 //! name at a time, with `O_EXCL`/`O_NOFOLLOW`: nothing is written outside the
 //! target, whatever the metadata blob says.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use puzzle_chunker::ChunkId;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
 use crate::error::{Error, IoContext, Result};
+use crate::frame::{ChunkBytes, FrameReader};
 use crate::layout::Store;
 use crate::meta::{InodeRec, Kind, MetaBlob};
-use crate::pack::PackFiles;
 
 /// What an extract wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,38 +29,27 @@ pub struct ExtractStats {
     pub bytes: u64,
 }
 
-/// Decompressed chunks recently used; files are extracted in the order their
-/// contents were chunked, so a handful of entries catches almost every reuse.
+/// Reads an image's chunks for extraction: files are extracted in about the
+/// order their contents were chunked, so a few recent frames catch almost
+/// every reuse.
 pub struct ChunkCache<'a> {
     meta: &'a MetaBlob<Vec<u8>>,
-    packs: PackFiles<'a>,
-    recent: VecDeque<(u32, Arc<Vec<u8>>)>,
-    capacity: usize,
+    frames: FrameReader<'a>,
 }
 
 impl<'a> ChunkCache<'a> {
+    /// A reader keeping up to `capacity` bytes of decompressed frames.
     pub fn new(store: &'a Store, meta: &'a MetaBlob<Vec<u8>>, capacity: usize) -> Self {
         ChunkCache {
             meta,
-            packs: PackFiles::new(store),
-            recent: VecDeque::new(),
-            capacity: capacity.max(1),
+            frames: FrameReader::new(store, capacity),
         }
     }
 
-    pub fn get(&mut self, chunk: u32) -> Result<Arc<Vec<u8>>> {
-        if let Some(pos) = self.recent.iter().position(|(c, _)| *c == chunk) {
-            let hit = self.recent.remove(pos).expect("present");
-            self.recent.push_front(hit.clone());
-            return Ok(hit.1);
-        }
+    /// The checked bytes of chunk `chunk` of the image.
+    pub fn get(&mut self, chunk: u32) -> Result<ChunkBytes> {
         let rec = self.meta.chunk(chunk)?;
-        let data = Arc::new(self.packs.read(&rec.id, &rec.loc)?);
-        if self.recent.len() == self.capacity {
-            self.recent.pop_back();
-        }
-        self.recent.push_front((chunk, data.clone()));
-        Ok(data)
+        self.frames.chunk(&rec.id, &rec.loc)
     }
 
     /// The id of chunk `i` of the image (for messages).
@@ -114,7 +102,7 @@ pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result
     prepare_target(target)?;
     let mut cx = Extractor {
         meta,
-        cache: ChunkCache::new(store, meta, 16),
+        cache: ChunkCache::new(store, meta, 32 << 20),
         links: HashMap::new(),
         dirs: Vec::new(),
         stats: ExtractStats::default(),

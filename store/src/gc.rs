@@ -5,10 +5,11 @@
 //! names it (config, metadata blob, packs). A chunk is live if a root's
 //! metadata names it. Then, under the writer lock (the caller holds it):
 //!
-//! 1. a pack whose live frame bytes are below `repack_below` of its frame
-//!    bytes, and that no pinned manifest uses, is *sparse*: its live chunks
-//!    are copied (frames as stored, each checked against its BLAKE3 id) into
-//!    new packs, written durably;
+//! 1. a pack whose live bytes (each live chunk's share of its frame) are
+//!    below `repack_below` of its frame bytes, and that no pinned manifest
+//!    uses, is *sparse*: its live chunks are decompressed, checked against
+//!    their BLAKE3 ids and compressed again, grouped into frames as a build
+//!    groups them, into new packs, written durably;
 //! 2. the new packs go into the index (flushed);
 //! 3. every tagged image using a sparse pack gets a new metadata blob (its
 //!    chunk table pointing at the new places) and a new manifest;
@@ -29,6 +30,7 @@ use puzzle_chunker::ChunkId;
 
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
+use crate::frame::{FrameReader, Group, Grouper};
 use crate::image::{read_manifest, write_image, MAX_METADATA};
 use crate::index::ChunkIndex;
 use crate::layout::Store;
@@ -182,8 +184,8 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         })?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let entries = pack::read_pack_index(&f, len).map_err(|e| refuse(format!("pack {p}"), e))?;
-        let total: u64 = entries.iter().map(|e| u64::from(e.clen)).sum();
-        let live_bytes: u64 = chunks.values().map(|l| u64::from(l.clen)).sum();
+        let total: u64 = entries.last().map_or(0, |e| e.offset + u64::from(e.clen));
+        let live_bytes: u64 = chunks.values().map(ChunkLoc::stored_share).sum();
         let dead = entries.len() > chunks.len();
         if dead && (live_bytes as f64) < opts.repack_below * total as f64 {
             sparse.insert(*p);
@@ -207,20 +209,12 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         }
         report.chunks_moved = order.len() as u64;
         if opts.dry_run {
-            report.bytes_written = order.iter().map(|(_, l)| u64::from(l.clen)).sum();
+            report.bytes_written = order.iter().map(|(_, l)| l.stored_share()).sum();
         } else {
             let new_packs = copy_chunks(store, &order)?;
             for p in &new_packs {
                 for e in &p.entries {
-                    moved.insert(
-                        e.id,
-                        ChunkLoc {
-                            pack: p.digest,
-                            offset: e.offset,
-                            clen: e.clen,
-                            rlen: e.rlen,
-                        },
-                    );
+                    moved.insert(e.id, e.loc(p.digest));
                 }
                 index.add_pack(p)?;
                 report.bytes_written += p.size;
@@ -362,37 +356,43 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
     Ok(report)
 }
 
-/// Copies frames of `chunks` (id, current place) into new durable packs,
-/// checking each against its id on the way.
+/// Writes `chunks` (id, current place) into new durable packs: each is
+/// read from its frame (decompressed once for all its chunks), checked
+/// against its id, and compressed again in frames grouped as a build groups
+/// them, at the store's level.
 fn copy_chunks(store: &Store, chunks: &[(ChunkId, ChunkLoc)]) -> Result<Vec<PackInfo>> {
-    let mut files: HashMap<BlobDigest, File> = HashMap::new();
+    let cfg = &store.config().compression;
+    let mut cx = zstd::bulk::Compressor::new(cfg.level).map_err(|source| Error::Io {
+        path: "zstd".into(),
+        source,
+    })?;
+    let mut grouper = Grouper::new(cfg.frame_target);
+    let mut frames = FrameReader::new(store, 32 << 20);
     let mut out = Vec::new();
     let mut w: Option<PackWriter> = None;
-    for (id, loc) in chunks {
-        let f = match files.entry(loc.pack) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let path = store.blob_path(&loc.pack);
-                e.insert(File::open(&path).map_err(|e| Error::Io { path, source: e })?)
-            }
-        };
-        let mut frame = vec![0u8; loc.clen as usize];
-        std::os::unix::fs::FileExt::read_exact_at(f, &mut frame, loc.offset).map_err(|e| {
-            Error::CorruptChunk {
-                id: *id,
-                pack: loc.pack.to_string(),
-                why: format!("reading: {e}"),
-            }
+    let mut write = |group: Group, w: &mut Option<PackWriter>| -> Result<()> {
+        let bytes = crate::frame::compress(&mut cx, &group).map_err(|source| Error::Io {
+            path: "zstd".into(),
+            source,
         })?;
-        pack::decode_frame(&frame, id, loc.rlen, &loc.pack)?;
         if w.is_none() {
-            w = Some(PackWriter::new(store)?);
+            *w = Some(PackWriter::new(store)?);
         }
         let pw = w.as_mut().expect("just set");
-        pw.append(*id, &frame, loc.rlen)?;
+        pw.append_frame(&bytes, &group.chunks)?;
         if pw.frames_len() >= DEFAULT_PACK_TARGET {
             out.push(w.take().expect("open").finish(store)?);
         }
+        Ok(())
+    };
+    for (id, loc) in chunks {
+        let data = frames.chunk(id, loc)?;
+        if let Some(g) = grouper.push(*id, &data) {
+            write(g, &mut w)?;
+        }
+    }
+    if let Some(g) = grouper.finish() {
+        write(g, &mut w)?;
     }
     if let Some(pw) = w.filter(|w| !w.is_empty()) {
         out.push(pw.finish(store)?);

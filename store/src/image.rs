@@ -69,10 +69,7 @@ pub fn write_image(
     let annotations = BTreeMap::from([
         (ANNOTATION_FORMAT.to_string(), FORMAT_VERSION.to_string()),
         (ANNOTATION_CHUNKER.to_string(), cfg.chunker_label()),
-        (
-            ANNOTATION_COMPRESSION.to_string(),
-            format!("zstd-{}", cfg.compression.level),
-        ),
+        (ANNOTATION_COMPRESSION.to_string(), cfg.compression.label()),
     ]);
     let manifest = Manifest {
         schema_version: 2,

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::layout::Store;
 use crate::pack::{ChunkLoc, PackInfo};
 
-const LOC_LEN: usize = 48;
+const LOC_LEN: usize = 56;
 
 /// The opened index. Only one process at a time may open it (sled holds a
 /// lock), so only writers (build, gc) open it; readers use metadata blobs.
@@ -29,6 +29,8 @@ fn encode_loc(loc: &ChunkLoc) -> [u8; LOC_LEN] {
     v[32..40].copy_from_slice(&loc.offset.to_le_bytes());
     v[40..44].copy_from_slice(&loc.clen.to_le_bytes());
     v[44..48].copy_from_slice(&loc.rlen.to_le_bytes());
+    v[48..52].copy_from_slice(&loc.frame_rlen.to_le_bytes());
+    v[52..56].copy_from_slice(&loc.at.to_le_bytes());
     v
 }
 
@@ -41,6 +43,8 @@ fn decode_loc(v: &[u8]) -> Option<ChunkLoc> {
         offset: u64::from_le_bytes(v[32..40].try_into().ok()?),
         clen: u32::from_le_bytes(v[40..44].try_into().ok()?),
         rlen: u32::from_le_bytes(v[44..48].try_into().ok()?),
+        frame_rlen: u32::from_le_bytes(v[48..52].try_into().ok()?),
+        at: u32::from_le_bytes(v[52..56].try_into().ok()?),
     })
 }
 
@@ -99,13 +103,7 @@ impl ChunkIndex {
     pub fn add_pack(&self, pack: &PackInfo) -> Result<()> {
         let mut batch = sled::Batch::default();
         for e in &pack.entries {
-            let loc = ChunkLoc {
-                pack: pack.digest,
-                offset: e.offset,
-                clen: e.clen,
-                rlen: e.rlen,
-            };
-            batch.insert(e.id.as_bytes(), &encode_loc(&loc)[..]);
+            batch.insert(e.id.as_bytes(), &encode_loc(&e.loc(pack.digest))[..]);
         }
         self.chunks.apply_batch(batch).map_err(|e| self.err(e))
     }
@@ -217,9 +215,11 @@ mod tests {
             pack: BlobDigest::of(b"p"),
             offset: u64::MAX - 1,
             clen: 7,
+            frame_rlen: 1 << 20,
+            at: 12345,
             rlen: 9,
         };
         assert_eq!(decode_loc(&encode_loc(&loc)), Some(loc));
-        assert_eq!(decode_loc(&[0; 47]), None);
+        assert_eq!(decode_loc(&[0; 48]), None);
     }
 }

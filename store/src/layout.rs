@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME};
 
 /// Version of the on-disk format (packs, metadata blobs, manifests). See docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Default zstd level for chunk frames.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Largest JSON document (index.json, manifest, config) read from the store.
@@ -51,6 +51,19 @@ pub struct ChunkerConfig {
 pub struct CompressionConfig {
     pub algorithm: String,
     pub level: i32,
+    /// Raw bytes of consecutive chunks a frame collects (docs/FORMAT.md, "Pack").
+    pub frame_target: u32,
+}
+
+impl CompressionConfig {
+    /// One-line description used in messages and manifest annotations,
+    /// e.g. `zstd-3 frames 1048576`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}-{} frames {}",
+            self.algorithm, self.level, self.frame_target
+        )
+    }
 }
 
 impl StoreConfig {
@@ -65,6 +78,7 @@ impl StoreConfig {
             compression: CompressionConfig {
                 algorithm: "zstd".to_string(),
                 level: zstd_level,
+                frame_target: crate::frame::DEFAULT_FRAME_TARGET,
             },
         }
     }
@@ -132,19 +146,26 @@ impl Store {
                 })
             }
         };
-        let config: StoreConfig = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        let json = |source| Error::Json {
             what: cfg_path.display().to_string(),
             source,
-        })?;
-        if config.format_version != FORMAT_VERSION {
+        };
+        // The version first: another version's config may have other fields.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let version: Version = serde_json::from_slice(&bytes).map_err(json)?;
+        if version.format_version != FORMAT_VERSION {
             return Err(Error::BadStore {
                 path: root.to_path_buf(),
                 msg: format!(
                     "format version {} is not supported (this puzzle reads version {FORMAT_VERSION})",
-                    config.format_version
+                    version.format_version
                 ),
             });
         }
+        let config: StoreConfig = serde_json::from_slice(&bytes).map_err(json)?;
         if config.chunker.algorithm != puzzle_chunker::ALGORITHM
             || config.chunker.fastcdc_crate != puzzle_chunker::FASTCDC_VERSION
         {
@@ -183,15 +204,11 @@ impl Store {
         {
             return Err(Error::ParamsMismatch {
                 stored: format!(
-                    "{} zstd-{}",
+                    "{} {}",
                     store.config.chunker_label(),
-                    store.config.compression.level
+                    store.config.compression.label()
                 ),
-                requested: format!(
-                    "{} zstd-{}",
-                    config.chunker_label(),
-                    config.compression.level
-                ),
+                requested: format!("{} {}", config.chunker_label(), config.compression.label()),
             });
         }
         Ok(store)

@@ -2,7 +2,9 @@
 //!
 //! - [`layout::Store`]: the store root, an OCI image layout (`index.json`,
 //!   `blobs/sha256/`) plus `puzzle.json`, `index/` and `tmp/`.
-//! - [`pack`]: packs of independent zstd chunk frames with a trailing index.
+//! - [`pack`]: packs of independent zstd frames with a trailing index of chunks.
+//! - [`frame`]: grouping consecutive chunks into frames; reading chunks out of
+//!   a decompressed [`frame::Frame`].
 //! - [`index::ChunkIndex`]: the sled cache of chunk locations and converted layers.
 //! - [`tree`]: converted layers ([`tree::Layer`]) and flattening into a [`tree::Tree`].
 //! - [`meta`]: the image metadata blob, written from a tree and read in place.
@@ -20,6 +22,7 @@
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod frame;
 pub mod gc;
 pub mod image;
 pub mod index;

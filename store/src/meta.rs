@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
-use crate::pack::{ChunkLoc, MAX_CHUNK, MAX_FRAME};
+use crate::pack::ChunkLoc;
 use crate::tree::{FileDigest, InodeKind, Tree};
 
 pub const META_MAGIC: &[u8; 8] = b"PZLMETA\0";
-pub const META_VERSION: u32 = 1;
+pub const META_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 16 + SECTIONS * 16;
 const SECTIONS: usize = 9;
 const S_SOURCE: usize = 0;
@@ -26,7 +26,7 @@ const S_XATTRS: usize = 6;
 const S_STRINGS: usize = 7;
 const S_DIGESTS: usize = 8;
 /// Record sizes per section (1 for byte sections).
-const REC: [usize; SECTIONS] = [1, 32, 56, 64, 16, 24, 24, 1, 32];
+const REC: [usize; SECTIONS] = [1, 32, 64, 64, 16, 24, 24, 1, 32];
 const SECTION_NAMES: [&str; SECTIONS] = [
     "source", "packs", "chunks", "inodes", "dirents", "extents", "xattrs", "strings", "digests",
 ];
@@ -75,6 +75,18 @@ pub struct SourceLayer {
     pub media_type: String,
     #[serde(rename = "diffId")]
     pub diff_id: String,
+}
+
+/// Appends one chunk-table record (64 bytes; docs/FORMAT.md).
+fn push_chunk(chunks: &mut Vec<u8>, id: &ChunkId, pack: u32, loc: &ChunkLoc) {
+    chunks.extend_from_slice(id.as_bytes());
+    chunks.extend_from_slice(&pack.to_le_bytes());
+    chunks.extend_from_slice(&loc.rlen.to_le_bytes());
+    chunks.extend_from_slice(&loc.offset.to_le_bytes());
+    chunks.extend_from_slice(&loc.clen.to_le_bytes());
+    chunks.extend_from_slice(&loc.frame_rlen.to_le_bytes());
+    chunks.extend_from_slice(&loc.at.to_le_bytes());
+    chunks.extend_from_slice(&0u32.to_le_bytes());
 }
 
 /// Encodes a flattened tree. `locate` gives each chunk's place in the store.
@@ -145,12 +157,7 @@ pub fn encode(
                                 packs.extend_from_slice(loc.pack.as_bytes());
                                 (packs.len() / 32 - 1) as u32
                             });
-                            chunks.extend_from_slice(e.chunk.as_bytes());
-                            chunks.extend_from_slice(&pi.to_le_bytes());
-                            chunks.extend_from_slice(&loc.rlen.to_le_bytes());
-                            chunks.extend_from_slice(&loc.offset.to_le_bytes());
-                            chunks.extend_from_slice(&loc.clen.to_le_bytes());
-                            chunks.extend_from_slice(&0u32.to_le_bytes());
+                            push_chunk(&mut chunks, &e.chunk, pi, &loc);
                             let ci = chunk_index.len() as u32;
                             chunk_index.insert(e.chunk, ci);
                             ci
@@ -434,12 +441,7 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
                 packs.extend_from_slice(loc.pack.as_bytes());
                 (packs.len() / 32 - 1) as u32
             });
-            chunks.extend_from_slice(rec.id.as_bytes());
-            chunks.extend_from_slice(&pi.to_le_bytes());
-            chunks.extend_from_slice(&loc.rlen.to_le_bytes());
-            chunks.extend_from_slice(&loc.offset.to_le_bytes());
-            chunks.extend_from_slice(&loc.clen.to_le_bytes());
-            chunks.extend_from_slice(&0u32.to_le_bytes());
+            push_chunk(&mut chunks, &rec.id, pi, &loc);
         }
         Ok(assemble([
             self.section(S_SOURCE),
@@ -555,22 +557,17 @@ impl<B: AsRef<[u8]>> MetaBlob<B> {
         let r = self.record(S_CHUNKS, u64::from(i))?;
         let id = ChunkId::from_bytes(r[..32].try_into().expect("32 bytes"));
         let pack = self.pack(u32_at(r, 32))?;
-        let rlen = u32_at(r, 36);
-        let clen = u32_at(r, 48);
-        if rlen > MAX_CHUNK || clen > MAX_FRAME {
-            return Err(corrupt(format!(
-                "chunk {id} claims {rlen} bytes in a {clen}-byte frame"
-            )));
-        }
-        Ok(ChunkRec {
-            id,
-            loc: ChunkLoc {
-                pack,
-                rlen,
-                offset: u64_at(r, 40),
-                clen: u32_at(r, 48),
-            },
-        })
+        let loc = ChunkLoc {
+            pack,
+            rlen: u32_at(r, 36),
+            offset: u64_at(r, 40),
+            clen: u32_at(r, 48),
+            frame_rlen: u32_at(r, 52),
+            at: u32_at(r, 56),
+        };
+        loc.check()
+            .map_err(|why| corrupt(format!("chunk {id}: {why}")))?;
+        Ok(ChunkRec { id, loc })
     }
 
     pub fn root(&self) -> Result<InodeRec> {
@@ -698,6 +695,8 @@ mod tests {
             pack: BlobDigest::of(&id.as_bytes()[..1]),
             offset: u64::from(id.as_bytes()[1]),
             clen: 10,
+            frame_rlen: 300,
+            at: u32::from(id.as_bytes()[2] % 3) * 100,
             rlen: 100,
         })
     }

@@ -1,8 +1,10 @@
-//! Packs: chunk frames followed by a self-describing header.
+//! Packs: compressed frames followed by a self-describing header.
 //!
-//! A pack is a sequence of independent zstd frames, one per chunk, so any
-//! chunk can be read (or HTTP-range-fetched) alone, followed by the pack
-//! index (one 48-byte entry per chunk) and a 32-byte trailer. Byte layout in
+//! A pack is a sequence of independent zstd frames, each holding one or more
+//! consecutive chunks (see [`crate::frame`] for how chunks are grouped), so
+//! any chunk can be read (or HTTP-range-fetched) by decompressing one frame,
+//! followed by the pack index (one 56-byte entry per chunk: its frame and
+//! its place inside the frame) and a 32-byte trailer. Byte layout in
 //! docs/FORMAT.md, "Pack".
 
 use std::fs::File;
@@ -16,33 +18,97 @@ use crate::error::{Error, Result};
 use crate::layout::Store;
 
 pub const PACK_MAGIC: &[u8; 8] = b"PZLPACK\0";
-pub const PACK_VERSION: u32 = 1;
-pub const ENTRY_LEN: usize = 48;
+pub const PACK_VERSION: u32 = 2;
+pub const ENTRY_LEN: usize = 56;
 pub const TRAILER_LEN: usize = 32;
 /// A pack is closed once its frames reach this many bytes.
 pub const DEFAULT_PACK_TARGET: u64 = 32 << 20;
 /// Largest raw chunk we accept from disk (fastcdc's maximum `max`).
 pub const MAX_CHUNK: u32 = 16 << 20;
-/// Largest frame a chunk of `MAX_CHUNK` bytes can compress to (zstd's bound
-/// is below `n + n/128 + 1 KiB`); larger claims are corrupt, not allocated.
-pub const MAX_FRAME: u32 = MAX_CHUNK + (MAX_CHUNK >> 7) + (1 << 10);
+/// Largest raw frame (all its chunks) we accept from disk.
+pub const MAX_FRAME_RAW: u32 = 16 << 20;
+/// Largest frame a raw frame of `MAX_FRAME_RAW` bytes can compress to
+/// (zstd's bound is below `n + n/128 + 1 KiB`); larger claims are corrupt,
+/// not allocated.
+pub const MAX_FRAME: u32 = MAX_FRAME_RAW + (MAX_FRAME_RAW >> 7) + (1 << 10);
 
-/// Where a chunk lives.
+/// Where a chunk lives: the frame holding it (`offset`, `clen` and
+/// `frame_rlen`: where the frame starts in the pack, its compressed and its
+/// raw length) and the chunk's bytes inside the frame's raw bytes
+/// (`at`, `rlen`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ChunkLoc {
     pub pack: BlobDigest,
     pub offset: u64,
     pub clen: u32,
+    pub frame_rlen: u32,
+    pub at: u32,
     pub rlen: u32,
 }
 
-/// One entry of a pack index.
+impl ChunkLoc {
+    /// Checks the lengths against each other and the limits; says why not.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.frame_rlen > MAX_FRAME_RAW || self.clen > MAX_FRAME || self.clen == 0 {
+            return Err(format!(
+                "a frame of {} bytes compressed to {} is out of bounds",
+                self.frame_rlen, self.clen
+            ));
+        }
+        if self.rlen > MAX_CHUNK
+            || u64::from(self.at) + u64::from(self.rlen) > u64::from(self.frame_rlen)
+        {
+            return Err(format!(
+                "{} bytes at {} do not fit a frame of {} bytes",
+                self.rlen, self.at, self.frame_rlen
+            ));
+        }
+        Ok(())
+    }
+
+    /// The chunk's share of its frame's compressed bytes, in proportion to
+    /// its raw bytes. The shares of the chunks of one frame sum to exactly
+    /// the frame's `clen` (each rounds the frame's cumulative share down).
+    pub fn stored_share(&self) -> u64 {
+        let (c, f) = (u64::from(self.clen), u64::from(self.frame_rlen));
+        if f == 0 {
+            return if self.at == 0 { c } else { 0 };
+        }
+        let cum = |raw: u64| c * raw.min(f) / f;
+        let at = u64::from(self.at);
+        cum(at + u64::from(self.rlen)) - cum(at)
+    }
+
+    /// Whether `other` is in the same frame.
+    pub fn same_frame(&self, other: &ChunkLoc) -> bool {
+        self.pack == other.pack && self.offset == other.offset
+    }
+}
+
+/// One entry of a pack index: a chunk and its place (see [`ChunkLoc`]).
+/// `frame_rlen` is not stored; the reader sums the frame's chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackEntry {
     pub id: ChunkId,
     pub offset: u64,
     pub clen: u32,
+    pub frame_rlen: u32,
+    pub at: u32,
     pub rlen: u32,
+}
+
+impl PackEntry {
+    /// This entry as a location in `pack`.
+    pub fn loc(&self, pack: BlobDigest) -> ChunkLoc {
+        ChunkLoc {
+            pack,
+            offset: self.offset,
+            clen: self.clen,
+            frame_rlen: self.frame_rlen,
+            at: self.at,
+            rlen: self.rlen,
+        }
+    }
 }
 
 /// Pure pack-header bookkeeping: collects entries as frames are appended and
@@ -50,19 +116,29 @@ pub struct PackEntry {
 #[derive(Debug, Default)]
 pub struct PackBuilder {
     entries: Vec<PackEntry>,
+    frames: u32,
     len: u64,
 }
 
 impl PackBuilder {
-    /// Records a frame of `clen` bytes for chunk `id`; returns its offset.
-    pub fn add(&mut self, id: ChunkId, clen: u32, rlen: u32) -> u64 {
+    /// Records a frame of `clen` bytes holding `chunks` (id, raw length) in
+    /// this order; returns the frame's offset.
+    pub fn add_frame(&mut self, clen: u32, chunks: &[(ChunkId, u32)]) -> u64 {
         let offset = self.len;
-        self.entries.push(PackEntry {
-            id,
-            offset,
-            clen,
-            rlen,
-        });
+        let frame_rlen = chunks.iter().map(|c| c.1).sum();
+        let mut at = 0;
+        for &(id, rlen) in chunks {
+            self.entries.push(PackEntry {
+                id,
+                offset,
+                clen,
+                frame_rlen,
+                at,
+                rlen,
+            });
+            at += rlen;
+        }
+        self.frames += 1;
         self.len += u64::from(clen);
         offset
     }
@@ -88,19 +164,33 @@ impl PackBuilder {
             out.extend_from_slice(&e.offset.to_le_bytes());
             out.extend_from_slice(&e.clen.to_le_bytes());
             out.extend_from_slice(&e.rlen.to_le_bytes());
+            out.extend_from_slice(&e.at.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
         }
         out.extend_from_slice(PACK_MAGIC);
         out.extend_from_slice(&PACK_VERSION.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&self.frames.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
         out
     }
 }
 
-/// Parses the trailer and index at the end of a pack of `pack_len` bytes,
-/// given the last bytes of the pack (`tail`, at least the index + trailer).
-pub fn parse_trailer(tail: &[u8], pack_len: u64) -> Result<(u32, u64)> {
+/// What a pack trailer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    /// Index entries, one per chunk.
+    pub count: u32,
+    /// Frames (each holding one or more chunks).
+    pub frames: u32,
+    /// Where the index starts: the bytes of frames.
+    pub index_offset: u64,
+}
+
+/// Parses the trailer at the end of a pack of `pack_len` bytes, given the
+/// last bytes of the pack (`tail`, at least the trailer).
+pub fn parse_trailer(tail: &[u8], pack_len: u64) -> Result<Trailer> {
     let bad = |why: String| Error::Corrupt {
         what: "pack trailer".into(),
         why,
@@ -118,6 +208,8 @@ pub fn parse_trailer(tail: &[u8], pack_len: u64) -> Result<(u32, u64)> {
     }
     let count = u32::from_le_bytes(t[12..16].try_into().unwrap());
     let index_offset = u64::from_le_bytes(t[16..24].try_into().unwrap());
+    let frames = u32::from_le_bytes(t[24..28].try_into().unwrap());
+    let reserved = u32::from_le_bytes(t[28..32].try_into().unwrap());
     let expect = index_offset
         .checked_add(u64::from(count) * ENTRY_LEN as u64)
         .and_then(|v| v.checked_add(TRAILER_LEN as u64));
@@ -126,44 +218,96 @@ pub fn parse_trailer(tail: &[u8], pack_len: u64) -> Result<(u32, u64)> {
             "{count} entries at offset {index_offset} do not fit a pack of {pack_len} bytes"
         )));
     }
-    Ok((count, index_offset))
+    if frames > count || (frames == 0) != (count == 0) || reserved != 0 {
+        return Err(bad(format!("{frames} frames for {count} entries")));
+    }
+    Ok(Trailer {
+        count,
+        frames,
+        index_offset,
+    })
 }
 
-/// Parses a pack's index (the bytes from `index_offset` up to the trailer).
-pub fn parse_index(index: &[u8], count: u32, index_offset: u64) -> Result<Vec<PackEntry>> {
+/// Parses a pack's index (the bytes from `index_offset` up to the trailer)
+/// and checks its layout: frames contiguous from offset 0 to `index_offset`,
+/// the chunks of each frame contiguous from 0 inside it, lengths in bounds.
+pub fn parse_index(index: &[u8], t: &Trailer) -> Result<Vec<PackEntry>> {
     let bad = |why: String| Error::Corrupt {
         what: "pack index".into(),
         why,
     };
-    if index.len() != count as usize * ENTRY_LEN {
+    if index.len() != t.count as usize * ENTRY_LEN {
         return Err(bad(format!(
             "index is {} bytes, want {}",
             index.len(),
-            count as usize * ENTRY_LEN
+            t.count as usize * ENTRY_LEN
         )));
     }
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out: Vec<PackEntry> = Vec::with_capacity(t.count as usize);
+    // Start of the current frame in `out`, and where the next frame starts.
+    let mut frame_start = 0usize;
+    let mut frames = 0u32;
     let mut next = 0u64;
+    let close = |out: &mut [PackEntry], from: usize| -> Result<()> {
+        let Some(last) = out.last() else {
+            return Ok(());
+        };
+        let raw = u64::from(last.at) + u64::from(last.rlen);
+        if raw > u64::from(MAX_FRAME_RAW) {
+            return Err(bad(format!(
+                "frame at {} holds {raw} bytes, over the limit",
+                last.offset
+            )));
+        }
+        for e in &mut out[from..] {
+            e.frame_rlen = raw as u32;
+        }
+        Ok(())
+    };
     for (i, e) in index.chunks_exact(ENTRY_LEN).enumerate() {
         let entry = PackEntry {
             id: ChunkId::from_bytes(e[..32].try_into().unwrap()),
             offset: u64::from_le_bytes(e[32..40].try_into().unwrap()),
             clen: u32::from_le_bytes(e[40..44].try_into().unwrap()),
             rlen: u32::from_le_bytes(e[44..48].try_into().unwrap()),
+            at: u32::from_le_bytes(e[48..52].try_into().unwrap()),
+            frame_rlen: 0,
         };
-        if entry.offset != next
+        let reserved = u32::from_le_bytes(e[52..56].try_into().unwrap());
+        let prev = out.last();
+        let continues = prev.is_some_and(|p| {
+            p.offset == entry.offset
+                && p.clen == entry.clen
+                && u64::from(p.at) + u64::from(p.rlen) == u64::from(entry.at)
+        });
+        let starts = entry.offset == next && entry.at == 0;
+        if !(continues || starts)
+            || reserved != 0
             || entry.rlen > MAX_CHUNK
             || entry.clen == 0
             || entry.clen > MAX_FRAME
         {
             return Err(bad(format!("entry {i} ({}) is out of place", entry.id)));
         }
-        next = entry.offset + u64::from(entry.clen);
+        if !continues {
+            close(&mut out, frame_start)?;
+            frame_start = out.len();
+            frames += 1;
+            next = entry.offset + u64::from(entry.clen);
+        }
         out.push(entry);
     }
-    if next != index_offset {
+    close(&mut out, frame_start)?;
+    if next != t.index_offset {
         return Err(bad(format!(
-            "frames end at {next}, index starts at {index_offset}"
+            "frames end at {next}, index starts at {}",
+            t.index_offset
+        )));
+    }
+    if frames != t.frames {
+        return Err(bad(format!(
+            "{frames} frames, the trailer says {}",
+            t.frames
         )));
     }
     Ok(out)
@@ -181,43 +325,74 @@ pub fn read_pack_index(file: &File, pack_len: u64) -> Result<Vec<PackEntry>> {
     }
     file.read_exact_at(&mut trailer, pack_len - TRAILER_LEN as u64)
         .map_err(io)?;
-    let (count, index_offset) = parse_trailer(&trailer, pack_len)?;
-    let mut index = vec![0u8; count as usize * ENTRY_LEN];
-    file.read_exact_at(&mut index, index_offset).map_err(io)?;
-    parse_index(&index, count, index_offset)
+    let t = parse_trailer(&trailer, pack_len)?;
+    let mut index = vec![0u8; t.count as usize * ENTRY_LEN];
+    file.read_exact_at(&mut index, t.index_offset).map_err(io)?;
+    parse_index(&index, &t)
 }
 
-/// Decompresses one frame and checks it is the chunk `id`.
-pub fn decode_frame(frame: &[u8], id: &ChunkId, rlen: u32, pack: &BlobDigest) -> Result<Vec<u8>> {
+/// Decompresses a whole frame of `frame_rlen` raw bytes (the frame holding
+/// chunk `id`, named in errors).
+pub fn decompress_frame(
+    frame: &[u8],
+    frame_rlen: u32,
+    id: &ChunkId,
+    pack: &BlobDigest,
+) -> Result<Vec<u8>> {
     let corrupt = |why: String| Error::CorruptChunk {
         id: *id,
         pack: pack.to_string(),
         why,
     };
-    if rlen > MAX_CHUNK {
-        return Err(corrupt(format!("raw length {rlen} is over the limit")));
+    if frame_rlen > MAX_FRAME_RAW {
+        return Err(corrupt(format!(
+            "frame length {frame_rlen} is over the limit"
+        )));
     }
-    let data =
-        zstd::bulk::decompress(frame, rlen as usize).map_err(|e| corrupt(format!("zstd: {e}")))?;
-    if data.len() != rlen as usize {
-        return Err(corrupt(format!("{} bytes, want {rlen}", data.len())));
+    let data = zstd::bulk::decompress(frame, frame_rlen as usize)
+        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+    if data.len() != frame_rlen as usize {
+        return Err(corrupt(format!(
+            "frame gave {} bytes, want {frame_rlen}",
+            data.len()
+        )));
     }
-    let actual = ChunkId::of(&data);
+    Ok(data)
+}
+
+/// The chunk `id` at `loc` in the decompressed frame `raw`, checked against
+/// its BLAKE3 id.
+pub fn chunk_in_frame<'r>(raw: &'r [u8], id: &ChunkId, loc: &ChunkLoc) -> Result<&'r [u8]> {
+    let corrupt = |why: String| Error::CorruptChunk {
+        id: *id,
+        pack: loc.pack.to_string(),
+        why,
+    };
+    let start = loc.at as usize;
+    let data = start
+        .checked_add(loc.rlen as usize)
+        .and_then(|end| raw.get(start..end))
+        .ok_or_else(|| {
+            corrupt(format!(
+                "{} bytes at {start} are outside a frame of {} bytes",
+                loc.rlen,
+                raw.len()
+            ))
+        })?;
+    let actual = ChunkId::of(data);
     if actual != *id {
         return Err(corrupt(format!("content hashes to {actual}")));
     }
     Ok(data)
 }
 
-/// Reads and verifies the chunk at `loc` from an open pack file.
-pub fn read_chunk(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-    if loc.clen > MAX_FRAME {
-        return Err(Error::CorruptChunk {
-            id: *id,
-            pack: loc.pack.to_string(),
-            why: format!("frame length {} is over the limit", loc.clen),
-        });
-    }
+/// Reads and decompresses the frame at `loc` from an open pack file.
+pub fn read_frame(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+    loc.check().map_err(|why| Error::CorruptChunk {
+        id: *id,
+        pack: loc.pack.to_string(),
+        why,
+    })?;
     let mut frame = vec![0u8; loc.clen as usize];
     file.read_exact_at(&mut frame, loc.offset)
         .map_err(|e| Error::CorruptChunk {
@@ -225,7 +400,15 @@ pub fn read_chunk(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> 
             pack: loc.pack.to_string(),
             why: format!("reading {} bytes at {}: {e}", loc.clen, loc.offset),
         })?;
-    decode_frame(&frame, id, loc.rlen, &loc.pack)
+    decompress_frame(&frame, loc.frame_rlen, id, &loc.pack)
+}
+
+/// Reads and verifies the chunk at `loc` from an open pack file (its whole
+/// frame is decompressed; to read several chunks of a frame, see
+/// [`crate::frame::Frame`]).
+pub fn read_chunk(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+    let raw = read_frame(file, id, loc)?;
+    Ok(chunk_in_frame(&raw, id, loc)?.to_vec())
 }
 
 /// A pack being written to the store's `tmp/`.
@@ -251,13 +434,14 @@ impl PackWriter {
         })
     }
 
-    /// Appends a compressed frame; returns its offset in the pack.
-    pub fn append(&mut self, id: ChunkId, frame: &[u8], rlen: u32) -> Result<u64> {
+    /// Appends a compressed frame holding `chunks` (id, raw length) in this
+    /// order; returns its offset in the pack.
+    pub fn append_frame(&mut self, frame: &[u8], chunks: &[(ChunkId, u32)]) -> Result<u64> {
         self.out.write_all(frame).map_err(|source| Error::Io {
             path: "tmp pack".into(),
             source,
         })?;
-        Ok(self.builder.add(id, frame.len() as u32, rlen))
+        Ok(self.builder.add_frame(frame.len() as u32, chunks))
     }
 
     pub fn frames_len(&self) -> u64 {
@@ -301,7 +485,9 @@ impl<'a> PackFiles<'a> {
         }
     }
 
-    pub fn read(&mut self, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+    /// The decompressed frame holding chunk `id` at `loc` (not yet checked
+    /// against `id`: see [`crate::frame::Frame::chunk`]).
+    pub fn frame(&mut self, id: &ChunkId, loc: &ChunkLoc) -> Result<crate::frame::Frame> {
         if !self.open.contains_key(&loc.pack) {
             let path = self.store.blob_path(&loc.pack);
             let f = File::open(&path).map_err(|e| {
@@ -315,7 +501,7 @@ impl<'a> PackFiles<'a> {
             })?;
             self.open.insert(loc.pack, f);
         }
-        read_chunk(&self.open[&loc.pack], id, loc)
+        crate::frame::Frame::read(&self.open[&loc.pack], id, loc)
     }
 }
 
@@ -327,39 +513,88 @@ mod tests {
         zstd::bulk::compress(data, 3).unwrap()
     }
 
-    #[test]
-    fn header_round_trip_and_checks() {
+    /// A pack (frames, index, trailer) of `groups`, each a frame of chunks.
+    fn pack_of(groups: &[Vec<Vec<u8>>]) -> (Vec<u8>, PackBuilder) {
         let mut b = PackBuilder::default();
-        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
         let mut bytes = Vec::new();
-        for c in &chunks {
-            let f = frame(c);
-            b.add(ChunkId::of(c), f.len() as u32, c.len() as u32);
+        for g in groups {
+            let f = frame(&g.concat());
+            let chunks: Vec<(ChunkId, u32)> =
+                g.iter().map(|c| (ChunkId::of(c), c.len() as u32)).collect();
+            b.add_frame(f.len() as u32, &chunks);
             bytes.extend_from_slice(&f);
         }
-        let frames_len = bytes.len() as u64;
         bytes.extend_from_slice(&b.header());
-        let (count, idx) = parse_trailer(&bytes, bytes.len() as u64).unwrap();
-        assert_eq!((count, idx), (5, frames_len));
-        let entries =
-            parse_index(&bytes[idx as usize..bytes.len() - TRAILER_LEN], count, idx).unwrap();
+        (bytes, b)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Vec<PackEntry>> {
+        let t = parse_trailer(bytes, bytes.len() as u64)?;
+        let start = usize::try_from(t.index_offset)
+            .ok()
+            .filter(|&s| s <= bytes.len() - TRAILER_LEN)
+            .ok_or_else(|| Error::Corrupt {
+                what: "test".into(),
+                why: "index offset".into(),
+            })?;
+        parse_index(&bytes[start..bytes.len() - TRAILER_LEN], &t)
+    }
+
+    #[test]
+    fn header_round_trip_and_checks() {
+        let groups: Vec<Vec<Vec<u8>>> = vec![
+            (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect(),
+            vec![vec![9u8; 5000]],
+            vec![vec![7u8; 10], vec![], vec![8u8; 20]],
+        ];
+        let (bytes, b) = pack_of(&groups);
+        let t = parse_trailer(&bytes, bytes.len() as u64).unwrap();
+        assert_eq!((t.count, t.frames, t.index_offset), (7, 3, b.frames_len()));
+        let entries = parse(&bytes).unwrap();
         assert_eq!(entries, b.entries());
+        let pack = BlobDigest::of(b"x");
+        let chunks: Vec<&Vec<u8>> = groups.iter().flatten().collect();
         for (e, c) in entries.iter().zip(&chunks) {
             let f = &bytes[e.offset as usize..][..e.clen as usize];
-            let pack = BlobDigest::of(b"x");
-            assert_eq!(&decode_frame(f, &e.id, e.rlen, &pack).unwrap(), c);
+            let raw = decompress_frame(f, e.frame_rlen, &e.id, &pack).unwrap();
+            assert_eq!(chunk_in_frame(&raw, &e.id, &e.loc(pack)).unwrap(), &c[..]);
         }
+        assert_eq!(entries[4].frame_rlen, 30);
+        assert_eq!((entries[6].at, entries[6].rlen), (10, 20));
         // A flipped byte anywhere in the trailer is refused.
-        for i in bytes.len() - TRAILER_LEN..bytes.len() - 8 {
+        for i in bytes.len() - TRAILER_LEN..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            let r = parse_trailer(&bad, bad.len() as u64);
-            assert!(r.is_err(), "flip at {i} accepted");
+            assert!(parse(&bad).is_err(), "flip at {i} accepted");
         }
-        // An entry pointing elsewhere is refused.
-        let mut bad = bytes.clone();
-        bad[idx as usize + 32] ^= 1;
-        assert!(parse_index(&bad[idx as usize..bad.len() - TRAILER_LEN], count, idx).is_err());
+        // An entry pointing elsewhere, or claiming another place in its
+        // frame, is refused. (The raw length of a frame's last chunk is
+        // checked when the frame is decompressed, not here.)
+        let idx = t.index_offset as usize;
+        for field in [32, 40, 44, 48, 52] {
+            for entry in [0, 1, 3, 6] {
+                if field == 44 && (entry == 3 || entry == 6) {
+                    continue;
+                }
+                let mut bad = bytes.clone();
+                bad[idx + entry * ENTRY_LEN + field] ^= 1;
+                assert!(
+                    parse(&bad).is_err(),
+                    "entry {entry} field {field} changed and accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_over_the_raw_limit_is_refused() {
+        let mut b = PackBuilder::default();
+        let id = ChunkId::of(b"a");
+        b.add_frame(10, &[(id, MAX_CHUNK), (id, 1)]);
+        let mut bytes = vec![0u8; 10];
+        bytes.extend_from_slice(&b.header());
+        let e = parse(&bytes).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
     }
 
     proptest::proptest! {
@@ -369,54 +604,96 @@ mod tests {
         /// parses is self-consistent.
         #[test]
         fn mutated_pack_headers_never_panic(
-            n in 0usize..6,
+            sizes in proptest::collection::vec(proptest::collection::vec(0usize..300, 1..4), 0..5),
             edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
             claimed_len in proptest::option::of(proptest::prelude::any::<u64>()),
         ) {
-            let mut b = PackBuilder::default();
-            let mut bytes = Vec::new();
-            for i in 0..n {
-                let c = vec![i as u8; 100 + i];
-                let f = frame(&c);
-                b.add(ChunkId::of(&c), f.len() as u32, c.len() as u32);
-                bytes.extend_from_slice(&f);
-            }
-            bytes.extend_from_slice(&b.header());
+            let groups: Vec<Vec<Vec<u8>>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, g)| g.iter().map(|&n| vec![i as u8; n]).collect())
+                .collect();
+            let (mut bytes, _) = pack_of(&groups);
             let len = bytes.len();
             for (at, v) in edits {
                 bytes[at % len] = v;
             }
             let pack_len = claimed_len.unwrap_or(len as u64);
-            if let Ok((count, idx)) = parse_trailer(&bytes, pack_len) {
-                let start = usize::try_from(idx).ok().filter(|&s| s <= len - TRAILER_LEN);
+            if let Ok(t) = parse_trailer(&bytes, pack_len) {
+                let start = usize::try_from(t.index_offset).ok().filter(|&s| s <= len - TRAILER_LEN);
                 if let (Some(start), true) = (start, pack_len == len as u64) {
-                    if let Ok(entries) = parse_index(&bytes[start..len - TRAILER_LEN], count, idx) {
-                        let mut next = 0;
-                        for e in &entries {
-                            proptest::prop_assert_eq!(e.offset, next);
-                            next += u64::from(e.clen);
-                        }
-                        proptest::prop_assert_eq!(next, idx);
+                    if let Ok(entries) = parse_index(&bytes[start..len - TRAILER_LEN], &t) {
+                        check_layout(&entries, &t)?;
                     }
                 }
             }
         }
     }
 
+    /// What a parsed index promises: frames contiguous from 0, chunks
+    /// contiguous inside each frame, frame lengths consistent.
+    fn check_layout(
+        entries: &[PackEntry],
+        t: &Trailer,
+    ) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        let (mut next, mut frames) = (0u64, 0u32);
+        let mut prev: Option<&PackEntry> = None;
+        for e in entries {
+            match prev {
+                Some(p) if p.offset == e.offset => {
+                    proptest::prop_assert_eq!(e.at, p.at + p.rlen);
+                    proptest::prop_assert_eq!(e.frame_rlen, p.frame_rlen);
+                }
+                _ => {
+                    proptest::prop_assert_eq!((e.offset, e.at), (next, 0));
+                    next += u64::from(e.clen);
+                    frames += 1;
+                }
+            }
+            proptest::prop_assert!(e.at + e.rlen <= e.frame_rlen);
+            proptest::prop_assert!(e.loc(BlobDigest::of(b"p")).check().is_ok());
+            prev = Some(e);
+        }
+        proptest::prop_assert_eq!(next, t.index_offset);
+        proptest::prop_assert_eq!(frames, t.frames);
+        Ok(())
+    }
+
     #[test]
     fn corrupt_frame_is_an_error_not_wrong_bytes() {
         let data = vec![7u8; 5000];
         let id = ChunkId::of(&data);
-        let mut f = frame(&data);
         let pack = BlobDigest::of(b"p");
+        let mut f = frame(&data);
         let last = f.len() - 5;
         f[last] ^= 1;
-        assert!(decode_frame(&f, &id, 5000, &pack).is_err());
+        let loc = |rlen| ChunkLoc {
+            pack,
+            offset: 0,
+            clen: 1,
+            frame_rlen: 5000,
+            at: 0,
+            rlen,
+        };
+        let read = |f: &[u8], id: &ChunkId, rlen| -> Result<Vec<u8>> {
+            let raw = decompress_frame(f, 5000, id, &pack)?;
+            Ok(chunk_in_frame(&raw, id, &loc(rlen))?.to_vec())
+        };
+        assert!(read(&f, &id, 5000).is_err());
         let other = ChunkId::of(b"other");
         assert!(matches!(
-            decode_frame(&frame(&data), &other, 5000, &pack),
+            read(&frame(&data), &other, 5000),
             Err(Error::CorruptChunk { .. })
         ));
-        assert!(decode_frame(&frame(&data), &id, 4999, &pack).is_err());
+        assert!(read(&frame(&data), &id, 4999).is_err());
+        assert!(decompress_frame(&frame(&data), 4999, &id, &pack).is_err());
+        assert!(decompress_frame(&frame(&data), 5001, &id, &pack).is_err());
+        let raw = decompress_frame(&frame(&data), 5000, &id, &pack).unwrap();
+        let outside = ChunkLoc {
+            at: 4000,
+            ..loc(2000)
+        };
+        assert!(chunk_in_frame(&raw, &id, &outside).is_err());
+        assert!(outside.check().is_err());
     }
 }

@@ -64,11 +64,11 @@ pub fn pack_size(store: &Store, d: &BlobDigest) -> Result<PackSize> {
     if len >= T as u64 {
         f.read_exact_at(&mut trailer, len - T as u64).at(&path)?;
     }
-    let (frames, frame_bytes) = crate::pack::parse_trailer(&trailer, len)?;
+    let t = crate::pack::parse_trailer(&trailer, len)?;
     Ok(PackSize {
         blob_bytes: len,
-        frame_bytes,
-        frames,
+        frame_bytes: t.index_offset,
+        frames: t.frames,
     })
 }
 
@@ -165,7 +165,8 @@ pub struct Report {
 
 struct ChunkUse {
     rlen: u32,
-    clen: u32,
+    /// Its share of its frame's compressed bytes.
+    stored: u64,
     /// Indexes of the images referencing the chunk, ascending, each once.
     images: Vec<u32>,
 }
@@ -211,14 +212,14 @@ pub fn compute<B: AsRef<[u8]>>(
             let rec = m.chunk(c as u32)?;
             let u = chunks.entry(rec.id).or_insert_with(|| ChunkUse {
                 rlen: rec.loc.rlen,
-                clen: rec.loc.clen,
+                stored: rec.loc.stored_share(),
                 images: Vec::new(),
             });
             if u.images.last() != Some(&(i as u32)) {
                 u.images.push(i as u32);
                 s.chunks += 1;
                 s.chunk_bytes += u64::from(u.rlen);
-                s.stored_bytes += u64::from(u.clen);
+                s.stored_bytes += u.stored;
             }
         }
         for p in m.packs()? {
@@ -261,7 +262,7 @@ pub fn compute<B: AsRef<[u8]>>(
         .collect();
     let mut buckets: BTreeMap<u32, Bucket> = BTreeMap::new();
     for u in chunks.values() {
-        let (r, c) = (u64::from(u.rlen), u64::from(u.clen));
+        let (r, c) = (u64::from(u.rlen), u.stored);
         t.chunks += 1;
         t.chunk_bytes += r;
         t.stored_bytes += c;
@@ -425,9 +426,13 @@ fn files_by_path<B: AsRef<[u8]>>(m: &MetaBlob<B>) -> Result<BTreeMap<Vec<u8>, Fi
     Ok(out)
 }
 
-fn chunk_ids<B: AsRef<[u8]>>(m: &MetaBlob<B>) -> Result<HashMap<ChunkId, (u32, u32)>> {
+/// Each chunk's raw length and its share of stored bytes.
+fn chunk_ids<B: AsRef<[u8]>>(m: &MetaBlob<B>) -> Result<HashMap<ChunkId, (u32, u64)>> {
     (0..m.chunk_count() as u32)
-        .map(|i| m.chunk(i).map(|c| (c.id, (c.loc.rlen, c.loc.clen))))
+        .map(|i| {
+            m.chunk(i)
+                .map(|c| (c.id, (c.loc.rlen, c.loc.stored_share())))
+        })
         .collect()
 }
 
@@ -448,7 +453,7 @@ pub fn diff<A: AsRef<[u8]>, B: AsRef<[u8]>>(a: Input<'_, A>, b: Input<'_, B>) ->
         if !ca.contains_key(id) {
             d.new_chunks += 1;
             d.new_chunk_bytes += u64::from(r);
-            d.new_stored_bytes += u64::from(c);
+            d.new_stored_bytes += c;
         }
     }
     for (id, &(r, _)) in &ca {
@@ -594,6 +599,8 @@ mod tests {
                 pack: BlobDigest::from_bytes(PACK),
                 offset: 0,
                 clen: rlen / 2 + 1,
+                frame_rlen: rlen,
+                at: 0,
                 rlen,
             })
         })

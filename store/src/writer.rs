@@ -1,5 +1,6 @@
-//! Storing new chunks: dedup against the index, zstd on worker threads,
-//! frames appended to packs in submission order (so packs are deterministic).
+//! Storing new chunks: dedup against the index, consecutive new chunks
+//! grouped into frames ([`crate::frame`]), zstd on worker threads, frames
+//! appended to packs in submission order (so packs are deterministic).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use puzzle_chunker::ChunkId;
 
 use crate::error::{Error, Result};
+use crate::frame::{Group, Grouper};
 use crate::index::ChunkIndex;
 use crate::layout::Store;
 use crate::pack::{PackInfo, PackWriter, DEFAULT_PACK_TARGET};
@@ -38,11 +40,16 @@ struct Job {
     data: Vec<u8>,
 }
 
+/// Consecutive new chunks to compress as one frame; `seq` numbers groups.
+struct GroupJob {
+    seq: u64,
+    group: Group,
+}
+
 struct Frame {
     seq: u64,
-    id: ChunkId,
+    chunks: Vec<(ChunkId, u32)>,
     frame: Result<Vec<u8>>,
-    rlen: u32,
 }
 
 /// Accepts chunks in order; stores those not yet in the store.
@@ -50,6 +57,7 @@ pub struct ChunkWriter<'a> {
     index: &'a ChunkIndex,
     pending: HashSet<ChunkId>,
     jobs: Option<Sender<Job>>,
+    /// The grouper thread, then the compressors.
     compressors: Vec<JoinHandle<()>>,
     packer: Option<JoinHandle<Result<Written>>>,
     seq: u64,
@@ -59,19 +67,23 @@ pub struct ChunkWriter<'a> {
 }
 
 impl<'a> ChunkWriter<'a> {
-    /// Starts `threads` compressors (at least one) and the pack writer.
+    /// Starts the grouper, `threads` compressors (at least one) and the
+    /// pack writer.
     pub fn new(store: &Store, index: &'a ChunkIndex, threads: usize) -> ChunkWriter<'a> {
         let threads = threads.max(1);
         let level = store.config().compression.level;
+        let target = store.config().compression.frame_target;
         let (job_tx, job_rx) = bounded::<Job>(threads * 4);
-        let (frame_tx, frame_rx) = bounded::<Frame>(threads * 4);
-        let compressors = (0..threads)
-            .map(|_| {
-                let rx = job_rx.clone();
-                let tx = frame_tx.clone();
-                std::thread::spawn(move || compress_loop(rx, tx, level))
-            })
-            .collect();
+        let (group_tx, group_rx) = bounded::<GroupJob>(threads * 2);
+        let (frame_tx, frame_rx) = bounded::<Frame>(threads * 2);
+        let mut compressors = vec![std::thread::spawn(move || {
+            group_loop(job_rx, group_tx, target)
+        })];
+        compressors.extend((0..threads).map(|_| {
+            let rx = group_rx.clone();
+            let tx = frame_tx.clone();
+            std::thread::spawn(move || compress_loop(rx, tx, level))
+        }));
         drop(frame_tx);
         let store = store.clone();
         let abort = Arc::new(AtomicBool::new(false));
@@ -169,12 +181,34 @@ impl Drop for ChunkWriter<'_> {
     }
 }
 
-fn compress_loop(rx: Receiver<Job>, tx: Sender<Frame>, level: i32) {
+/// Cuts the chunks `put` sends, in its order, into groups for the compressors.
+fn group_loop(rx: Receiver<Job>, tx: Sender<GroupJob>, target: u32) {
+    let mut grouper = Grouper::new(target);
+    let mut seq = 0u64;
+    let mut send = |group: Group| {
+        let ok = tx.send(GroupJob { seq, group }).is_ok();
+        seq += 1;
+        ok
+    };
+    for (n, job) in rx.into_iter().enumerate() {
+        debug_assert_eq!(job.seq, n as u64, "put sends jobs in order");
+        if let Some(g) = grouper.push(job.id, &job.data) {
+            if !send(g) {
+                return;
+            }
+        }
+    }
+    if let Some(g) = grouper.finish() {
+        send(g);
+    }
+}
+
+fn compress_loop(rx: Receiver<GroupJob>, tx: Sender<Frame>, level: i32) {
     let mut cx = zstd::bulk::Compressor::new(level).ok();
     for job in rx {
         let frame = match cx.as_mut() {
-            Some(cx) => cx.compress(&job.data),
-            None => zstd::bulk::compress(&job.data, level),
+            Some(cx) => crate::frame::compress(cx, &job.group),
+            None => zstd::bulk::compress(&job.group.data, level),
         }
         .map_err(|source| Error::Io {
             path: "zstd".into(),
@@ -182,9 +216,8 @@ fn compress_loop(rx: Receiver<Job>, tx: Sender<Frame>, level: i32) {
         });
         let out = Frame {
             seq: job.seq,
-            id: job.id,
+            chunks: job.group.chunks,
             frame,
-            rlen: job.data.len() as u32,
         };
         if tx.send(out).is_err() {
             return;
@@ -212,7 +245,7 @@ fn pack_loop(store: &Store, rx: Receiver<Frame>, abort: &AtomicBool) -> Result<W
                     current = Some(PackWriter::new(store)?);
                 }
                 let w = current.as_mut().expect("just set");
-                w.append(f.id, &frame, f.rlen)?;
+                w.append_frame(&frame, &f.chunks)?;
                 written += frame.len() as u64;
                 if w.frames_len() >= DEFAULT_PACK_TARGET {
                     packs.push(current.take().expect("open").finish(store)?);

@@ -8,12 +8,13 @@
 //!   ([`DEFAULT_ZSTD_LEVEL`]), cycling through 64 different chunks.
 //!   `compress` reuses one `zstd::bulk::Compressor`, as the writer's workers
 //!   do; `decompress` is `zstd::bulk::decompress` alone; `decode_frame` is
-//!   what mounts and gc call: decompress and check the BLAKE3 id.
+//!   what reads of a one-chunk frame cost: `pack::decompress_frame`, then
+//!   `pack::chunk_in_frame` (the BLAKE3 check).
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use puzzle_chunker::ChunkId;
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
-use puzzle_store::pack::decode_frame;
+use puzzle_store::pack::{chunk_in_frame, decompress_frame, ChunkLoc};
 use puzzle_store::BlobDigest;
 use puzzle_testkit::{pseudo_random, text_like};
 use sha2::{Digest as _, Sha256};
@@ -91,7 +92,17 @@ fn zstd(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("decode_frame", name), |b| {
             b.iter(|| {
                 let (frame, id) = next();
-                decode_frame(black_box(frame), id, CHUNK as u32, &pack).expect("decode")
+                let loc = ChunkLoc {
+                    pack,
+                    offset: 0,
+                    clen: frame.len() as u32,
+                    frame_rlen: CHUNK as u32,
+                    at: 0,
+                    rlen: CHUNK as u32,
+                };
+                let raw = decompress_frame(black_box(frame), CHUNK as u32, id, &pack)
+                    .expect("decompress");
+                chunk_in_frame(&raw, id, &loc).expect("check").len()
             })
         });
     }

@@ -84,6 +84,8 @@ impl Stream {
                 pack: BlobDigest::of(&(n / PACK_CHUNKS).to_le_bytes()),
                 offset: self.pack_offset,
                 clen,
+                frame_rlen: self.len,
+                at: 0,
                 rlen: self.len,
             },
         );

@@ -1,17 +1,19 @@
 //! Writing packs and reading frames back, in a temp store on the target's disk.
 //!
-//! The frames are 256 chunks of 64 KiB of `text_like(20, ..)`, compressed at
+//! The input is 256 chunks of 64 KiB of `text_like(20, ..)`, grouped as the
+//! writer groups them (format 2): 16 chunks per 1 MiB frame, compressed at
 //! the default level before timing.
 //!
-//! - `pack/append/256x64KiB`: [`PackWriter::new`] and 256 appends (buffered
-//!   writes to a temp file and SHA-256 of the bytes); the writer is dropped
-//!   unfinished, which deletes its temp file.
+//! - `pack/append/256x64KiB`: [`PackWriter::new`] and 16 frame appends
+//!   (buffered writes to a temp file and SHA-256 of the bytes); the writer is
+//!   dropped unfinished, which deletes its temp file.
 //! - `pack/append_finish/256x64KiB`: the same, then [`PackWriter::finish`]:
 //!   header, fsync, rename into `blobs/` and fsync of the directory. Every
 //!   iteration writes the same pack, renamed over the previous copy.
-//! - `pack/read_chunk/64KiB`: [`pack::read_chunk`] of one frame of that pack
-//!   (pread from the page cache, decompress, BLAKE3 check), frames in a
-//!   seeded random order.
+//! - `pack/read_chunk/64KiB`: [`pack::read_chunk`] of one chunk of that pack
+//!   (pread of its frame from the page cache, decompress the whole 1 MiB
+//!   frame, BLAKE3 check of the chunk), chunks in a seeded random order: the
+//!   cost of a random read with no frame cache.
 //!
 //! Throughput is in compressed bytes written for the writes and raw bytes
 //! returned for the reads.
@@ -30,20 +32,24 @@ use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 
 const CHUNK: usize = 64 << 10;
-const FRAMES: usize = 256;
+const CHUNKS: usize = 256;
+const PER_FRAME: usize = 16;
 
 struct Frame {
-    id: ChunkId,
+    chunks: Vec<(ChunkId, u32)>,
     bytes: Vec<u8>,
 }
 
 fn frames() -> Vec<Frame> {
-    let data = text_like(20, CHUNK * FRAMES);
+    let data = text_like(20, CHUNK * CHUNKS);
     let mut cx = zstd::bulk::Compressor::new(DEFAULT_ZSTD_LEVEL).expect("zstd context");
-    data.chunks(CHUNK)
-        .map(|c| Frame {
-            id: ChunkId::of(c),
-            bytes: cx.compress(c).expect("compress"),
+    data.chunks(CHUNK * PER_FRAME)
+        .map(|f| Frame {
+            chunks: f
+                .chunks(CHUNK)
+                .map(|c| (ChunkId::of(c), c.len() as u32))
+                .collect(),
+            bytes: cx.compress(f).expect("compress"),
         })
         .collect()
 }
@@ -51,7 +57,7 @@ fn frames() -> Vec<Frame> {
 fn append_all(store: &Store, frames: &[Frame]) -> PackWriter {
     let mut w = PackWriter::new(store).expect("pack writer");
     for f in frames {
-        w.append(f.id, black_box(&f.bytes), CHUNK as u32)
+        w.append_frame(black_box(&f.bytes), &f.chunks)
             .expect("append");
     }
     w
@@ -80,15 +86,7 @@ fn packs(c: &mut Criterion) {
     let mut reads: Vec<(ChunkId, ChunkLoc)> = info
         .entries
         .iter()
-        .map(|e| {
-            let loc = ChunkLoc {
-                pack: info.digest,
-                offset: e.offset,
-                clen: e.clen,
-                rlen: e.rlen,
-            };
-            (e.id, loc)
-        })
+        .map(|e| (e.id, e.loc(info.digest)))
         .collect();
     reads.shuffle(&mut ChaCha8Rng::seed_from_u64(21));
     let mut i = 0;
