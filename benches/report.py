@@ -271,7 +271,7 @@ def cmd_summary(args):
             new.append(sum(r["build"]["new_chunk_bytes"] for r in sel))
             reused.append(sum(r["build"]["reused_chunk_bytes"] for r in sel))
             counts.append(len(sel))
-        rates = [c / w / MB for c, w in zip(convs, walls) if w]
+        rates = [c / w / MB for c, w in zip(convs, walls) if w and c]
         return {"n": counts[0], "wall": med(walls), "wall_min": min(walls),
                 "wall_max": max(walls), "cpu": med(cpus), "conv": med(convs),
                 "rate": med(rates), "rate_min": min(rates, default=None),
@@ -309,7 +309,8 @@ def cmd_summary(args):
     L.append(f'- commit {m["commit"]}; {m["puzzle_version"]}; {m["casync_version"]}; '
              f'{m["umoci_version"]}')
     L.append(f'- machine: {m["cpu"]}, {m["nproc"]} CPUs, {m["mem_bytes"] / (1 << 30):.1f} GiB RAM, '
-             f'kernel {m["kernel"]}; work dir on {m["fs"]}')
+             f'kernel {m["kernel"]}')
+    L.append(f'- stores, trees and extract targets on {m["fs"]}')
     L.append(f'- load average (1/5/15 min) at start: {m["load_start"]}; at end: {m.get("load_end", "?")}')
     ph = m.get("phases", {})
     if ph:
@@ -339,6 +340,8 @@ def cmd_summary(args):
     L.append("## Build totals (per run: sum of bytes / sum of wall; then median over runs)\n")
     rows = []
     for label, t in totals:
+        if t["n"] == 0:
+            continue
         rng = ""
         if nruns > 1 and t["rate_min"] is not None:
             rng = f'{t["rate_min"]:,.0f}–{t["rate_max"]:,.0f}'
@@ -406,8 +409,9 @@ def cmd_summary(args):
                  "LAYOUT:TAG BUNDLE` from the corpus layout, same filesystem. Warm: one untimed "
                  "run of each first, so the store, the layout and the binaries are in the page "
                  "cache (caches are not dropped: this compares the tools, not the disk). Target "
-                 "removed and `sync` run before every timed run; tools alternate. "
-                 "+sync = the wall time of a `sync` right after (writeback of what was written). "
+                 "removed and the filesystem synced (`sync -f`) before every timed run; tools "
+                 "alternate. +sync = the wall time of a `sync -f` right after (writeback of what "
+                 "was written). "
                  f"Medians of {m['runs']} run(s).\n")
         names = []
         for r in extract:

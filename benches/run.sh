@@ -16,7 +16,10 @@
 #                     --locked -p puzzle, then target/release/puzzle)
 #   SKIP_CASYNC=1, SKIP_EXTRACT=1   leave a part out
 #   MOUNT=1           also run benches/mount.sh and include its table
-#   KEEP_WORK=1       keep OUT/work (stores, casync store) for inspection
+#   KEEP_WORK=1       keep OUT/work (the last store; the scratch fs stays mounted)
+#   SCRATCH=loop      write stores and trees to a fresh ext4 on a loop-mounted
+#                     sparse file of SCRATCH_SIZE (default 24G; it holds only
+#                     live data); SCRATCH=dir writes to OUT/work as it is
 #
 # Needs root (umoci unpack and puzzle extract recreate owners and device
 # nodes), the corpus (corpora/build.sh --small / --full) and the tools of
@@ -27,7 +30,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # The exact command, with the settings given in the environment.
 command_line=""
-for v in CORPUS RUNS OUT TAGS EXTRACT_TAGS PUZZLE_BIN SKIP_CASYNC SKIP_EXTRACT MOUNT KEEP_WORK; do
+for v in CORPUS RUNS OUT TAGS EXTRACT_TAGS PUZZLE_BIN SKIP_CASYNC SKIP_EXTRACT MOUNT KEEP_WORK SCRATCH SCRATCH_SIZE; do
     if [ -n "${!v:-}" ]; then command_line+="$v=$(printf '%q' "${!v}") "; fi
 done
 command_line+="benches/run.sh"
@@ -48,7 +51,7 @@ layout=$here/corpora/out/$corpus
 [ -f "$layout/index.json" ] || die "no corpus at $layout: run corpora/build.sh --$corpus"
 
 missing=()
-for t in umoci casync gnuplot jq python3 find du sync; do
+for t in umoci casync gnuplot jq python3 find du sync mkfs.ext4 mount findmnt; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 [ "${#missing[@]}" -eq 0 ] || die "missing: ${missing[*]}; run scripts/setup.sh (as root) to install them"
@@ -114,13 +117,18 @@ work=$OUT/work
 mkdir -p "$work"
 
 cleanup() {
-    # Anything mounted under the work dir (only MOUNT=1 mounts, and
-    # mount.sh unmounts on its own exit), then the work dir itself.
+    # Whatever is mounted under the work dir, deepest first (MOUNT=1's FUSE
+    # mount, which mount.sh also unmounts itself; the scratch filesystem),
+    # then the work dir itself.
+    if [ -n "${KEEP_WORK:-}" ]; then
+        echo "run.sh: KEEP_WORK: $work kept; when done: umount $work/fs; rm -rf $work" >&2
+        return
+    fi
     local m
-    findmnt -rn -o TARGET 2>/dev/null | while read -r m; do
-        case $m in "$work"/*) umount -l "$m" 2>/dev/null || true ;; esac
+    findmnt -rn -o TARGET 2>/dev/null | grep "^$work/" | sort -r | while read -r m; do
+        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
-    if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$work"; fi
+    rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -128,10 +136,48 @@ trap 'exit 143' TERM
 
 exec > >(tee "$OUT/run.log") 2>&1
 
+# --- scratch filesystem ------------------------------------------------------
+# Stores, unpacked trees, the casync store and extract targets go to a fresh
+# ext4 (mkfs.ext4 defaults, so with a journal) on a sparse file mounted with
+# a loop device, unless SCRATCH=dir (then OUT/work itself). The reason: on an
+# ext4 *without* a journal, as the root filesystem of the VMs this was
+# written on, allocating an inode skips every inode freed in the last minute
+# or more and reads its inode-table block to find out (ext4's
+# recently_deleted()). Right after a 150 MB tree is removed, the next extract
+# then spends seconds of system time there, whichever tool runs: `puzzle
+# extract` of django-5.0.8 took 0.6 s on a fresh journaled ext4 and 3-10 s
+# on that root filesystem after a delete, umoci likewise. A fresh
+# filesystem also keeps other users' deletes out of the figures.
+SCRATCH=${SCRATCH:-loop}
+case $SCRATCH in
+    loop)
+        w=$work/fs
+        mkdir -p "$w"
+        truncate -s "${SCRATCH_SIZE:-24G}" "$work/scratch.img"
+        # Inode tables and journal written now, not by a background thread
+        # during the measurements.
+        mkfs.ext4 -q -F -m 0 -i 32768 -E lazy_itable_init=0,lazy_journal_init=0 "$work/scratch.img"
+        # discard: freed blocks are punched out of the sparse file, so it
+        # holds only live data.
+        mount -o loop,discard "$work/scratch.img" "$w"
+        ;;
+    dir) w=$work ;;
+    *) die "SCRATCH must be loop or dir, not '$SCRATCH'" ;;
+esac
+scratch_fs() { # what the measurements write to
+    local under
+    under=$(df -T "$OUT" | awk 'NR == 2 {print $2 " (" $1 ")"}')
+    if [ "$SCRATCH" = loop ]; then
+        echo "a fresh ext4 on a loop-mounted ${SCRATCH_SIZE:-24G} sparse file on $under"
+    else
+        echo "$under, in $w"
+    fi
+}
+
 # timed RUSAGE_JSON CMD...: run CMD; wall/user/sys/peak RSS go to RUSAGE_JSON
 timed() { "$py" "$report" time "$1" -- "${@:2}"; }
 # quiet CMD...: run CMD with its stderr kept aside; show it only if CMD fails
-quiet() { if ! "$@" 2>"$work/stderr"; then cat "$work/stderr" >&2; return 1; fi; }
+quiet() { if ! "$@" 2>"$w/stderr"; then cat "$w/stderr" >&2; return 1; fi; }
 # fbytes DIR...: sum of the sizes of the regular files under DIR
 fbytes() { find "$@" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }
 # dub DIR: disk usage in bytes (allocated blocks, directories included)
@@ -152,7 +198,7 @@ jq -n \
     --argjson nproc "$(nproc)" \
     --argjson mem_bytes "$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)" \
     --arg kernel "$(uname -r)" \
-    --arg fs "$(df -T "$work" | awk 'NR == 2 {print $2 " (" $1 ")"}')" \
+    --arg fs "$(scratch_fs)" \
     --arg load_start "$(loadavg)" \
     --argjson tags "$(printf '%s\n' "${tags[@]}" | jq -R . | jq -s .)" \
     --argjson extract_tags "$(printf '%s\n' "${extract_tags[@]}" | jq -R . | jq -s .)" \
@@ -178,7 +224,7 @@ find "$layout/blobs" -type f -exec cat {} + >/dev/null
 "$py" "$report" layers "$layout" "${tags[@]}" >"$OUT/raw/layers.csv"
 
 # --- 1. builds, RUNS times into a fresh store each --------------------------
-store=$work/store
+store=$w/store
 t0=$(date +%s.%N)
 for run in $(seq "$RUNS"); do
     rm -rf "$store"
@@ -187,12 +233,12 @@ for run in $(seq "$RUNS"); do
     i=0
     for tag in "${tags[@]}"; do
         i=$((i + 1))
-        timed "$work/ru.json" "$bin" --store "$store" build "oci:$layout:$tag" --tag "$tag" \
-            --json --no-progress >"$work/build.json"
-        "$bin" --store "$store" stats --json >"$work/stats.json"
+        timed "$w/ru.json" "$bin" --store "$store" build "oci:$layout:$tag" --tag "$tag" \
+            --json --no-progress >"$w/build.json"
+        "$bin" --store "$store" stats --json >"$w/stats.json"
         jq -nc --argjson run "$run" --argjson seq "$i" --arg image "$tag" \
-            --slurpfile ru "$work/ru.json" --slurpfile b "$work/build.json" \
-            --slurpfile st "$work/stats.json" \
+            --slurpfile ru "$w/ru.json" --slurpfile b "$w/build.json" \
+            --slurpfile st "$w/stats.json" \
             --argjson blobs "$(fbytes "$store/blobs")" --argjson index "$(fbytes "$store/index")" \
             --argjson all "$(fbytes "$store")" --argjson blobs_du "$(dub "$store/blobs")" \
             --argjson store_du "$(dub "$store")" \
@@ -211,17 +257,17 @@ say "builds done in $(secs_since "$t0") s"
 # --- 2. casync: one run (its store is deterministic) ------------------------
 if [ -z "${SKIP_CASYNC:-}" ]; then
     t0=$(date +%s.%N)
-    castr=$work/castr caidx=$work/caidx bundle=$work/bundle
+    castr=$w/castr caidx=$w/caidx bundle=$w/bundle
     mkdir -p "$castr" "$caidx"
     : >"$OUT/raw/casync.jsonl"
     i=0
     for tag in "${tags[@]}"; do
         i=$((i + 1))
         rm -rf "$bundle"
-        quiet timed "$work/ru-unpack.json" umoci unpack --image "$layout:$tag" "$bundle" >/dev/null
-        timed "$work/ru-make.json" casync make --store="$castr" "$caidx/$tag.caidx" "$bundle/rootfs" >/dev/null
+        quiet timed "$w/ru-unpack.json" umoci unpack --image "$layout:$tag" "$bundle" >/dev/null
+        timed "$w/ru-make.json" casync make --store="$castr" "$caidx/$tag.caidx" "$bundle/rootfs" >/dev/null
         jq -nc --argjson seq "$i" --arg image "$tag" \
-            --slurpfile unpack "$work/ru-unpack.json" --slurpfile make "$work/ru-make.json" \
+            --slurpfile unpack "$w/ru-unpack.json" --slurpfile make "$w/ru-make.json" \
             --argjson tree "$(fbytes "$bundle/rootfs")" --argjson chunks "$(find "$castr" -type f | wc -l)" \
             --argjson chunk_bytes "$(fbytes "$castr")" --argjson caidx_bytes "$(fbytes "$caidx")" \
             --argjson store_du "$(dub "$castr")" \
@@ -240,7 +286,7 @@ fi
 # --- 3. extract, warm: puzzle extract (last run's store) vs umoci unpack ----
 if [ -z "${SKIP_EXTRACT:-}" ]; then
     t0=$(date +%s.%N)
-    x=$work/x
+    x=$w/x
     : >"$OUT/raw/extract.jsonl"
     extract_once() { # extract_once TOOL TAG RUSAGE_JSON
         case $1 in
@@ -251,18 +297,18 @@ if [ -z "${SKIP_EXTRACT:-}" ]; then
     for tag in "${extract_tags[@]}"; do
         for tool in puzzle umoci; do # warm-up, not recorded
             rm -rf "$x"
-            extract_once "$tool" "$tag" "$work/ru.json"
+            extract_once "$tool" "$tag" "$w/ru.json"
         done
         for run in $(seq "$RUNS"); do
             for tool in puzzle umoci; do
                 rm -rf "$x"
-                sync
-                extract_once "$tool" "$tag" "$work/ru.json"
-                timed "$work/ru-sync.json" sync
+                sync -f "$w"
+                extract_once "$tool" "$tag" "$w/ru.json"
+                timed "$w/ru-sync.json" sync -f "$w"
                 root=$x
                 [ "$tool" = umoci ] && root=$x/rootfs
                 jq -nc --arg tool "$tool" --arg image "$tag" --argjson run "$run" \
-                    --slurpfile ru "$work/ru.json" --slurpfile sy "$work/ru-sync.json" \
+                    --slurpfile ru "$w/ru.json" --slurpfile sy "$w/ru-sync.json" \
                     --argjson tree "$(fbytes "$root")" \
                     '{tool: $tool, image: $image, run: $run, rusage: $ru[0], sync: $sy[0],
                       tree_bytes: $tree}' >>"$OUT/raw/extract.jsonl"
@@ -281,7 +327,7 @@ rm -rf "$store"
 if [ -n "${MOUNT:-}" ]; then
     t0=$(date +%s.%N)
     say "running benches/mount.sh (MOUNT=1)"
-    PUZZLE_BIN=$bin RUNS=$RUNS "$here/benches/mount.sh" "$work/mount" >"$OUT/mount.md"
+    PUZZLE_BIN=$bin RUNS=$RUNS "$here/benches/mount.sh" "$w/mount" >"$OUT/mount.md"
     set_machine '.mount_results = "mount.md"'
     phase_done mount "$t0"
 fi
