@@ -11,7 +11,9 @@ if (!exists("ttl")) ttl = 'store size vs images added'
 set title ttl noenhanced
 set xlabel 'images added (in build order)'
 set ylabel 'MB (1e6 bytes)'
-set key bottom right noenhanced box opaque
+set key top left noenhanced box opaque
+# headroom above the highest line for the key
+set offsets 0, 0, graph 0.35, 0
 set grid ytics
 set xtics rotate by 60 right font ',8' noenhanced
 set yrange [0:*]

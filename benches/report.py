@@ -412,6 +412,8 @@ def cmd_summary(args):
                  "removed and the filesystem synced (`sync -f`) before every timed run; tools "
                  "alternate. +sync = the wall time of a `sync -f` right after (writeback of what "
                  "was written). "
+                 "tree MB = sum of the regular files' sizes in the extracted tree (a hard-linked "
+                 "file counted once per name). "
                  f"Medians of {m['runs']} run(s).\n")
         names = []
         for r in extract:
@@ -430,7 +432,7 @@ def cmd_summary(args):
             tb = med([r.get("tree_bytes") for r in extract if r["image"] == n and r["tool"] == "puzzle"])
             rows.append([f"`{n}`", f_mb(tb), f_s(pw), f_s(pc), f_s(ps), f_s(uw), f_s(uc), f_s(us),
                          f_ratio(pw, uw), f_ratio(pw + ps, uw + us)])
-        L.append(table(["image", "files MB", "puzzle s", "puzzle CPU s", "+sync s", "umoci s",
+        L.append(table(["image", "tree MB", "puzzle s", "puzzle CPU s", "+sync s", "umoci s",
                         "umoci CPU s", "+sync s", "puzzle/umoci", "incl. sync"], rows, left=1))
     else:
         L.append("Not run (SKIP_EXTRACT).")

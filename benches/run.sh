@@ -57,15 +57,6 @@ done
 [ "${#missing[@]}" -eq 0 ] || die "missing: ${missing[*]}; run scripts/setup.sh (as root) to install them"
 py=$(command -v python3)
 
-if [ -n "${PUZZLE_BIN:-}" ]; then
-    bin=$PUZZLE_BIN
-else
-    say "cargo build --release --locked -p puzzle"
-    (cd "$here" && cargo build --release --locked -p puzzle --quiet)
-    bin=$here/target/release/puzzle
-fi
-[ -x "$bin" ] || die "no puzzle binary at $bin"
-
 # --- the images, in build order ----------------------------------------------
 # Deterministic images first, in the corpus's series order (its index.json:
 # base, python3, nodejs, build-essential, django 5.0.4..5.0.8, the 5.0.8
@@ -104,6 +95,8 @@ done
 
 # --- results directory -----------------------------------------------------
 marker=.puzzle-bench-run
+under_out() { findmnt -rn -o TARGET 2>/dev/null | awk -v p="$1/" 'index($0, p) == 1'; }
+[ -z "$(under_out "$OUT")" ] || die "something is mounted under $OUT (a KEEP_WORK run?): umount it first"
 if [ -e "$OUT" ]; then
     if [ -f "$OUT/$marker" ]; then
         rm -rf "${OUT:?}"
@@ -111,6 +104,14 @@ if [ -e "$OUT" ]; then
         die "$OUT exists and does not hold an earlier run's results; set OUT to another directory"
     fi
 fi
+if [ -n "${PUZZLE_BIN:-}" ]; then
+    bin=$PUZZLE_BIN
+else
+    say "cargo build --release --locked -p puzzle"
+    (cd "$here" && cargo build --release --locked -p puzzle --quiet)
+    bin=$here/target/release/puzzle
+fi
+[ -x "$bin" ] || die "no puzzle binary at $bin"
 mkdir -p "$OUT/raw"
 touch "$OUT/$marker"
 work=$OUT/work
@@ -125,14 +126,14 @@ cleanup() {
         return
     fi
     local m
-    findmnt -rn -o TARGET 2>/dev/null | grep "^$work/" | sort -r | while read -r m; do
+    under_out "$work" | sort -r | while read -r m; do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     rm -rf "$work"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT
+trap 'echo "run.sh: terminated" >&2; exit 143' TERM
 
 exec > >(tee "$OUT/run.log") 2>&1
 
@@ -321,7 +322,7 @@ if [ -z "${SKIP_EXTRACT:-}" ]; then
     phase_done extract "$t0"
     say "extract done in $(secs_since "$t0") s"
 fi
-rm -rf "$store"
+[ -n "${KEEP_WORK:-}" ] || rm -rf "$store"
 
 # --- 4. mount: only when asked ------------------------------------------------
 if [ -n "${MOUNT:-}" ]; then
