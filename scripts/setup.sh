@@ -14,7 +14,10 @@ export DEBIAN_FRONTEND=noninteractive
 #   ca-certificates   TLS to the package registries
 #   python3           corpora/layerdiff.py (standard library only)
 #   chromium chromium-driver  the `puzzle stats --html` test opens the page headless
-PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3 chromium chromium-driver)
+#   casync            the store-size baseline in benches/run.sh
+#   gnuplot-nox       the store-size plot of benches/run.sh
+PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3 chromium chromium-driver
+      casync gnuplot-nox)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
