@@ -8,6 +8,7 @@
 //! symlink).
 
 use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 
 use puzzle_chunker::ChunkId;
 use serde::{Deserialize, Serialize};
@@ -134,13 +135,24 @@ pub struct Layer {
 
 /// 2: files carry their content digest.
 /// 3: links into lower layers are [`LayerEntry::LowerLink`].
-const LAYER_RECORD_VERSION: u8 = 3;
+/// 4: the postcard bytes are one zstd frame (level 1).
+const LAYER_RECORD_VERSION: u8 = 4;
+
+/// Largest decompressed layer record accepted (a layer of millions of files
+/// stays far below it).
+const MAX_RECORD: usize = 1 << 30;
 
 impl Layer {
-    /// Serialized form kept in the index's layer cache.
+    /// Serialized form kept in the index's layer cache: a version byte, then
+    /// the postcard encoding compressed with zstd (records repeat paths and
+    /// chunk ids; compressed they take about a quarter of the space in the
+    /// index).
     pub fn to_record(&self) -> Vec<u8> {
+        let plain = postcard::to_stdvec(self).expect("layer serializes");
         let mut out = vec![LAYER_RECORD_VERSION];
-        postcard::to_io(self, &mut out).expect("layer serializes");
+        let mut enc = zstd::stream::Encoder::new(&mut out, 1).expect("zstd encoder");
+        enc.write_all(&plain).expect("writes to memory");
+        enc.finish().expect("writes to memory");
         out
     }
 
@@ -151,7 +163,16 @@ impl Layer {
         };
         match bytes.split_first() {
             Some((&LAYER_RECORD_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| bad(e.to_string()))
+                let mut plain = Vec::new();
+                zstd::stream::Decoder::new(rest)
+                    .map_err(|e| bad(format!("zstd: {e}")))?
+                    .take(MAX_RECORD as u64 + 1)
+                    .read_to_end(&mut plain)
+                    .map_err(|e| bad(format!("zstd: {e}")))?;
+                if plain.len() > MAX_RECORD {
+                    return Err(bad("over 1 GiB decompressed".into()));
+                }
+                postcard::from_bytes(&plain).map_err(|e| bad(e.to_string()))
             }
             Some((v, _)) => Err(bad(format!("unknown version {v}"))),
             None => Err(bad("empty".into())),
@@ -717,6 +738,14 @@ mod tests {
         let mut old = l.to_record();
         old[0] = 2;
         assert!(Layer::from_record(&old).is_err());
+        // A version-3 record (plain postcard) is refused too.
+        let mut v3 = vec![3];
+        v3.extend(postcard::to_stdvec(&l).unwrap());
+        assert!(Layer::from_record(&v3).is_err());
         assert!(Layer::from_record(&[]).is_err());
+        // A damaged frame is an error, not a panic.
+        let mut cut = l.to_record();
+        cut.truncate(cut.len() - 3);
+        assert!(Layer::from_record(&cut).is_err());
     }
 }
