@@ -102,9 +102,15 @@ impl FromStr for ChunkId {
     }
 }
 
+/// In human-readable formats (JSON) a chunk id is its 64 hex characters; in
+/// binary formats (the index's postcard layer records) its 32 bytes.
 impl serde::Serialize for ChunkId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.hex().as_str())
+        if serializer.is_human_readable() {
+            serializer.serialize_str(self.hex().as_str())
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -114,13 +120,23 @@ impl<'de> serde::Deserialize<'de> for ChunkId {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = ChunkId;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a chunk id as 64 hex characters")
+                f.write_str("a chunk id as 64 hex characters or 32 bytes")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ChunkId, E> {
                 v.parse().map_err(E::custom)
             }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ChunkId, E> {
+                let bytes: [u8; 32] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &"32 bytes"))?;
+                Ok(ChunkId(bytes))
+            }
         }
-        deserializer.deserialize_str(Visitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visitor)
+        } else {
+            deserializer.deserialize_bytes(Visitor)
+        }
     }
 }
 
@@ -214,6 +230,29 @@ mod tests {
         let back: Vec<ChunkId> =
             serde_json::from_str(&serde_json::to_string(&ids).unwrap()).unwrap();
         assert_eq!(back, ids);
+    }
+
+    #[test]
+    fn binary_formats_carry_the_32_bytes() {
+        let id = ChunkId::of(b"abc");
+        let bytes = postcard::to_stdvec(&id).unwrap();
+        // A length byte, then the id itself: not 64 hex characters.
+        assert_eq!(bytes.len(), 33);
+        assert_eq!(&bytes[1..], id.as_bytes());
+        assert_eq!(postcard::from_bytes::<ChunkId>(&bytes).unwrap(), id);
+        let ids = vec![ChunkId::of(b"x"), ChunkId::of(b"y")];
+        let back: Vec<ChunkId> = postcard::from_bytes(&postcard::to_stdvec(&ids).unwrap()).unwrap();
+        assert_eq!(back, ids);
+        // Wrong lengths are errors.
+        assert!(postcard::from_bytes::<ChunkId>(&serde_bytes_of(&[1u8; 31])).is_err());
+        assert!(postcard::from_bytes::<ChunkId>(&serde_bytes_of(&[1u8; 33])).is_err());
+    }
+
+    /// A byte string in postcard's form, for the length test.
+    fn serde_bytes_of(b: &[u8]) -> Vec<u8> {
+        let mut v = vec![b.len() as u8];
+        v.extend_from_slice(b);
+        v
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl ChunkIndex {
             .path(&path)
             // Keep the page cache small: peak RSS of a build must stay bounded.
             .cache_capacity(32 << 20)
+            // Writers flush when they commit; no background flusher.
+            .flush_every_ms(None)
             .open()
             .map_err(|source| Error::Index {
                 path: path.clone(),
