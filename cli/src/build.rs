@@ -172,7 +172,16 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                     if k >= to_read.len() || stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    let res = read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading);
+                    // A panic is reported through the slot, so the chunking
+                    // thread never waits for a layer that will not come.
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(puzzle_oci::Error::Invalid(
+                            "reading the layer panicked (a bug)".into(),
+                        ))
+                    });
                     let _ = slots[k].0.send(res);
                 }
             });
