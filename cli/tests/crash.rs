@@ -10,31 +10,18 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use puzzle_testkit::SplitMix;
+
 use crate::lifecycle::{pack_payload, verify_ok};
 use crate::util::*;
 
 /// splitmix64: enough randomness for kill delays, reproducible by seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("PUZZLE_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5eed_0006);
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
+fn rng() -> SplitMix {
+    let seed = std::env::var("PUZZLE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0006);
+    SplitMix(seed)
 }
 
 fn points() -> usize {
@@ -105,7 +92,7 @@ fn build_killed_anywhere_leaves_a_valid_store_and_reruns_identically() {
     let started = Instant::now();
     let want = build(&reference, &src, "django");
     let full = started.elapsed();
-    let mut rng = Rng::new();
+    let mut rng = rng();
     let n = points();
     let mut finished = 0;
     for i in 0..n.div_ceil(2) {
@@ -160,7 +147,7 @@ fn gc_killed_anywhere_leaves_a_valid_store_and_reruns_identically() {
     let x_ref = t.join("x-ref");
     extract(&reference, "django-5.0.8", &x_ref);
 
-    let mut rng = Rng::new();
+    let mut rng = rng();
     let n = points();
     let store = t.join("s");
     for _ in 0..n.div_ceil(2) {

@@ -1,10 +1,11 @@
 //! Seeded, compressible inputs for benchmarks and tests.
 
-/// splitmix64, the same stream [`pseudo_random`](crate::pseudo_random) writes out.
-struct SplitMix(u64);
+/// splitmix64 from a seed: the stream [`pseudo_random`](crate::pseudo_random)
+/// writes out, and reproducible randomness for tests (kill delays, picks).
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -12,9 +13,14 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Uniform in `0..n` (multiply-shift; the bias is far below what matters here).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 
     /// In `0..n`, skewed towards 0 like word frequencies (the square of a uniform).
@@ -96,7 +102,7 @@ mod tests {
     #[test]
     fn splitmix_matches_pseudo_random() {
         let mut rng = SplitMix(5);
-        let words: Vec<u8> = (0..4).flat_map(|_| rng.next().to_le_bytes()).collect();
+        let words: Vec<u8> = (0..4).flat_map(|_| rng.next_u64().to_le_bytes()).collect();
         assert_eq!(words, crate::pseudo_random(5, 32));
     }
 }

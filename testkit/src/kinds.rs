@@ -6,15 +6,10 @@ use crate::image::{Compression, Image};
 
 /// Deterministic, non-repeating bytes (splitmix64 stream from `seed`).
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed;
+    let mut rng = crate::SplitMix(seed);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
     out

@@ -35,7 +35,7 @@ pub mod raw;
 mod tools;
 
 pub use compare::{compare_trees, show_bytes, CompareOpts, Difference, Differences, Field};
-pub use data::text_like;
+pub use data::{text_like, SplitMix};
 pub use entry::{layer_tar, layer_tar_gnu, layer_tar_with, Entry, Kind, LongNames, DEFAULT_MTIME};
 pub use image::{
     sha256_digest, Compression, Image, Written, CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE,
