@@ -22,34 +22,22 @@ fn src(corpus: &Path, tag: &str) -> String {
 
 /// Uncompressed sizes of `tag`'s layers, by `gzip -dc` (not our decoder).
 fn layer_tar_sizes(corpus: &Path, tag: &str) -> Vec<u64> {
-    let json = |digest: &str| -> serde_json::Value {
+    let blob = |digest: &str| {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        let path = corpus.join("blobs/sha256").join(hex);
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        corpus.join("blobs/sha256").join(hex)
     };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let manifest = json(desc["digest"].as_str().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&corpus_manifest(corpus, tag))).unwrap())
+            .unwrap();
     manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            let hex = l["digest"]
-                .as_str()
-                .unwrap()
-                .strip_prefix("sha256:")
-                .unwrap();
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg("gzip -dc \"$0\" | wc -c")
-                .arg(corpus.join("blobs/sha256").join(hex))
+                .arg(blob(l["digest"].as_str().unwrap()))
                 .output()
                 .unwrap();
             assert!(out.status.success());

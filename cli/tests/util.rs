@@ -164,6 +164,20 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     }
 }
 
+/// The manifest digest (`sha256:...`) tagged `tag` in the OCI layout `corpus`.
+pub fn corpus_manifest(corpus: &Path, tag: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"][puzzle_testkit::REF_NAME] == tag)
+        .and_then(|m| m["digest"].as_str())
+        .unwrap_or_else(|| panic!("no {tag} in the corpus"))
+        .to_string()
+}
+
 /// The rootfs `umoci unpack` gives for corpus image `tag`, unpacked once per
 /// corpus manifest digest and kept under the cargo target tmp dir (umoci
 /// takes seconds per image; several tests compare against the same images).
@@ -174,16 +188,7 @@ pub fn umoci_rootfs(corpus: &Path, tag: &str) -> Option<PathBuf> {
     if !have("umoci") {
         return None;
     }
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(corpus.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .and_then(|m| m["digest"].as_str())
-        .unwrap_or_else(|| panic!("no {tag} in the corpus"))
-        .replace(':', "-");
+    let digest = corpus_manifest(corpus, tag).replace(':', "-");
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("umoci-cache");
     let done = cache.join(format!("{digest}.done"));
