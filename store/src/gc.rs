@@ -15,8 +15,9 @@
 //!    chunk table pointing at the new places) and a new manifest;
 //! 4. `index.json` is rewritten once, pointing those tags at the new manifests;
 //! 5. pins are read again: a manifest pinned since step 0 keeps its blobs;
-//! 6. the index is cut down to the packs that stay, and layer records naming
-//!    a chunk no longer indexed are dropped (flushed);
+//! 6. layer records that would name a chunk no longer indexed are dropped
+//!    (flushed), then the index is cut down to the packs that stay (flushed):
+//!    a record never outlives a chunk it names;
 //! 7. only then every blob no root reaches is deleted.
 //!
 //! Killed at any point, the store stays valid: until step 4 the old images
@@ -237,7 +238,7 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
                         rec.loc
                     })
                 })?;
-                let (desc, md, _) = write_image(store, &bytes, r.config.clone())?;
+                let (desc, md, _) = write_image(store, &bytes, r.config.clone(), None)?;
                 report.bytes_written += desc.size + md.size;
                 moved_manifests.insert(r.manifest, desc);
             }
@@ -311,24 +312,28 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
     if opts.dry_run {
         return Ok(report);
     }
-    for id in &gone {
-        index.remove_chunk(id)?;
-    }
-    // A chunk whose indexed pack goes may still be in a pack that stays.
+    // Layer records that would name a chunk no longer indexed go first, in
+    // a flush of their own: a build takes a record's chunks as stored
+    // without looking each one up, so no record may outlive its chunks, not
+    // even across a crash between the two flushes.
+    let mut readded: HashSet<ChunkId> = HashSet::new();
     for (p, chunks) in &live {
         if keep.contains(p) {
-            for (id, loc) in chunks {
-                index.add_if_missing(id, loc)?;
-            }
+            readded.extend(chunks.keys().copied());
         }
     }
+    let leaving: HashSet<ChunkId> = gone
+        .iter()
+        .filter(|id| !readded.contains(id))
+        .copied()
+        .collect();
     for diff_id in index.layer_ids()? {
         let ok = match index.layer(&diff_id)? {
             Some(rec) => match Layer::from_record(&rec) {
                 Ok(layer) => {
                     let mut all = true;
                     for id in layer.chunks() {
-                        if !index.has(id)? {
+                        if leaving.contains(id) || !index.has(id)? {
                             all = false;
                             break;
                         }
@@ -342,6 +347,18 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         if !ok {
             index.remove_layer(&diff_id)?;
             report.layer_records_removed += 1;
+        }
+    }
+    index.flush()?;
+    for id in &gone {
+        index.remove_chunk(id)?;
+    }
+    // A chunk whose indexed pack goes may still be in a pack that stays.
+    for (p, chunks) in &live {
+        if keep.contains(p) {
+            for (id, loc) in chunks {
+                index.add_if_missing(id, loc)?;
+            }
         }
     }
     index.flush()?;

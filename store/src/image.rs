@@ -36,9 +36,12 @@ pub fn commit(
     let meta_bytes = meta::encode(tree, source, |id| {
         index.get(id)?.ok_or(Error::ChunkNotFound(*id))
     })?;
-    let config_digest = store.write_blob(config_bytes)?;
-    let config = Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config_bytes.len() as u64);
-    let (desc, metadata, packs) = write_image(store, &meta_bytes, config)?;
+    let config = Descriptor::new(
+        MEDIA_TYPE_CONFIG,
+        BlobDigest::of(config_bytes),
+        config_bytes.len() as u64,
+    );
+    let (desc, metadata, packs) = write_image(store, &meta_bytes, config, Some(config_bytes))?;
     store.set_tag(name, &desc)?;
     Ok(Committed {
         manifest: desc,
@@ -48,14 +51,16 @@ pub fn commit(
 }
 
 /// Writes a metadata blob and the manifest naming it, the packs it uses and
-/// `config` (already stored). Packs must be durable. Returns the manifest
+/// `config` (stored already, or written here from `config_bytes`), durably
+/// and with one directory fsync. Packs must be durable. Returns the manifest
 /// and metadata descriptors and the number of packs. Tags nothing.
 pub fn write_image(
     store: &Store,
     meta_bytes: &[u8],
     config: Descriptor,
+    config_bytes: Option<&[u8]>,
 ) -> Result<(Descriptor, Descriptor, usize)> {
-    let meta_digest = store.write_blob(meta_bytes)?;
+    let meta_digest = BlobDigest::of(meta_bytes);
     let metadata = Descriptor::new(MEDIA_TYPE_METADATA, meta_digest, meta_bytes.len() as u64);
     let view = MetaBlob::open(meta_bytes)?;
     let mut layers = vec![metadata.clone()];
@@ -79,7 +84,9 @@ pub fn write_image(
         annotations,
     };
     let bytes = manifest.to_bytes();
-    let digest = store.write_blob(&bytes)?;
+    let mut blobs: Vec<&[u8]> = config_bytes.into_iter().collect();
+    blobs.extend([meta_bytes, &bytes[..]]);
+    let digest = *store.write_blobs(&blobs)?.last().expect("the manifest");
     let desc = Descriptor::new(MEDIA_TYPE_MANIFEST, digest, bytes.len() as u64);
     Ok((desc, metadata, packs))
 }

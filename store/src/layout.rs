@@ -429,14 +429,36 @@ impl Store {
     /// Writes a blob durably (temp file, fsync, rename, fsync dir) and returns its digest.
     /// A blob that already exists is not written again.
     pub fn write_blob(&self, bytes: &[u8]) -> Result<BlobDigest> {
-        let d = BlobDigest::of(bytes);
-        if self.has_blob(&d) {
-            return Ok(d);
+        Ok(self.write_blobs(&[bytes])?[0])
+    }
+
+    /// Stores several blobs durably (those not stored yet): each written and
+    /// fsynced, then all renamed into `blobs/` and the directory fsynced once.
+    /// Their digests, in order.
+    pub fn write_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<BlobDigest>> {
+        let digests: Vec<BlobDigest> = blobs.iter().map(|b| BlobDigest::of(b)).collect();
+        let mut written = Vec::new();
+        for (bytes, d) in blobs.iter().zip(&digests) {
+            if self.has_blob(d) || written.iter().any(|(_, w)| w == d) {
+                continue;
+            }
+            let mut tmp = self.temp_file()?;
+            tmp.write_all(bytes).at(tmp.path())?;
+            tmp.as_file().sync_all().at(tmp.path())?;
+            written.push((tmp, *d));
         }
-        let mut tmp = self.temp_file()?;
-        tmp.write_all(bytes).at(tmp.path())?;
-        self.persist_blob(tmp, &d)?;
-        Ok(d)
+        if written.is_empty() {
+            return Ok(digests);
+        }
+        for (tmp, d) in written {
+            let dest = self.blob_path(&d);
+            tmp.persist(&dest).map_err(|e| Error::Io {
+                path: dest.clone(),
+                source: e.error,
+            })?;
+        }
+        sync_dir(&self.root.join("blobs/sha256"))?;
+        Ok(digests)
     }
 
     /// A new temp file in `tmp/`, removed if dropped before [`Store::persist_blob`].

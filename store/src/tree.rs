@@ -268,6 +268,10 @@ impl Default for Tree {
     }
 }
 
+/// The directory [`Tree::parent_dir`] found last while a layer is applied:
+/// its path and inode.
+type LastParent = Option<(Vec<u8>, usize)>;
+
 /// Metadata of directories a layer implies but does not list.
 fn implicit_dir_meta() -> Meta {
     Meta {
@@ -317,11 +321,16 @@ impl Tree {
     /// The directory that will hold `path`, creating missing directories.
     /// A parent that is a symlink or not a directory is an error: nothing is
     /// ever written through a symlink.
-    fn parent_dir(&mut self, path: &[u8]) -> Result<usize> {
+    fn parent_dir(&mut self, path: &[u8], last: &mut LastParent) -> Result<usize> {
         let (parent, _) = split_parent(path);
         let mut ino = Self::ROOT;
         if parent.is_empty() {
             return Ok(ino);
+        }
+        if let Some((p, dir)) = last {
+            if p.as_slice() == parent {
+                return Ok(*dir);
+            }
         }
         let mut walked = 0usize;
         for comp in parent.split(|&b| b == b'/') {
@@ -356,6 +365,7 @@ impl Tree {
                 }
             };
         }
+        *last = Some((parent.to_vec(), ino));
         Ok(ino)
     }
 
@@ -390,26 +400,30 @@ impl Tree {
                 }
             }
         }
-        // Sorted paths put every parent before its children.
+        // Sorted paths put every parent before its children, and siblings
+        // one after another: the last parent found is looked at first. (A
+        // put replaces only the node at its path, never the parent it found.)
+        let mut last = None;
         for e in &layer.entries {
             if let LayerEntry::Node { path, node, meta } = e {
-                self.put(path, node, meta)?;
+                self.put(path, node, meta, &mut last)?;
             }
         }
+        // Links may replace a directory: no parent is taken as found there.
         for (path, ino) in lower_links {
-            self.link_inode(path, ino)?;
+            self.link_inode(path, ino, &mut None)?;
         }
         // Links within the layer last: their targets may sort after them.
         for e in &layer.entries {
             if let LayerEntry::HardLink { path, target } = e {
                 let ino = self.link_target(path, target)?;
-                self.link_inode(path, ino)?;
+                self.link_inode(path, ino, &mut None)?;
             }
         }
         Ok(())
     }
 
-    fn put(&mut self, path: &[u8], node: &Node, meta: &Meta) -> Result<()> {
+    fn put(&mut self, path: &[u8], node: &Node, meta: &Meta, last: &mut LastParent) -> Result<()> {
         if path.is_empty() {
             if !node.is_dir() {
                 return Err(bad_entry(path, "the root must be a directory".into()));
@@ -417,7 +431,7 @@ impl Tree {
             self.inodes[Self::ROOT].meta = meta.clone();
             return Ok(());
         }
-        let dir = self.parent_dir(path)?;
+        let dir = self.parent_dir(path, last)?;
         let (_, name) = split_parent(path);
         let existing = self.children(dir).and_then(|c| c.get(name).copied());
         if let (Some(old), Node::Dir) = (existing, node) {
@@ -476,8 +490,8 @@ impl Tree {
         Ok(t)
     }
 
-    fn link_inode(&mut self, path: &[u8], t: usize) -> Result<()> {
-        let dir = self.parent_dir(path)?;
+    fn link_inode(&mut self, path: &[u8], t: usize, last: &mut LastParent) -> Result<()> {
+        let dir = self.parent_dir(path, last)?;
         let (_, name) = split_parent(path);
         self.children_mut(dir)
             .expect("parent is a dir")
@@ -711,6 +725,26 @@ mod tests {
         let mut t = Tree::new();
         t.apply(&layer(vec![file("f", 1)], &[], &[])).unwrap();
         assert!(t.apply(&layer(vec![file("f/x", 1)], &[], &[])).is_err());
+    }
+
+    #[test]
+    fn a_directory_replaced_is_no_parent_any_more() {
+        // Entries out of sorted order (no spooled layer has them so, a
+        // record could): the parent found for a/b/x must not serve a/b/y
+        // after a/b became a file.
+        let unsorted = Layer {
+            entries: vec![file("a/b/x", 1), file("a/b", 2), file("a/b/y", 3)],
+            whiteouts: Vec::new(),
+            opaques: Vec::new(),
+        };
+        let err = Tree::new().apply(&unsorted).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        // Sorted siblings share their parent.
+        let mut t = Tree::new();
+        let siblings = (0..50).map(|i| file(&format!("d/e/f{i:02}"), i)).collect();
+        t.apply(&layer(siblings, &[], &[])).unwrap();
+        assert_eq!(size(&t, "d/e/f07"), Some(7));
+        assert_eq!(t.children(t.lookup(b"d/e").unwrap()).unwrap().len(), 50);
     }
 
     #[test]
