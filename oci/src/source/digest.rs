@@ -125,11 +125,6 @@ impl VerifyingReader {
         }
     }
 
-    /// Bytes read from the blob so far.
-    pub(crate) fn count(&self) -> u64 {
-        self.count
-    }
-
     fn verdict_error(&self, v: &Verdict) -> Error {
         match v {
             Verdict::Ok => Error::Invalid(format!("{}: internal verdict error", self.what)),
@@ -150,20 +145,6 @@ impl VerifyingReader {
         match &self.verdict {
             None | Some(Verdict::Ok) => Ok(0),
             Some(v) => Err(self.verdict_error(v).into()),
-        }
-    }
-
-    /// Reads to EOF (bypassing any buffering above this reader) and returns the
-    /// verdict. Used once a decoder has stopped before the end of the blob.
-    pub(crate) fn drain(&mut self) -> io::Result<()> {
-        let mut scratch = vec![0u8; 64 * 1024];
-        loop {
-            match self.read(&mut scratch) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
         }
     }
 }

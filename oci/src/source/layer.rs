@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    io::{self, BufRead, BufReader, Read},
+    io::{self, BufRead, Read},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -62,7 +62,7 @@ pub struct LayerStats {
     pub uncompressed_bytes: u64,
 }
 
-type Raw = BufReader<VerifyingReader>;
+type Raw = Fetched;
 
 enum Decoder {
     // Boxed: the readers are a few hundred bytes each and built once per layer.
@@ -72,19 +72,19 @@ enum Decoder {
 }
 
 impl Decoder {
-    fn raw(&self) -> &VerifyingReader {
+    fn raw(&self) -> &Fetched {
         match self {
-            Decoder::Plain(r) => r.get_ref(),
-            Decoder::Gzip(d) => d.get_ref().get_ref(),
-            Decoder::Zstd(d) => d.get_ref().get_ref(),
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(d) => d.get_ref(),
+            Decoder::Zstd(d) => d.get_ref(),
         }
     }
 
-    fn raw_mut(&mut self) -> &mut VerifyingReader {
+    fn raw_mut(&mut self) -> &mut Fetched {
         match self {
-            Decoder::Plain(r) => r.get_mut(),
-            Decoder::Gzip(d) => d.get_mut().get_mut(),
-            Decoder::Zstd(d) => d.get_mut().get_mut(),
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Zstd(d) => d.get_mut(),
         }
     }
 
@@ -93,6 +93,121 @@ impl Decoder {
             Decoder::Plain(r) => r.read(buf),
             Decoder::Gzip(d) => d.read(buf),
             Decoder::Zstd(d) => d.read(buf),
+        }
+    }
+}
+
+/// Blocks of the blob in flight between the fetching and decoding threads.
+const FETCH_BLOCKS: usize = 4;
+
+/// What the fetching thread sends.
+enum Fetch {
+    Data(Vec<u8>),
+    /// The blob was read to its end; its size and digest are right.
+    End,
+    Failed(io::Error),
+}
+
+enum FetchState {
+    Reading,
+    End,
+    Failed,
+}
+
+/// The blob as the fetching thread reads and checks it ([`fetch_loop`]):
+/// hashing the blob off the decoding thread, which was the slowest stage of
+/// reading when every chunk was already stored.
+struct Fetched {
+    blocks: Receiver<Fetch>,
+    /// Read blocks go back to the fetching thread.
+    empty: Sender<Vec<u8>>,
+    block: Vec<u8>,
+    pos: usize,
+    /// Bytes consumed.
+    count: u64,
+    state: FetchState,
+}
+
+impl Fetched {
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Reads to the end of the blob, which the fetching thread has checked
+    /// once it sends the end.
+    fn drain(&mut self) -> io::Result<()> {
+        loop {
+            let n = self.fill_buf()?.len();
+            if n == 0 {
+                return Ok(());
+            }
+            self.consume(n);
+        }
+    }
+}
+
+impl BufRead for Fetched {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.block.len() {
+            match self.state {
+                FetchState::Reading => {}
+                FetchState::End => return Ok(&[]),
+                FetchState::Failed => return Err(io::Error::other("reading the blob failed")),
+            }
+            match self.blocks.recv() {
+                Ok(Fetch::Data(block)) => {
+                    let old = std::mem::replace(&mut self.block, block);
+                    let _ = self.empty.try_send(old);
+                    self.pos = 0;
+                }
+                Ok(Fetch::End) => self.state = FetchState::End,
+                Ok(Fetch::Failed(e)) => {
+                    self.state = FetchState::Failed;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.state = FetchState::Failed;
+                    return Err(io::Error::other("the blob fetching thread stopped"));
+                }
+            }
+        }
+        Ok(&self.block[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        self.count += n as u64;
+    }
+}
+
+impl Read for Fetched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let have = self.fill_buf()?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The fetching thread: reads the blob in blocks through `raw`, which checks
+/// its size and digest at the end. Stops quietly when the decoder is gone.
+fn fetch_loop(mut raw: VerifyingReader, to: &Sender<Fetch>, empty: &Receiver<Vec<u8>>) {
+    loop {
+        let mut block = empty.try_recv().unwrap_or_default();
+        block.resize(BUF_SIZE, 0);
+        let msg = match raw.read(&mut block) {
+            Ok(0) => Fetch::End,
+            Ok(n) => {
+                block.truncate(n);
+                Fetch::Data(block)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Fetch::Failed(e),
+        };
+        let last = !matches!(msg, Fetch::Data(_));
+        if to.send(msg).is_err() || last {
+            return;
         }
     }
 }
@@ -110,6 +225,9 @@ enum Msg {
     /// The stream ended and the blob was read to its end and checked; the
     /// blob's size.
     End(u64),
+    /// End as the hashing thread passes it on: the blob's size and the
+    /// SHA-256 of the decompressed stream.
+    Hashed(u64, Sha256Digest),
     Failed(Error),
 }
 
@@ -123,8 +241,10 @@ enum Msg {
 ///
 /// Reading the blob, checking its digest and decompressing run on a thread of
 /// their own, a few blocks ahead of the reader, so a build decodes the next
-/// bytes while it parses and hashes the last ones. The diff_id is hashed on
-/// the reader's side, which balances the two threads.
+/// bytes while it parses the last ones. The decompressed blocks pass through
+/// a second thread that hashes them for the diff_id: SHA-256 was a third of
+/// the reading side's time, which (parsing, hashing files, spooling) was
+/// slower than decoding when every chunk was already stored.
 ///
 /// Tar parsers stop at the end-of-archive marker, before any padding or the
 /// compression footer, so always call [`LayerReader::finish`] once the parser is done:
@@ -133,13 +253,13 @@ pub struct LayerReader {
     what: String,
     compression: Compression,
     diff_id: Sha256Digest,
-    diff_hasher: Sha256,
     uncompressed: u64,
     /// Compressed bytes consumed so far by the decoding thread.
     compressed: Arc<AtomicU64>,
     blocks: Option<Receiver<Msg>>,
     recycle: Option<Sender<Vec<u8>>>,
-    decoder_thread: Option<JoinHandle<()>>,
+    /// The decoding and hashing threads.
+    threads: Vec<JoinHandle<()>>,
     /// The block being read and the position in it.
     block: Vec<u8>,
     block_len: usize,
@@ -156,7 +276,27 @@ enum State {
 impl LayerReader {
     /// Wraps a verifying reader over the blob. `what` names the layer in errors.
     pub(crate) fn new(raw: VerifyingReader, diff_id: Sha256Digest, what: String) -> Result<Self> {
-        let mut raw = BufReader::with_capacity(BUF_SIZE, raw);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| Error::io("a layer reading thread", e))
+        };
+        let mut threads = Vec::with_capacity(3);
+        let (fetch_tx, fetch_rx) = bounded(FETCH_BLOCKS);
+        let (empty_tx, empty_rx) = bounded(FETCH_BLOCKS + 1);
+        threads.push(spawn(
+            "layer-fetch",
+            Box::new(move || fetch_loop(raw, &fetch_tx, &empty_rx)),
+        )?);
+        let mut raw = Fetched {
+            blocks: fetch_rx,
+            empty: empty_tx,
+            block: Vec::new(),
+            pos: 0,
+            count: 0,
+            state: FetchState::Reading,
+        };
         let head = match raw.fill_buf() {
             Ok(head) => head,
             Err(e) => return Err(classify(e, &what)),
@@ -176,26 +316,30 @@ impl LayerReader {
             }
         };
         let (block_tx, block_rx) = bounded(BLOCKS);
+        let (hashed_tx, hashed_rx) = bounded(BLOCKS);
         let (recycle_tx, recycle_rx) = bounded(BLOCKS + 1);
         let compressed = Arc::new(AtomicU64::new(0));
-        let thread = {
+        {
             let what = what.clone();
             let compressed = compressed.clone();
-            std::thread::Builder::new()
-                .name("layer-decoder".into())
-                .spawn(move || decode_loop(decoder, &what, &block_tx, &recycle_rx, &compressed))
-                .map_err(|e| Error::io("a layer decoding thread", e))?
-        };
+            threads.push(spawn(
+                "layer-decoder",
+                Box::new(move || decode_loop(decoder, &what, &block_tx, &recycle_rx, &compressed)),
+            )?);
+        }
+        threads.push(spawn(
+            "layer-hasher",
+            Box::new(move || hash_loop(&block_rx, &hashed_tx)),
+        )?);
         Ok(LayerReader {
             what,
             compression,
             diff_id,
-            diff_hasher: Sha256::new(),
             uncompressed: 0,
             compressed,
-            blocks: Some(block_rx),
+            blocks: Some(hashed_rx),
             recycle: Some(recycle_tx),
-            decoder_thread: Some(thread),
+            threads,
             block: Vec::new(),
             block_len: 0,
             pos: 0,
@@ -252,9 +396,7 @@ impl LayerReader {
 
     /// End of the decompressed stream (the decoding thread has read the blob
     /// to its end and checked it): check the diff_id.
-    fn complete(&mut self, compressed_bytes: u64) -> io::Result<usize> {
-        let actual =
-            Sha256Digest::from_bytes(std::mem::take(&mut self.diff_hasher).finalize().into());
+    fn complete(&mut self, compressed_bytes: u64, actual: Sha256Digest) -> io::Result<usize> {
         if actual != self.diff_id {
             let err = Error::DigestMismatch {
                 what: format!("uncompressed {}", self.what),
@@ -283,7 +425,10 @@ impl LayerReader {
                 self.pos = 0;
                 Ok(true)
             }
-            Some(Msg::End(compressed_bytes)) => self.complete(compressed_bytes).map(|_| false),
+            Some(Msg::Hashed(compressed_bytes, diff_id)) => {
+                self.complete(compressed_bytes, diff_id).map(|_| false)
+            }
+            Some(Msg::End(_)) => unreachable!("the hashing thread turns End into Hashed"),
             Some(Msg::Failed(err)) => Err(self.fail(err)),
             None => {
                 let err = Error::Invalid(format!("{}: the decoding thread stopped", self.what));
@@ -347,6 +492,30 @@ fn decode_loop(
     }
 }
 
+/// The hashing thread: passes blocks on from the decoding thread, hashing
+/// them, and adds the digest to the end. Stops quietly when the reader is
+/// gone (the decoding thread then stops at its next send).
+fn hash_loop(from: &Receiver<Msg>, to: &Sender<Msg>) {
+    let mut hasher = Sha256::new();
+    for msg in from {
+        let last = !matches!(msg, Msg::Data(..));
+        let msg = match msg {
+            Msg::Data(block, len) => {
+                hasher.update(&block[..len]);
+                Msg::Data(block, len)
+            }
+            Msg::End(compressed_bytes) => {
+                let digest = std::mem::take(&mut hasher).finalize();
+                Msg::Hashed(compressed_bytes, Sha256Digest::from_bytes(digest.into()))
+            }
+            other => other,
+        };
+        if to.send(msg).is_err() || last {
+            return;
+        }
+    }
+}
+
 impl Read for LayerReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.state {
@@ -363,7 +532,6 @@ impl Read for LayerReader {
         let n = buf.len().min(self.block_len - self.pos);
         let bytes = &self.block[self.pos..self.pos + n];
         buf[..n].copy_from_slice(bytes);
-        self.diff_hasher.update(bytes);
         self.uncompressed += n as u64;
         self.pos += n;
         Ok(n)
@@ -375,7 +543,7 @@ impl Drop for LayerReader {
         // Closing both channels wakes the decoding thread wherever it waits.
         self.blocks = None;
         self.recycle = None;
-        if let Some(t) = self.decoder_thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
