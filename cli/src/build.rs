@@ -1,15 +1,18 @@
 //! `puzzle build`: the build pipeline's orchestration.
 //!
-//! Per layer (skipped when its diff_id was converted before and all its chunks
-//! are still stored): spool the tar and verify the layer's digests, then chunk
-//! and store new chunks (compression runs on worker threads). Then flatten,
-//! and commit in order: packs (durable) -> index -> metadata, config,
-//! manifest -> tag.
+//! Per layer (skipped when its diff_id was converted before): read the tar
+//! (decompress, verify the layer's digests, spool its file contents), chunk
+//! and store new chunks (compression runs on worker threads). A tar already
+//! in chunking order is chunked while it is read; any other once it is
+//! spooled, unless an earlier layer had the same contents (its extents are
+//! reused). Then flatten, and commit in order: packs (durable) -> index ->
+//! metadata, config, manifest -> tag.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +20,7 @@ use clap::Args;
 use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 use puzzle_chunker::ChunkParams;
-use puzzle_oci::layer;
+use puzzle_oci::layer::{self, LiveSpool};
 use puzzle_oci::source::{self, ImageSource, LayerInfo, LayerStats, Platform, SourceRef};
 use puzzle_store::index::ChunkIndex;
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
@@ -153,6 +156,11 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let mut new_records: Vec<(String, [u8; 32], Vec<u8>)> = Vec::new();
     let stop = AtomicBool::new(false);
     let slots: Vec<_> = to_read.iter().map(|_| bounded::<SpoolResult>(1)).collect();
+    // Each layer's spool as it grows, sent as the reader starts the layer.
+    let lives: Vec<_> = to_read
+        .iter()
+        .map(|_| bounded::<Arc<LiveSpool>>(1))
+        .collect();
     let next = AtomicUsize::new(0);
     let reading = progress.counter(&format!("reading {} layer(s)", to_read.len()));
     let tmp_dir = store.tmp_dir();
@@ -165,23 +173,28 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         }
         for _ in 0..READERS.min(to_read.len()) {
             let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
-            let (slots, to_read, tmp_dir, reading) = (&slots, &to_read, &tmp_dir, &reading);
+            let (slots, lives) = (&slots, &lives);
+            let (to_read, tmp_dir, reading) = (&to_read, &tmp_dir, &reading);
             scope.spawn(move || {
                 while token_rx.recv().is_ok() {
                     let k = next.fetch_add(1, Ordering::SeqCst);
                     if k >= to_read.len() || stop.load(Ordering::SeqCst) {
                         return;
                     }
+                    let live = Arc::new(LiveSpool::new());
+                    let _ = lives[k].0.send(live.clone());
                     // A panic is reported through the slot, so the chunking
                     // thread never waits for a layer that will not come.
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading)
+                        read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading, &live)
                     }))
                     .unwrap_or_else(|_| {
                         Err(puzzle_oci::Error::Invalid(
                             "reading the layer panicked (a bug)".into(),
                         ))
                     });
+                    // However reading ended, nothing more comes to the spool.
+                    live.end(false);
                     let _ = slots[k].0.send(res);
                 }
             });
@@ -191,7 +204,8 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             for (i, step) in steps.into_iter().enumerate() {
                 let li = &img.layers[i];
                 let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
-                let layer = match step {
+                // A layer read now comes with its stream key.
+                let (layer, key) = match step {
                     Step::Again(j) => {
                         let layer = layers[j].as_ref().expect("an earlier layer");
                         tree.apply(layer).with_context(ctx)?;
@@ -201,9 +215,22 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                     }
                     Step::Cached(layer) => {
                         summary.layers_reused += 1;
-                        layer
+                        (layer, None)
                     }
                     Step::Read(k) => {
+                        // Chunk the layer while it is read when its tar comes
+                        // in chunking order; otherwise once it is spooled.
+                        let live = lives[k]
+                            .1
+                            .recv()
+                            .expect("a reader sends every layer it takes");
+                        let label =
+                            format!("layer {}/{}: chunking", li.index + 1, img.layers.len());
+                        let bar = progress.counter(&label);
+                        let streamed = live
+                            .chunk(params, &mut writer, &mut |n| bar.set_position(n))
+                            .with_context(ctx)?;
+                        bar.finish_and_clear();
                         let (spooled, stats) = slots[k]
                             .1
                             .recv()
@@ -214,33 +241,42 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                         summary.files += spooled.counts.files;
                         summary.bytes_chunked += spooled.counts.file_bytes;
                         let key = spooled.stream_key(params);
-                        let layer = match same_stream(&index, &key, &spooled).with_context(ctx)? {
-                            Some(extents) => {
-                                for len in chunk_lens(&extents) {
-                                    writer.note_reused(len);
+                        let layer = match streamed.filter(|c| spooled.is_stream(c)) {
+                            Some(chunks) => spooled.with_stream(&chunks).with_context(ctx)?,
+                            None => match same_stream(&index, &key, &spooled).with_context(ctx)? {
+                                Some(extents) => {
+                                    for len in chunk_lens(&extents) {
+                                        writer.note_reused(len);
+                                    }
+                                    spooled.reuse(extents).with_context(ctx)?
                                 }
-                                spooled.reuse(extents).with_context(ctx)?
-                            }
-                            None => {
-                                let label = format!(
-                                    "layer {}/{}: chunking",
-                                    li.index + 1,
-                                    img.layers.len()
-                                );
-                                let bar = progress.bar(&label, spooled.counts.file_bytes);
-                                let layer = spooled
-                                    .chunk(params, &mut writer, &mut |n| bar.set_position(n))
-                                    .with_context(ctx)?;
-                                bar.finish_and_clear();
-                                layer
-                            }
+                                None => {
+                                    let bar = progress.bar(&label, spooled.counts.file_bytes);
+                                    let layer = spooled
+                                        .chunk(params, &mut writer, &mut |n| bar.set_position(n))
+                                        .with_context(ctx)?;
+                                    bar.finish_and_clear();
+                                    layer
+                                }
+                            },
                         };
                         let _ = token_tx.send(());
-                        new_records.push((li.diff_id.clone(), key, layer.to_record()));
-                        layer
+                        (layer, Some(key))
                     }
                 };
-                tree.apply(&layer).with_context(ctx)?;
+                match key {
+                    // The index record is encoded while the layer is applied.
+                    Some(key) => std::thread::scope(|s| -> Result<()> {
+                        let record = s.spawn(|| layer.to_record());
+                        tree.apply(&layer).with_context(ctx)?;
+                        let record = record
+                            .join()
+                            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+                        new_records.push((li.diff_id.clone(), key, record));
+                        Ok(())
+                    })?,
+                    None => tree.apply(&layer).with_context(ctx)?,
+                }
                 layers.push(Some(layer));
             }
             Ok(())
@@ -255,10 +291,12 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
 
     let ws = writer.stats();
     let written = writer.finish().with_context(|| what.clone())?;
-    for p in &written.packs {
-        index.add_pack(p)?;
+    if !written.packs.is_empty() {
+        for p in &written.packs {
+            index.add_pack(p)?;
+        }
+        index.flush()?;
     }
-    index.flush()?;
     for (diff_id, key, record) in &new_records {
         index.put_layer(diff_id, record)?;
         index.put_stream(key, diff_id)?;
@@ -344,6 +382,7 @@ fn read_layer(
     tmp_dir: &Path,
     stop: &AtomicBool,
     bar: &ProgressBar,
+    live: &LiveSpool,
 ) -> SpoolResult {
     let mut reader = src.open_layer(li)?;
     let mut last = 0;
@@ -352,10 +391,15 @@ fn read_layer(
             inner: &mut reader,
             stop,
         };
-        layer::spool(&mut r, tmp_dir, &mut |n| {
-            bar.inc(n - last);
-            last = n;
-        })?
+        layer::spool_live(
+            &mut r,
+            tmp_dir,
+            &mut |n| {
+                bar.inc(n - last);
+                last = n;
+            },
+            live,
+        )?
     };
     let stats = reader.finish()?;
     Ok((spooled, stats))
@@ -377,8 +421,8 @@ impl<R: Read> Read for Stoppable<'_, R> {
 }
 
 /// The extents of a layer converted before whose contents make the same
-/// chunk stream (same stream key), if its record is intact, every chunk it
-/// uses is still stored and its files match `spooled`'s sizes and digests.
+/// chunk stream (same stream key), if its record is intact and its files
+/// match `spooled`'s sizes and digests.
 fn same_stream(
     index: &ChunkIndex,
     key: &[u8; 32],
@@ -426,21 +470,14 @@ fn chunk_lens(extents: &[Vec<Extent>]) -> Vec<u64> {
     out
 }
 
-/// A layer converted before, if its record is intact and every chunk it
-/// uses is still stored.
+/// A layer converted before, if its record is intact. Its chunks are
+/// stored: gc drops a record, durably, before any chunk it names leaves the
+/// index, so they are not looked up one by one here.
 fn cached_layer(index: &ChunkIndex, diff_id: &str) -> Result<Option<Layer>> {
     let Some(record) = index.layer(diff_id)? else {
         return Ok(None);
     };
-    let Ok(layer) = Layer::from_record(&record) else {
-        return Ok(None);
-    };
-    for id in layer.chunks() {
-        if !index.has(id)? {
-            return Ok(None);
-        }
-    }
-    Ok(Some(layer))
+    Ok(Layer::from_record(&record).ok())
 }
 
 fn report(s: &Summary, json: bool) -> Result<()> {
