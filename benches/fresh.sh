@@ -3,10 +3,11 @@
 # a fresh store (every layer new), then its -asbuilt twin into the same store
 # (every chunk already stored). Prints a markdown table of medians over RUNS
 # (default 5) of the seconds `puzzle build --json` reports.
-# Needs: cargo build --release --locked -p puzzle; corpora/build.sh --full; jq.
+# Needs: cargo build --release --locked -p puzzle (or PUZZLE_BIN=PATH);
+# corpora/build.sh --full; jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=$PWD/target/release/puzzle; C=$PWD/corpora/out/full; R=${1:-5}
+B=${PUZZLE_BIN:-$PWD/target/release/puzzle}; C=$PWD/corpora/out/full; R=${1:-5}
 S=$(mktemp -d /tmp/puzzle-fresh.XXXXXX)
 trap 'rm -rf "$S"' EXIT
 for t in base python3 nodejs build-essential django-5.0.8 numpy-2.0.2; do

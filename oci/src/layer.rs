@@ -264,8 +264,14 @@ impl LiveSpool {
         self.update(|st| st.file = Some(std::sync::Arc::new(file)));
     }
 
+    /// Once the stream is abandoned it grows no more for the chunking side:
+    /// what it chunks is the prefix published before, whatever the timing.
     fn grew(&self, len: u64) {
-        self.update(|st| st.len = len);
+        self.update(|st| {
+            if st.end.is_none() {
+                st.len = len;
+            }
+        });
     }
 
     /// Ends the stream, complete or abandoned; only the first call counts.
@@ -279,10 +285,15 @@ impl LiveSpool {
 
     /// Chunks the spool while it grows, storing new chunks through `writer`.
     /// Returns the chunks in stream order once the spool is complete, or
-    /// `None` as soon as the reading side abandons it (the caller then waits
-    /// for the [`Spooled`] layer and chunks it the usual way). Chunks already
-    /// stored by then stay in the build's packs unused; `progress` is called
-    /// with the bytes chunked so far.
+    /// `None` once the reading side abandoned it; the caller then waits for
+    /// the [`Spooled`] layer and chunks it the usual way. What was stored by
+    /// then comes from the in-order prefix the reading side published before
+    /// it gave up, so it is the same whatever the threads' timing (packs stay
+    /// deterministic); and nothing is stored before [`HOLD_NEW`] bytes of new
+    /// chunks are cut, so a layer with little new content abandoned early or
+    /// late stores nothing twice. (One with more, abandoned after that, leaves
+    /// a few chunks unused around where its order broke.)
+    /// `progress` is called with the bytes chunked so far.
     pub fn chunk(
         &self,
         params: ChunkParams,
@@ -294,13 +305,60 @@ impl LiveSpool {
             pos: 0,
             abandoned: false,
         };
-        match chunk_stream(&mut tail, params, writer, progress) {
-            Ok(chunks) => Ok(Some(chunks)),
+        // Chunks are held back, not stored, until the layer is complete or
+        // HOLD_NEW bytes of new chunks are held: a layer abandoned by then
+        // leaves nothing behind (no unused chunk, no count in the writer's
+        // stats), which covers every layer with no new contents (a rebuild,
+        // an as-built twin). Past that the chunks are stored as they come,
+        // so compression keeps pace with reading.
+        let mut held: Vec<(ChunkId, u32, Option<Vec<u8>>)> = Vec::new();
+        let mut held_new = 0u64;
+        let mut holding = true;
+        let release = |held: &mut Vec<(ChunkId, u32, Option<Vec<u8>>)>,
+                       writer: &mut ChunkWriter<'_>|
+         -> Result<()> {
+            for (id, len, data) in held.drain(..) {
+                match data {
+                    Some(data) => {
+                        writer.put(id, data)?;
+                    }
+                    None => writer.note_reused(u64::from(len)),
+                }
+            }
+            Ok(())
+        };
+        let result = chunk_stream(&mut tail, params, progress, &mut |id, data| {
+            if !holding {
+                writer.put(id, data)?;
+                return Ok(());
+            }
+            let len = data.len() as u32;
+            if writer.has(&id)? {
+                held.push((id, len, None));
+            } else {
+                held_new += u64::from(len);
+                held.push((id, len, Some(data)));
+            }
+            if held_new >= HOLD_NEW {
+                holding = false;
+                release(&mut held, writer)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(chunks) => {
+                release(&mut held, writer)?;
+                Ok(Some(chunks))
+            }
             Err(_) if tail.abandoned => Ok(None),
             Err(e) => Err(e),
         }
     }
 }
+
+/// New chunk bytes [`LiveSpool::chunk`] holds back before it stores them
+/// (and any after them) ahead of knowing the whole layer is in order.
+const HOLD_NEW: u64 = 16 << 20;
 
 /// Reads a [`LiveSpool`] from the start, waiting for it to grow.
 struct LiveTail<'a> {
@@ -314,15 +372,18 @@ impl Read for LiveTail<'_> {
         let (file, len) = {
             let mut st = self.live.state.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                if st.end == Some(false) {
-                    self.abandoned = true;
-                    return Err(io::Error::other("the layer is not in sorted order"));
-                }
+                // Bytes published before the stream was abandoned are still
+                // served (see `spool_to`).
                 if st.len > self.pos {
                     break;
                 }
-                if st.end == Some(true) {
-                    return Ok(0);
+                match st.end {
+                    Some(true) => return Ok(0),
+                    Some(false) => {
+                        self.abandoned = true;
+                        return Err(io::Error::other("the layer is not in sorted order"));
+                    }
+                    None => {}
                 }
                 st = self
                     .live
@@ -348,13 +409,13 @@ impl Read for LiveTail<'_> {
     }
 }
 
-/// Cuts `stream` into chunks, storing them through `writer`; the chunks in
-/// stream order, as (id, length).
+/// Cuts `stream` into chunks, handing each to `store`; the chunks in stream
+/// order, as (id, length).
 fn chunk_stream(
     stream: &mut dyn Read,
     params: ChunkParams,
-    writer: &mut ChunkWriter<'_>,
     progress: &mut dyn FnMut(u64),
+    store: &mut dyn FnMut(ChunkId, Vec<u8>) -> Result<()>,
 ) -> Result<Vec<(ChunkId, u32)>> {
     let mut chunks = Vec::new();
     let mut done = 0u64;
@@ -365,7 +426,7 @@ fn chunk_stream(
         })?;
         let id = ChunkId::of(&chunk.data);
         let len = chunk.data.len();
-        writer.put(id, chunk.data)?;
+        store(id, chunk.data)?;
         chunks.push((id, len as u32));
         done += len as u64;
         progress(done);
@@ -515,7 +576,14 @@ fn spool_to(
         }
         if let Some(live) = live.filter(|_| in_order) {
             if sorted_up_to.as_ref().is_some_and(|prev| path <= *prev) {
+                // Everything before this entry is published first, so the
+                // live side always cuts the same in-order prefix, whatever
+                // the threads' timing: packs stay deterministic.
                 in_order = false;
+                out.flush().map_err(|source| Error::Io {
+                    path: tmp_dir.to_path_buf(),
+                    source,
+                })?;
                 live.end(false);
             } else {
                 sorted_up_to = Some(path.clone());
@@ -877,7 +945,10 @@ impl Spooled {
             idx: 0,
             pos: 0,
         };
-        let chunks = chunk_stream(&mut stream, params, writer, progress)?;
+        let chunks = chunk_stream(&mut stream, params, progress, &mut |id, data| {
+            writer.put(id, data)?;
+            Ok(())
+        })?;
         Ok(self.with_chunks(&chunks))
     }
 
@@ -1020,6 +1091,7 @@ impl Spooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use puzzle_store::writer::WriteStats;
 
     #[test]
     fn stream_key_follows_contents_in_chunking_order_only() {
@@ -1079,19 +1151,101 @@ mod tests {
         })
     }
 
-    /// Files of a few chunks each, with the entries that carry no contents.
+    /// Files of many chunks, several times the spool's block so the live
+    /// side chunks while the spool grows, with the entries that carry no
+    /// contents.
     fn sorted_entries() -> Vec<puzzle_testkit::Entry> {
         use puzzle_testkit::{pseudo_random, text_like, Entry};
         vec![
             Entry::dir("etc"),
-            Entry::file("etc/a", text_like(1, 70_000)),
+            Entry::file("etc/a", text_like(1, 1_200_000)),
             Entry::file("etc/a.d", b""),
             Entry::hardlink("etc/b", "etc/a"),
             Entry::symlink("etc/c", "a"),
-            Entry::file("usr/bin/x", pseudo_random(2, 150_000)),
+            Entry::file("usr/bin/x", pseudo_random(2, 2_500_000)),
             Entry::file("usr/lib/y", text_like(3, 3_000)),
             Entry::file("usr/lib/z", pseudo_random(4, 90_000)),
         ]
+    }
+
+    /// A reader handing out at most 16 KiB a call, pausing before each.
+    struct Slow<'a>(&'a [u8]);
+
+    impl Read for Slow<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            let n = buf.len().min(16 << 10).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Spools `tar` live against a fresh writer, the chunking side starting
+    /// late (`slow` false) or keeping up with a slow reader; the live result
+    /// and what the writer stored.
+    fn live_timed(tar: &[u8], slow: bool) -> (Option<Vec<(ChunkId, u32)>>, WriteStats) {
+        let tmp = tempfile::tempdir().unwrap();
+        with_writer(|w| {
+            let live = LiveSpool::new();
+            std::thread::scope(|s| {
+                let reader = s.spawn(|| {
+                    let mut fast = tar;
+                    let mut slow_tar = Slow(tar);
+                    let r: &mut dyn Read = if slow { &mut slow_tar } else { &mut fast };
+                    spool_live(r, tmp.path(), &mut |_| {}, &live)
+                });
+                if !slow {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                let chunks = live.chunk(small_params(), w, &mut |_| {}).unwrap();
+                reader.join().unwrap().unwrap();
+                (chunks, w.stats())
+            })
+        })
+    }
+
+    #[test]
+    fn an_abandoned_stream_stores_nothing_until_much_is_new() {
+        use puzzle_testkit::{pseudo_random, Entry};
+        // Contents after the entry out of order too: the live side must not
+        // see them, however long it takes to get there.
+        let tar = |size: usize| {
+            puzzle_testkit::layer_tar(&[
+                Entry::file("a", pseudo_random(5, size)),
+                Entry::file("b", pseudo_random(6, size / 2)),
+                Entry::file("a.late", pseudo_random(7, 3 << 20)),
+                Entry::file("c", pseudo_random(8, 1 << 20)),
+            ])
+        };
+        // Less new content than is held back: nothing stored, however late
+        // the order breaks.
+        for slow in [false, true] {
+            let (chunks, stats) = live_timed(&tar(3 << 20), slow);
+            assert_eq!(chunks, None);
+            assert_eq!(stats, WriteStats::default(), "slow {slow}");
+        }
+        // More: what is stored is what a chunker cuts of the in-order prefix
+        // before a read fails, the same whatever the threads' timing.
+        struct ThenFail<'a>(&'a [u8]);
+        impl Read for ThenFail<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("abandoned"));
+                }
+                self.0.read(buf)
+            }
+        }
+        let size = (HOLD_NEW as usize) * 3 / 4;
+        let prefix = [pseudo_random(5, size), pseudo_random(6, size / 2)].concat();
+        let expect = StreamChunker::new(ThenFail(&prefix), small_params())
+            .take_while(|c| c.is_ok())
+            .count();
+        let big = tar(size);
+        let (fast, slow) = (live_timed(&big, false), live_timed(&big, true));
+        assert_eq!((fast.0, slow.0), (None, None));
+        assert_eq!(fast.1, slow.1);
+        assert_eq!(fast.1.new_chunks, expect as u64);
     }
 
     #[test]

@@ -313,9 +313,8 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         return Ok(report);
     }
     // Layer records that would name a chunk no longer indexed go first, in
-    // a flush of their own: a build takes a record's chunks as stored
-    // without looking each one up, so no record may outlive its chunks, not
-    // even across a crash between the two flushes.
+    // a flush of their own, so no record outlives its chunks, not even
+    // across a crash between the two flushes.
     let mut readded: HashSet<ChunkId> = HashSet::new();
     for (p, chunks) in &live {
         if keep.contains(p) {

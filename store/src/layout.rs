@@ -432,8 +432,9 @@ impl Store {
         Ok(self.write_blobs(&[bytes])?[0])
     }
 
-    /// Stores several blobs durably (those not stored yet): each written and
-    /// fsynced, then all renamed into `blobs/` and the directory fsynced once.
+    /// Stores several blobs durably (those not stored yet): each written, all
+    /// fsynced at once, then renamed into `blobs/` and the directory fsynced
+    /// once.
     /// Their digests, in order.
     pub fn write_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<BlobDigest>> {
         let digests: Vec<BlobDigest> = blobs.iter().map(|b| BlobDigest::of(b)).collect();
@@ -444,12 +445,21 @@ impl Store {
             }
             let mut tmp = self.temp_file()?;
             tmp.write_all(bytes).at(tmp.path())?;
-            tmp.as_file().sync_all().at(tmp.path())?;
             written.push((tmp, *d));
         }
         if written.is_empty() {
             return Ok(digests);
         }
+        // Synced side by side: a journaling filesystem commits them together.
+        std::thread::scope(|s| {
+            let syncs: Vec<_> = written
+                .iter()
+                .map(|(tmp, _)| s.spawn(move || tmp.as_file().sync_all().at(tmp.path())))
+                .collect();
+            syncs
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        })?;
         for (tmp, d) in written {
             let dest = self.blob_path(&d);
             tmp.persist(&dest).map_err(|e| Error::Io {

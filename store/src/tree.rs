@@ -401,8 +401,7 @@ impl Tree {
             }
         }
         // Sorted paths put every parent before its children, and siblings
-        // one after another: the last parent found is looked at first. (A
-        // put replaces only the node at its path, never the parent it found.)
+        // one after another: the last parent found is looked at first.
         let mut last = None;
         for e in &layer.entries {
             if let LayerEntry::Node { path, node, meta } = e {
@@ -434,6 +433,11 @@ impl Tree {
         let dir = self.parent_dir(path, last)?;
         let (_, name) = split_parent(path);
         let existing = self.children(dir).and_then(|c| c.get(name).copied());
+        if existing.is_some() {
+            // A node replaced or merged: entries out of sorted order (a
+            // record could hold them) may have found it as a parent before.
+            *last = None;
+        }
         if let (Some(old), Node::Dir) = (existing, node) {
             if let InodeKind::Dir(_) = self.inodes[old].kind {
                 // A directory over a directory merges: only metadata changes.
@@ -738,6 +742,14 @@ mod tests {
             opaques: Vec::new(),
         };
         let err = Tree::new().apply(&unsorted).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        // The same at the top level, where no parent is walked to.
+        let top = Layer {
+            entries: vec![file("a/x", 1), file("a", 2), file("a/y", 3)],
+            whiteouts: Vec::new(),
+            opaques: Vec::new(),
+        };
+        let err = Tree::new().apply(&top).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
         // Sorted siblings share their parent.
         let mut t = Tree::new();

@@ -127,6 +127,11 @@ impl<'a> ChunkWriter<'a> {
         Ok(true)
     }
 
+    /// Whether the store or this writer already has chunk `id`.
+    pub fn has(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.pending.contains(id) || self.index.has(id)?)
+    }
+
     /// Counts a chunk of `len` bytes that a layer uses and the store already
     /// has, found without `put` (a layer whose chunk stream was converted
     /// before).
