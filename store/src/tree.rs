@@ -735,22 +735,20 @@ mod tests {
     fn a_directory_replaced_is_no_parent_any_more() {
         // Entries out of sorted order (no spooled layer has them so, a
         // record could): the parent found for a/b/x must not serve a/b/y
-        // after a/b became a file.
-        let unsorted = Layer {
-            entries: vec![file("a/b/x", 1), file("a/b", 2), file("a/b/y", 3)],
-            whiteouts: Vec::new(),
-            opaques: Vec::new(),
-        };
-        let err = Tree::new().apply(&unsorted).unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
-        // The same at the top level, where no parent is walked to.
-        let top = Layer {
-            entries: vec![file("a/x", 1), file("a", 2), file("a/y", 3)],
-            whiteouts: Vec::new(),
-            opaques: Vec::new(),
-        };
-        let err = Tree::new().apply(&top).unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
+        // after a/b became a file; the same at the top level, where no
+        // parent is walked to.
+        for entries in [
+            vec![file("a/b/x", 1), file("a/b", 2), file("a/b/y", 3)],
+            vec![file("a/x", 1), file("a", 2), file("a/y", 3)],
+        ] {
+            let unsorted = Layer {
+                entries,
+                whiteouts: Vec::new(),
+                opaques: Vec::new(),
+            };
+            let err = Tree::new().apply(&unsorted).unwrap_err();
+            assert!(err.to_string().contains("not a directory"), "{err}");
+        }
         // Sorted siblings share their parent.
         let mut t = Tree::new();
         let siblings = (0..50).map(|i| file(&format!("d/e/f{i:02}"), i)).collect();
