@@ -1,13 +1,13 @@
 //! `puzzle build`: the build pipeline's orchestration.
 //!
 //! Per layer (skipped when its diff_id was converted before and all its
-//! chunks are still stored): read the tar
-//! (decompress, verify the layer's digests, spool its file contents), chunk
-//! and store new chunks (compression runs on worker threads). A tar already
-//! in chunking order is chunked while it is read; any other once it is
-//! spooled, unless an earlier layer had the same contents (its extents are
-//! reused). Then flatten, and commit in order: packs (durable) -> index ->
-//! metadata, config, manifest -> tag.
+//! chunks are still stored): read the tar (decompress, verify the layer's
+//! digests, spool its file contents), chunk it and store new chunks
+//! (compression runs on worker threads). A tar already in chunking order is
+//! chunked while it is read; any other once it is spooled, unless an earlier
+//! layer had the same contents (its extents are reused). Then flatten, and
+//! commit in order: packs (durable) -> index -> metadata, config, manifest
+//! -> tag.
 
 use std::collections::HashMap;
 use std::io::Read;
