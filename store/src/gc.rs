@@ -315,12 +315,14 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
     // Layer records that would name a chunk no longer indexed go first, in
     // a flush of their own, so no record outlives its chunks, not even
     // across a crash between the two flushes.
-    let mut readded: HashSet<ChunkId> = HashSet::new();
-    for (p, chunks) in &live {
-        if keep.contains(p) {
-            readded.extend(chunks.keys().copied());
-        }
-    }
+    // Chunks of the packs that stay (re-added below if their index entry
+    // named a pack that goes).
+    let kept: Vec<(&ChunkId, &ChunkLoc)> = live
+        .iter()
+        .filter(|(p, _)| keep.contains(*p))
+        .flat_map(|(_, chunks)| chunks.iter())
+        .collect();
+    let readded: HashSet<&ChunkId> = kept.iter().map(|(id, _)| *id).collect();
     let leaving: HashSet<ChunkId> = gone
         .iter()
         .filter(|id| !readded.contains(id))
@@ -353,12 +355,8 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         index.remove_chunk(id)?;
     }
     // A chunk whose indexed pack goes may still be in a pack that stays.
-    for (p, chunks) in &live {
-        if keep.contains(p) {
-            for (id, loc) in chunks {
-                index.add_if_missing(id, loc)?;
-            }
-        }
+    for (id, loc) in kept {
+        index.add_if_missing(id, loc)?;
     }
     index.flush()?;
 

@@ -450,7 +450,8 @@ impl Store {
         if written.is_empty() {
             return Ok(digests);
         }
-        // Synced side by side: a journaling filesystem commits them together.
+        // Synced side by side, so a journaling filesystem can commit them in
+        // one transaction.
         std::thread::scope(|s| {
             let syncs: Vec<_> = written
                 .iter()
@@ -461,13 +462,9 @@ impl Store {
                 .try_for_each(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
         })?;
         for (tmp, d) in written {
-            let dest = self.blob_path(&d);
-            tmp.persist(&dest).map_err(|e| Error::Io {
-                path: dest.clone(),
-                source: e.error,
-            })?;
+            self.rename_blob(tmp, &d)?;
         }
-        sync_dir(&self.root.join("blobs/sha256"))?;
+        self.sync_blobs()?;
         Ok(digests)
     }
 
@@ -483,12 +480,18 @@ impl Store {
     /// Makes a finished temp file the blob `d`: fsync, rename into `blobs/`, fsync the directory.
     pub fn persist_blob(&self, tmp: tempfile::NamedTempFile, d: &BlobDigest) -> Result<()> {
         tmp.as_file().sync_all().at(tmp.path())?;
+        self.rename_blob(tmp, d)?;
+        self.sync_blobs()
+    }
+
+    /// Renames a synced temp file to the blob `d`.
+    fn rename_blob(&self, tmp: tempfile::NamedTempFile, d: &BlobDigest) -> Result<()> {
         let dest = self.blob_path(d);
         tmp.persist(&dest).map_err(|e| Error::Io {
             path: dest.clone(),
             source: e.error,
         })?;
-        sync_dir(&self.root.join("blobs/sha256"))
+        Ok(())
     }
 
     fn read_index(&self) -> Result<Index> {
