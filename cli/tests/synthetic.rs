@@ -123,19 +123,28 @@ fn same_image_gives_identical_digests_in_any_store() {
     assert_eq!(again.new_chunk_bytes, 0);
 }
 
+/// `n` files of pseudo-random contents: file `i` is named `name(i)`, seeded
+/// `seed + i` and `size.0 + i * size.1` bytes long.
+fn random_files(
+    n: u64,
+    seed: u64,
+    size: (usize, usize),
+    name: impl Fn(u64) -> String,
+) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let len = size.0 + i as usize * size.1;
+            (name(i), puzzle_testkit::pseudo_random(seed + i, len))
+        })
+        .collect()
+}
+
 #[test]
 fn entry_order_and_mtimes_do_not_change_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let layout = t.join("layout");
-    let files: Vec<(String, Vec<u8>)> = (0..40)
-        .map(|i| {
-            (
-                format!("f{i:02}"),
-                puzzle_testkit::pseudo_random(i, 30_000 + i as usize * 1000),
-            )
-        })
-        .collect();
+    let files = random_files(40, 0, (30_000, 1000), |i| format!("f{i:02}"));
     let sorted: Vec<Entry> = files.iter().map(|(n, c)| Entry::file(n, c)).collect();
     let shuffled: Vec<Entry> = files
         .iter()
@@ -168,15 +177,7 @@ fn converted_contents_are_reused_exactly_and_only_while_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let layout = t.join("layout");
-    let files: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| {
-            let name = format!("d{}/f{i:02}", i % 3);
-            (
-                name,
-                puzzle_testkit::pseudo_random(100 + i, 5_000 + i as usize * 9_000),
-            )
-        })
-        .collect();
+    let files = random_files(30, 100, (5_000, 9_000), |i| format!("d{}/f{i:02}", i % 3));
     let entries = |mtime: u64, rev: bool| -> Vec<Entry> {
         let mut v: Vec<Entry> = (0..3).map(|d| Entry::dir(format!("d{d}"))).collect();
         let mut f: Vec<Entry> = files
