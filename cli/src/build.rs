@@ -9,7 +9,7 @@
 //! commit in order: packs (durable) -> index -> metadata, config, manifest
 //! -> tag.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +24,7 @@ use puzzle_chunker::ChunkParams;
 use puzzle_oci::layer::{self, LiveSpool};
 use puzzle_oci::source::{self, ImageSource, LayerInfo, LayerStats, Platform, SourceRef};
 use puzzle_store::index::ChunkIndex;
+use puzzle_store::known::{KnownFiles, StoredChunks};
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
 use puzzle_store::meta::{SourceInfo, SourceLayer};
 use puzzle_store::tree::{Extent, Layer, LayerEntry, Node, Tree};
@@ -87,6 +88,9 @@ pub struct Summary {
     pub bytes_uncompressed: u64,
     /// Uncompressed file-content bytes chunked.
     pub bytes_chunked: u64,
+    /// File-content bytes written to the temporary spool (files whose
+    /// contents the store already holds are not spooled).
+    pub bytes_spooled: u64,
     pub new_chunks: u64,
     pub new_chunk_bytes: u64,
     pub reused_chunks: u64,
@@ -154,7 +158,8 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let mut tree = Tree::new();
     // Layer of each step, by image layer index.
     let mut layers: Vec<Option<Layer>> = Vec::with_capacity(img.layers.len());
-    let mut new_records: Vec<(String, [u8; 32], Vec<u8>)> = Vec::new();
+    // (diff_id, stream key, record, image layer index) of each layer read.
+    let mut new_records: Vec<(String, [u8; 32], Vec<u8>, usize)> = Vec::new();
     let stop = AtomicBool::new(false);
     let slots: Vec<_> = to_read.iter().map(|_| bounded::<SpoolResult>(1)).collect();
     // Each layer's spool as it grows, sent as the reader starts the layer.
@@ -165,6 +170,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let next = AtomicUsize::new(0);
     let reading = progress.counter(&format!("reading {} layer(s)", to_read.len()));
     let tmp_dir = store.tmp_dir();
+    let mut stored = StoredChunks::new(&store, &index);
     let result = std::thread::scope(|scope| -> Result<()> {
         // A reader takes a token before it starts a layer; one is handed back
         // as each layer is chunked, which bounds the layers spooled ahead.
@@ -175,7 +181,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         for _ in 0..READERS.min(to_read.len()) {
             let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
             let (slots, lives) = (&slots, &lives);
-            let (to_read, tmp_dir, reading) = (&to_read, &tmp_dir, &reading);
+            let (to_read, tmp_dir, reading, index) = (&to_read, &tmp_dir, &reading, &index);
             scope.spawn(move || {
                 while token_rx.recv().is_ok() {
                     let k = next.fetch_add(1, Ordering::SeqCst);
@@ -187,7 +193,16 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                     // A panic is reported through the slot, so the chunking
                     // thread never waits for a layer that will not come.
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read_layer(src.as_ref(), to_read[k], tmp_dir, stop, reading, &live)
+                        let mut known = KnownFiles::new(index);
+                        read_layer(
+                            src.as_ref(),
+                            to_read[k],
+                            tmp_dir,
+                            stop,
+                            reading,
+                            &live,
+                            &mut known,
+                        )
                     }))
                     .unwrap_or_else(|_| {
                         Err(puzzle_oci::Error::Invalid(
@@ -241,6 +256,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                         summary.bytes_uncompressed += stats.uncompressed_bytes;
                         summary.files += spooled.counts.files;
                         summary.bytes_chunked += spooled.counts.file_bytes;
+                        summary.bytes_spooled += spooled.counts.spooled_bytes;
                         let key = spooled.stream_key(params);
                         let layer = match streamed.filter(|c| spooled.is_stream(c)) {
                             Some(chunks) => spooled.with_stream(&chunks).with_context(ctx)?,
@@ -254,7 +270,9 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                                 None => {
                                     let bar = progress.bar(&label, spooled.counts.file_bytes);
                                     let layer = spooled
-                                        .chunk(params, &mut writer, &mut |n| bar.set_position(n))
+                                        .chunk(params, &mut writer, &mut stored, &mut |n| {
+                                            bar.set_position(n)
+                                        })
                                         .with_context(ctx)?;
                                     bar.finish_and_clear();
                                     layer
@@ -273,7 +291,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                         let record = record
                             .join()
                             .unwrap_or_else(|e| std::panic::resume_unwind(e));
-                        new_records.push((li.diff_id.clone(), key, record));
+                        new_records.push((li.diff_id.clone(), key, record, i));
                         Ok(())
                     })?,
                     None => tree.apply(&layer).with_context(ctx)?,
@@ -298,9 +316,11 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         }
         index.flush()?;
     }
-    for (diff_id, key, record) in &new_records {
+    for (diff_id, key, record, i) in &new_records {
         index.put_layer(diff_id, record)?;
         index.put_stream(key, diff_id)?;
+        let layer = layers[*i].as_ref().expect("a layer read is kept");
+        index.put_samples(diff_id, layer)?;
     }
     index.flush()?;
 
@@ -390,6 +410,7 @@ fn read_layer(
     stop: &AtomicBool,
     bar: &ProgressBar,
     live: &LiveSpool,
+    known: &mut KnownFiles<'_>,
 ) -> SpoolResult {
     let mut reader = src.open_layer(li)?;
     let mut last = 0;
@@ -406,6 +427,7 @@ fn read_layer(
                 last = n;
             },
             live,
+            Some(known),
         )?
     };
     let stats = reader.finish()?;
@@ -488,8 +510,10 @@ fn cached_layer(index: &ChunkIndex, diff_id: &str) -> Result<Option<Layer>> {
     let Ok(layer) = Layer::from_record(&record) else {
         return Ok(None);
     };
+    // Most chunks hold several small files: each is looked up once.
+    let mut checked = HashSet::new();
     for id in layer.chunks() {
-        if !index.has(id)? {
+        if checked.insert(id) && !index.has(id)? {
             return Ok(None);
         }
     }

@@ -227,6 +227,98 @@ fn converted_contents_are_reused_exactly_and_only_while_stored() {
     assert_same_tree(&t.join("xf"), &t.join("xa"));
 }
 
+/// Every file's extents in inode order, as (chunk id, offset in the chunk,
+/// length): the chunk stream an image's files were cut into.
+fn extents(store: &Path, tag: &str) -> Vec<(String, u32, u32)> {
+    let s = puzzle_store::Store::open(store).unwrap();
+    let img = puzzle_store::image::open(&s, tag).unwrap();
+    let mut out = Vec::new();
+    for i in 0..img.meta.inode_count() as u32 {
+        let ino = img.meta.inode(i).unwrap();
+        if ino.kind != puzzle_store::meta::Kind::File {
+            continue;
+        }
+        for x in 0..ino.count() {
+            let e = img.meta.extent(&ino, x).unwrap();
+            let id = img.meta.chunk(e.chunk).unwrap().id.to_string();
+            out.push((id, e.chunk_offset, e.len));
+        }
+    }
+    assert!(out.len() > 60, "{} extents", out.len());
+    out
+}
+
+/// While a layer is read, files whose contents a converted layer holds are
+/// not spooled. A twin in another tar order then spools only what came before
+/// its first sampled file; a near twin (one file changed) is chunked with the
+/// files not spooled read back from the packs, and must come out exactly as
+/// chunking it from scratch.
+#[test]
+fn files_already_stored_are_not_spooled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    // A file of 1 MiB or more is always sampled. In the other tar order it
+    // comes first and the next entry breaks the sorted order, so it is the
+    // only file spooled before the rest are known.
+    let big = puzzle_testkit::pseudo_random(5, 1_500_000);
+    let files = random_files(60, 200, (3_000, 1_700), |i| format!("d{}/f{i:02}", i % 4));
+    let entries = |sorted: bool, change: Option<usize>| -> Vec<Entry> {
+        let mut named: Vec<(String, Entry)> = vec![("zbig".into(), Entry::file("zbig", &big))];
+        named.extend((0..4).map(|d| (format!("d{d}"), Entry::dir(format!("d{d}")))));
+        named.extend(files.iter().enumerate().map(|(i, (n, c))| {
+            let e = match change {
+                Some(j) if j == i => Entry::file(n, puzzle_testkit::pseudo_random(999, c.len())),
+                _ => Entry::file(n, c),
+            };
+            (n.clone(), e)
+        }));
+        if sorted {
+            named.sort_by(|x, y| x.0.cmp(&y.0));
+        } else {
+            named[1..].reverse();
+        }
+        named.into_iter().map(|(_, e)| e).collect()
+    };
+    let images = [
+        ("a", entries(true, None)),
+        ("twin", entries(false, None)),
+        ("near", entries(false, Some(30))),
+    ];
+    for (tag, e) in &images {
+        Image::new()
+            .layer(e, Compression::Gzip)
+            .write_oci_layout(&layout, tag)
+            .unwrap();
+    }
+    let src = |tag: &str| format!("oci:{}:{tag}", layout.display());
+    let store = t.join("store");
+    let a = build(&store, &src("a"), "a");
+    assert_eq!(a.bytes_spooled, a.bytes_chunked, "nothing known yet");
+
+    let twin = build(&store, &src("twin"), "twin");
+    assert_eq!(twin.bytes_chunked, a.bytes_chunked);
+    assert_eq!(twin.bytes_spooled, big.len() as u64, "only the first file");
+    assert_eq!(twin.new_chunk_bytes, 0);
+
+    let near = build(&store, &src("near"), "near");
+    let changed = files[30].1.len() as u64;
+    assert_eq!(near.bytes_spooled, big.len() as u64 + changed);
+    assert!(near.new_chunk_bytes > 0 && near.new_chunk_bytes < a.new_chunk_bytes / 4);
+    // The same extents as chunking the near twin in a store of its own.
+    let fresh = build(&t.join("fresh"), &src("near"), "near");
+    assert_eq!(fresh.bytes_spooled, fresh.bytes_chunked);
+    assert_eq!(extents(&store, "near"), extents(&t.join("fresh"), "near"));
+    ok(puzzle(&store).args(["verify", "--full"]));
+    for (tag, dir) in [("twin", "xt"), ("near", "xn")] {
+        extract(&store, tag, &t.join(dir));
+    }
+    extract(&t.join("fresh"), "near", &t.join("xf"));
+    assert_same_tree(&t.join("xf"), &t.join("xn"));
+    extract(&store, "a", &t.join("xa"));
+    assert_same_tree(&t.join("xa"), &t.join("xt"));
+}
+
 /// Which name of a hard-link group carries the data depends on the tar
 /// writer's directory walk; it must not move content in the chunk stream.
 #[test]

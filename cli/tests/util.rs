@@ -59,6 +59,7 @@ pub struct BuildSummary {
     pub bytes_read: u64,
     pub bytes_uncompressed: u64,
     pub bytes_chunked: u64,
+    pub bytes_spooled: u64,
     pub new_chunks: u64,
     pub new_chunk_bytes: u64,
     pub reused_chunks: u64,

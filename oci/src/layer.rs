@@ -27,6 +27,7 @@ use std::rc::Rc;
 use std::sync::{Condvar, Mutex};
 
 use puzzle_chunker::{ChunkId, ChunkParams, StreamChunker};
+use puzzle_store::known::{KnownFiles, StoredChunks};
 use puzzle_store::tree::{
     normalize_path, split_parent, Extent, FileDigest, Layer, LayerEntry, Meta, Node,
 };
@@ -47,6 +48,9 @@ pub struct LayerCounts {
     pub files: u64,
     /// Bytes of regular-file contents.
     pub file_bytes: u64,
+    /// Bytes written to the spool: file contents, less files found stored
+    /// ([`KnownFiles`]), plus any a later entry of the same path superseded.
+    pub spooled_bytes: u64,
 }
 
 /// An entry waiting for its contents to be chunked.
@@ -56,12 +60,21 @@ enum Pending {
         meta: Meta,
     },
     File {
-        spool_offset: u64,
+        source: Source,
         size: u64,
         digest: FileDigest,
         meta: Meta,
     },
     Link(LinkTo),
+}
+
+/// Where a file's bytes wait to be chunked.
+enum Source {
+    /// At this offset of the spool file.
+    Spool(u64),
+    /// Already stored: the extents of a converted layer's file with the same
+    /// contents ([`KnownFiles`]); not spooled.
+    Stored(Vec<Extent>),
 }
 
 /// Where a path was defined in a layer's entries (indexes in tar order).
@@ -152,6 +165,10 @@ impl<R: Read> Read for Budgeted<R> {
 
 /// Copy buffer size for file contents.
 const COPY_BUF: usize = 256 << 10;
+
+/// Largest file [`spool_live`] holds in memory, not spooled, until it knows
+/// whether the store has its contents. Bigger files are spooled.
+pub const HOLD_FILE: u64 = 64 << 20;
 
 /// Copies `from` to `to` through `buf`, hashing what passes when `hasher` is
 /// given. Returns the bytes copied.
@@ -452,18 +469,23 @@ fn entry_err(path: &[u8], why: impl Into<String>) -> Error {
 /// file in `tmp_dir`. `progress` is called with the bytes of file content
 /// read so far.
 pub fn spool(tar: &mut dyn Read, tmp_dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Spooled> {
-    spool_to(tar, tmp_dir, progress, None)
+    spool_to(tar, tmp_dir, progress, None, None)
 }
 
 /// [`spool`], publishing the spool to `live` as it grows, for another thread
 /// to chunk it meanwhile ([`LiveSpool::chunk`]). `live` is ended when this
 /// returns: complete if every entry came in sorted-path order, abandoned at
 /// the first one that did not (or on an error).
+///
+/// Once abandoned, a file whose contents `known` finds stored is not
+/// spooled: files of a size `known` may have are held in memory (up to
+/// [`HOLD_FILE`] bytes) until their digest is known.
 pub fn spool_live(
     tar: &mut dyn Read,
     tmp_dir: &Path,
     progress: &mut dyn FnMut(u64),
     live: &LiveSpool,
+    known: Option<&mut KnownFiles<'_>>,
 ) -> Result<Spooled> {
     // Abandoned on every early return; ending a second time changes nothing.
     struct Abandon<'a>(&'a LiveSpool);
@@ -473,7 +495,7 @@ pub fn spool_live(
         }
     }
     let _abandon = Abandon(live);
-    let spooled = spool_to(tar, tmp_dir, progress, Some(live))?;
+    let spooled = spool_to(tar, tmp_dir, progress, Some(live), known)?;
     live.end(true);
     Ok(spooled)
 }
@@ -483,6 +505,7 @@ fn spool_to(
     tmp_dir: &Path,
     progress: &mut dyn FnMut(u64),
     live: Option<&LiveSpool>,
+    mut known: Option<&mut KnownFiles<'_>>,
 ) -> Result<Spooled> {
     let spool_err = |source| Error::Io {
         path: tmp_dir.to_path_buf(),
@@ -503,7 +526,10 @@ fn spool_to(
     let mut watch = live;
     let mut sorted_up_to: Option<Vec<u8>> = None;
     let mut buf = vec![0u8; COPY_BUF];
-    let mut spooled = 0u64;
+    // A file's bytes while it may turn out stored.
+    let mut held: Vec<u8> = Vec::new();
+    // File bytes read, and written to the spool.
+    let (mut read, mut spooled) = (0u64, 0u64);
     // In tar order, every definition kept (later ones win at the end).
     let mut entries: Vec<(Vec<u8>, Pending)> = Vec::new();
     // Path -> its definitions so far in `entries`.
@@ -586,12 +612,22 @@ fn spool_to(
                 let size = entry.size();
                 let offset = spooled;
                 let mut hasher = blake3::Hasher::new();
-                let n = copy_hashing(&mut entry, &mut out, &mut buf, Some(&mut hasher)).map_err(
-                    |e| match Error::from_io(e) {
+                // The live chunker reads every file from the spool.
+                let hold = watch.is_none()
+                    && size <= HOLD_FILE
+                    && known.as_ref().is_some_and(|k| k.may_have(size));
+                let to: &mut dyn Write = if hold {
+                    held.clear();
+                    &mut held
+                } else {
+                    &mut out
+                };
+                let n = copy_hashing(&mut entry, to, &mut buf, Some(&mut hasher)).map_err(|e| {
+                    match Error::from_io(e) {
                         Ok(inner) => inner,
                         Err(e) => entry_err(&path, format!("reading contents: {e}")),
-                    },
-                )?;
+                    }
+                })?;
                 if n != size {
                     return Err(entry_err(
                         &path,
@@ -601,10 +637,26 @@ fn spool_to(
                     ));
                 }
                 let digest = FileDigest::from_bytes(*hasher.finalize().as_bytes());
-                spooled += n;
-                progress(spooled);
+                read += n;
+                progress(read);
+                // Looked up also when spooled already: a sampled file makes
+                // its layer's files known for the rest of this one.
+                let stored = match known.as_deref_mut() {
+                    Some(k) => k.find(size, &digest)?,
+                    None => None,
+                };
+                let source = match stored {
+                    Some(extents) if hold => Source::Stored(extents.to_vec()),
+                    _ => {
+                        if hold {
+                            out.write_all(&held).map_err(spool_err)?;
+                        }
+                        spooled += n;
+                        Source::Spool(offset)
+                    }
+                };
                 Pending::File {
-                    spool_offset: offset,
+                    source,
                     size,
                     digest,
                     meta,
@@ -720,6 +772,7 @@ fn spool_to(
     out.flush().map_err(spool_err)?;
     let (spool, spool_len) = (out.file, out.written);
 
+    counts.spooled_bytes = spooled;
     let entries = settle_links(entries, &seen);
     for (_, p) in &entries {
         if let Pending::File { size, .. } = p {
@@ -877,30 +930,59 @@ fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
     Some((secs, nsec))
 }
 
-/// Regular-file contents in sorted-path order, read back from the spool.
-struct SpoolStream<'a> {
+/// Regular-file contents in sorted-path order, read back from the spool or,
+/// for files not spooled, from the store.
+struct SpoolStream<'a, 'b> {
     spool: &'a std::fs::File,
-    files: Vec<(u64, u64)>,
+    /// (where, size) of each file.
+    files: Vec<(&'a Source, u64)>,
+    stored: &'a mut StoredChunks<'b>,
     idx: usize,
+    /// Bytes of the current file read.
     pos: u64,
+    /// In a stored file: the extent being read, and its bytes read.
+    ext: usize,
+    ext_pos: u32,
 }
 
-impl Read for SpoolStream<'_> {
+impl Read for SpoolStream<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(&(off, size)) = self.files.get(self.idx) {
+        while let Some(&(source, size)) = self.files.get(self.idx) {
             if self.pos == size {
                 self.idx += 1;
                 self.pos = 0;
+                (self.ext, self.ext_pos) = (0, 0);
                 continue;
             }
             let want = buf.len().min((size - self.pos) as usize);
-            let n = self.spool.read_at(&mut buf[..want], off + self.pos)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "spool file is short",
-                ));
-            }
+            let n = match source {
+                Source::Spool(off) => {
+                    let n = self.spool.read_at(&mut buf[..want], off + self.pos)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "spool file is short",
+                        ));
+                    }
+                    n
+                }
+                Source::Stored(extents) => {
+                    let short = || io::Error::new(io::ErrorKind::InvalidData, "extents are short");
+                    let e = extents.get(self.ext).ok_or_else(short)?;
+                    if self.ext_pos == e.len {
+                        self.ext += 1;
+                        self.ext_pos = 0;
+                        continue;
+                    }
+                    let bytes = self.stored.chunk(&e.chunk).map_err(io::Error::other)?;
+                    let n = want.min((e.len - self.ext_pos) as usize);
+                    let start = (e.offset + self.ext_pos) as usize;
+                    let data = bytes.get(start..start + n).ok_or_else(short)?;
+                    buf[..n].copy_from_slice(data);
+                    self.ext_pos += n as u32;
+                    n
+                }
+            };
             self.pos += n as u64;
             return Ok(n);
         }
@@ -909,29 +991,32 @@ impl Read for SpoolStream<'_> {
 }
 
 impl Spooled {
-    /// Phase 2: chunk the contents and store new chunks through `writer`.
+    /// Phase 2: chunk the contents and store new chunks through `writer`;
+    /// files that were not spooled are read from the store through `stored`.
     /// `progress` is called with the bytes chunked so far.
     pub fn chunk(
         self,
         params: ChunkParams,
         writer: &mut ChunkWriter<'_>,
+        stored: &mut StoredChunks<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Layer> {
-        let files: Vec<(u64, u64)> = self
+        let files: Vec<(&Source, u64)> = self
             .entries
             .iter()
             .filter_map(|(_, p)| match p {
-                Pending::File {
-                    spool_offset, size, ..
-                } => Some((*spool_offset, *size)),
+                Pending::File { source, size, .. } => Some((source, *size)),
                 _ => None,
             })
             .collect();
         let mut stream = SpoolStream {
             spool: &self.spool,
             files,
+            stored,
             idx: 0,
             pos: 0,
+            ext: 0,
+            ext_pos: 0,
         };
         let chunks = chunk_stream(&mut stream, params, progress, &mut |id, data| {
             writer.put(id, data)?;
@@ -947,11 +1032,8 @@ impl Spooled {
     pub fn is_stream(&self, chunks: &[(ChunkId, u32)]) -> bool {
         let mut at = 0u64;
         for (_, p) in &self.entries {
-            if let Pending::File {
-                spool_offset, size, ..
-            } = p
-            {
-                if *spool_offset != at {
+            if let Pending::File { source, size, .. } = p {
+                if !matches!(source, Source::Spool(off) if *off == at) {
                     return false;
                 }
                 at += size;
@@ -1117,14 +1199,14 @@ mod tests {
     }
 
     /// Runs `f` with a writer on a fresh store; nothing is kept.
-    fn with_writer<T>(f: impl FnOnce(&mut ChunkWriter<'_>) -> T) -> T {
+    fn with_writer<T>(f: impl FnOnce(&mut ChunkWriter<'_>, &mut StoredChunks<'_>) -> T) -> T {
         use puzzle_store::{index::ChunkIndex, Store, StoreConfig};
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig::new(small_params(), 3);
         let store = Store::open_or_create(&dir.path().join("store"), &config).unwrap();
         let index = ChunkIndex::open(&store).unwrap();
         let mut writer = ChunkWriter::new(&store, &index, 1);
-        f(&mut writer)
+        f(&mut writer, &mut StoredChunks::new(&store, &index))
     }
 
     /// Spools `tar` on another thread while chunking it live: the chunks (or
@@ -1133,7 +1215,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let live = LiveSpool::new();
         std::thread::scope(|s| {
-            let reader = s.spawn(|| spool_live(&mut &tar[..], tmp.path(), &mut |_| {}, &live));
+            let reader =
+                s.spawn(|| spool_live(&mut &tar[..], tmp.path(), &mut |_| {}, &live, None));
             let chunks = live.chunk(small_params(), w, &mut |_| {}).unwrap();
             (chunks, reader.join().unwrap())
         })
@@ -1174,14 +1257,14 @@ mod tests {
     /// and what the writer stored.
     fn live_timed(tar: &[u8], slow: bool) -> (Option<Vec<(ChunkId, u32)>>, WriteStats) {
         let tmp = tempfile::tempdir().unwrap();
-        with_writer(|w| {
+        with_writer(|w, _| {
             let live = LiveSpool::new();
             std::thread::scope(|s| {
                 let reader = s.spawn(|| {
                     let mut fast = tar;
                     let mut slow_tar = Slow(tar);
                     let r: &mut dyn Read = if slow { &mut slow_tar } else { &mut fast };
-                    spool_live(r, tmp.path(), &mut |_| {}, &live)
+                    spool_live(r, tmp.path(), &mut |_| {}, &live, None)
                 });
                 if !slow {
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -1239,7 +1322,7 @@ mod tests {
     #[test]
     fn live_chunking_of_a_sorted_tar_equals_chunking_the_spool() {
         let tar = puzzle_testkit::layer_tar(&sorted_entries());
-        let (chunks, spooled) = with_writer(|w| live(&tar, w));
+        let (chunks, spooled) = with_writer(|w, _| live(&tar, w));
         let (chunks, spooled) = (
             chunks.expect("a sorted tar is chunked live"),
             spooled.unwrap(),
@@ -1250,7 +1333,7 @@ mod tests {
 
         let tmp = tempfile::tempdir().unwrap();
         let sp = spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap();
-        let chunked = with_writer(|w| sp.chunk(small_params(), w, &mut |_| {})).unwrap();
+        let chunked = with_writer(|w, s| sp.chunk(small_params(), w, s, &mut |_| {})).unwrap();
         assert_eq!(streamed, chunked);
     }
 
@@ -1274,14 +1357,15 @@ mod tests {
         let cases = [("swapped", entries), ("late", late), ("again", again)];
         for (what, entries) in cases {
             let tar = puzzle_testkit::layer_tar(&entries);
-            let (chunks, spooled) = with_writer(|w| live(&tar, w));
+            let (chunks, spooled) = with_writer(|w, _| live(&tar, w));
             assert_eq!(chunks, None, "{what}");
             // The spool itself is fine and chunks the usual way.
             let sp = spooled.unwrap();
-            let layer = with_writer(|w| sp.chunk(small_params(), w, &mut |_| {})).unwrap();
+            let layer = with_writer(|w, s| sp.chunk(small_params(), w, s, &mut |_| {})).unwrap();
             let tmp = tempfile::tempdir().unwrap();
             let again = spool(&mut &tar[..], tmp.path(), &mut |_| {}).unwrap();
-            let expect = with_writer(|w| again.chunk(small_params(), w, &mut |_| {})).unwrap();
+            let expect =
+                with_writer(|w, s| again.chunk(small_params(), w, s, &mut |_| {})).unwrap();
             assert_eq!(layer, expect, "{what}");
         }
     }
@@ -1291,7 +1375,7 @@ mod tests {
         let tar = puzzle_testkit::layer_tar(&sorted_entries());
         // Cut inside the big file: the tar is truncated.
         let cut = &tar[..tar.len() / 2];
-        let (chunks, spooled) = with_writer(|w| live(cut, w));
+        let (chunks, spooled) = with_writer(|w, _| live(cut, w));
         assert_eq!(chunks, None);
         assert!(spooled.is_err());
     }
@@ -1299,7 +1383,7 @@ mod tests {
     #[test]
     fn chunks_from_another_stream_are_refused() {
         let tar = puzzle_testkit::layer_tar(&sorted_entries());
-        let (chunks, spooled) = with_writer(|w| live(&tar, w));
+        let (chunks, spooled) = with_writer(|w, _| live(&tar, w));
         let (mut chunks, spooled) = (chunks.unwrap(), spooled.unwrap());
         chunks.pop();
         assert!(!spooled.is_stream(&chunks));

@@ -15,8 +15,8 @@
 //!    chunk table pointing at the new places) and a new manifest;
 //! 4. `index.json` is rewritten once, pointing those tags at the new manifests;
 //! 5. pins are read again: a manifest pinned since step 0 keeps its blobs;
-//! 6. layer records that would name a chunk no longer indexed are dropped
-//!    (flushed), then the index is cut down to the packs that stay (flushed):
+//! 6. layer records that would name a chunk no longer indexed are dropped,
+//!    with the `streams` and `samples` hints naming them (flushed), then the index is cut down to the packs that stay (flushed):
 //!    a record never outlives a chunk it names;
 //! 7. only then every blob no root reaches is deleted.
 //!
@@ -349,6 +349,9 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
             index.remove_layer(&diff_id)?;
             report.layer_records_removed += 1;
         }
+    }
+    if report.layer_records_removed > 0 {
+        index.drop_stale_hints()?;
     }
     index.flush()?;
     for id in &gone {

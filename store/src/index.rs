@@ -10,6 +10,7 @@ use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
 use crate::layout::Store;
 use crate::pack::{ChunkLoc, PackInfo};
+use crate::tree::{FileDigest, Layer};
 
 const LOC_LEN: usize = 56;
 
@@ -21,6 +22,7 @@ pub struct ChunkIndex {
     chunks: sled::Tree,
     layers: sled::Tree,
     streams: sled::Tree,
+    samples: sled::Tree,
 }
 
 fn encode_loc(loc: &ChunkLoc) -> [u8; LOC_LEN] {
@@ -69,12 +71,14 @@ impl ChunkIndex {
         let chunks = db.open_tree("chunks").map_err(err)?;
         let layers = db.open_tree("layers").map_err(err)?;
         let streams = db.open_tree("streams").map_err(err)?;
+        let samples = db.open_tree("samples").map_err(err)?;
         Ok(ChunkIndex {
             path,
             db,
             chunks,
             layers,
             streams,
+            samples,
         })
     }
 
@@ -198,6 +202,44 @@ impl ChunkIndex {
             .insert(key, diff_id.as_bytes())
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// The diff_id of a converted layer holding a file with contents
+    /// `digest`, for files [`crate::known::sampled`] picks (a hint: the record
+    /// may since be gone).
+    pub fn sample(&self, digest: &FileDigest) -> Result<Option<String>> {
+        Ok(self
+            .samples
+            .get(digest.as_bytes())
+            .map_err(|e| self.err(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the sampled files of the converted layer `diff_id`.
+    pub fn put_samples(&self, diff_id: &str, layer: &Layer) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (size, digest, _) in layer.files() {
+            if crate::known::sampled(size, digest) {
+                batch.insert(digest.as_bytes(), diff_id.as_bytes());
+            }
+        }
+        self.samples.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    /// Drops the `streams` and `samples` entries naming a layer without a
+    /// record (gc, after it removed records). Returns how many went.
+    pub fn drop_stale_hints(&self) -> Result<usize> {
+        let mut gone = 0;
+        for tree in [&self.streams, &self.samples] {
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                if !self.layers.contains_key(&v).map_err(|e| self.err(e))? {
+                    tree.remove(k).map_err(|e| self.err(e))?;
+                    gone += 1;
+                }
+            }
+        }
+        Ok(gone)
     }
 
     /// Makes everything written so far durable.

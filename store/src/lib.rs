@@ -6,6 +6,8 @@
 //! - [`frame`]: grouping consecutive chunks into frames; reading chunks out of
 //!   a decompressed [`frame::Frame`].
 //! - [`index::ChunkIndex`]: the sled cache of chunk locations and converted layers.
+//! - [`known`]: files the store already holds, found by their contents while
+//!   a layer is read (so their bytes are not spooled).
 //! - [`tree`]: converted layers ([`tree::Layer`]) and flattening into a [`tree::Tree`].
 //! - [`meta`]: the image metadata blob, written from a tree and read in place.
 //! - [`writer::ChunkWriter`]: stores new chunks, compressing on worker threads.
@@ -26,6 +28,7 @@ pub mod frame;
 pub mod gc;
 pub mod image;
 pub mod index;
+pub mod known;
 pub mod layout;
 pub mod manifest;
 pub mod meta;

@@ -179,6 +179,22 @@ impl Layer {
         }
     }
 
+    /// Regular files in path (chunking) order: size, content digest, extents.
+    pub fn files(&self) -> impl Iterator<Item = (u64, &FileDigest, &[Extent])> {
+        self.entries.iter().filter_map(|e| match e {
+            LayerEntry::Node {
+                node:
+                    Node::File {
+                        size,
+                        extents,
+                        digest,
+                    },
+                ..
+            } => Some((*size, digest, extents.as_slice())),
+            _ => None,
+        })
+    }
+
     /// Every chunk the layer's files use.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
         self.entries

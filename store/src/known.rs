@@ -1,0 +1,249 @@
+//! Files the store already holds, found by their contents.
+//!
+//! A layer read again with the same files in another tar order (an image
+//! rebuilt as-built, a tag pushed twice) would otherwise spool every byte
+//! before its stream key finds the earlier layer. While a layer is spooled,
+//! [`KnownFiles`] recognizes files that a converted layer already holds: a
+//! file whose contents hash to one of them keeps that layer's extents and is
+//! not spooled. If the layer's chunk stream turns out new after all, its
+//! chunker reads such files back from the packs ([`StoredChunks`]).
+//!
+//! The index lists a sample of each converted layer's files (`samples`:
+//! content digest -> diff_id, see [`sampled`]), so a layer meets one of its
+//! twin's files within its first few dozen. That layer's record then gives
+//! every file it holds.
+
+use std::collections::{HashMap, HashSet};
+
+use puzzle_chunker::ChunkId;
+
+use crate::error::{Error, Result};
+use crate::frame::{ChunkBytes, FrameReader};
+use crate::index::ChunkIndex;
+use crate::layout::Store;
+use crate::tree::{Extent, FileDigest, Layer};
+
+/// Files at least this large are always sampled: most bytes are in them.
+const SAMPLE_SIZE: u64 = 1 << 20;
+
+/// Smaller files are sampled when their digest's first byte is below this:
+/// one in 32.
+const SAMPLE_BYTE: u8 = 8;
+
+/// Most converted layers one [`KnownFiles`] learns from.
+const MAX_LAYERS: usize = 4;
+
+/// Whether the index lists a file of this size and contents in `samples`.
+/// A pure function of the file, so the layer being read and the layers
+/// converted before agree on it.
+pub fn sampled(size: u64, digest: &FileDigest) -> bool {
+    size >= SAMPLE_SIZE || digest.as_bytes()[0] < SAMPLE_BYTE
+}
+
+/// Files of converted layers, learned while a layer is read.
+pub struct KnownFiles<'a> {
+    index: &'a ChunkIndex,
+    /// Content digest -> size and extents.
+    files: HashMap<FileDigest, (u64, Vec<Extent>)>,
+    sizes: HashSet<u64>,
+    /// diff_ids whose records were looked at, usable or not.
+    tried: Vec<String>,
+}
+
+impl<'a> KnownFiles<'a> {
+    pub fn new(index: &'a ChunkIndex) -> Self {
+        KnownFiles {
+            index,
+            files: HashMap::new(),
+            sizes: HashSet::new(),
+            tried: Vec::new(),
+        }
+    }
+
+    /// Whether some known file has this size: only then are a file's bytes
+    /// worth holding until its digest is known.
+    pub fn may_have(&self, size: u64) -> bool {
+        self.sizes.contains(&size)
+    }
+
+    /// The extents of a stored file with this size and contents. A sampled
+    /// file not known yet makes the layer that holds it known (for the files
+    /// that follow) if its record is intact and every chunk it uses is
+    /// stored.
+    pub fn find(&mut self, size: u64, digest: &FileDigest) -> Result<Option<&[Extent]>> {
+        if !self.files.contains_key(digest)
+            && sampled(size, digest)
+            && self.tried.len() < MAX_LAYERS
+        {
+            if let Some(diff_id) = self.index.sample(digest)? {
+                if !self.tried.contains(&diff_id) {
+                    self.learn(&diff_id)?;
+                    self.tried.push(diff_id);
+                }
+            }
+        }
+        Ok(self
+            .files
+            .get(digest)
+            .filter(|(s, _)| *s == size)
+            .map(|(_, extents)| extents.as_slice()))
+    }
+
+    fn learn(&mut self, diff_id: &str) -> Result<()> {
+        let Some(record) = self.index.layer(diff_id)? else {
+            return Ok(());
+        };
+        let Ok(layer) = Layer::from_record(&record) else {
+            return Ok(());
+        };
+        let mut checked: HashSet<&ChunkId> = HashSet::new();
+        for id in layer.chunks() {
+            if checked.insert(id) && !self.index.has(id)? {
+                return Ok(());
+            }
+        }
+        for (size, digest, extents) in layer.files() {
+            self.sizes.insert(size);
+            self.files
+                .entry(*digest)
+                .or_insert_with(|| (size, extents.to_vec()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads stored chunks by id (through the index), for chunking files that
+/// were not spooled.
+pub struct StoredChunks<'a> {
+    index: &'a ChunkIndex,
+    frames: FrameReader<'a>,
+}
+
+/// Decompressed frames [`StoredChunks`] keeps: a file's extents mostly run
+/// through consecutive chunks of one frame.
+const FRAME_CACHE: usize = 8 << 20;
+
+impl<'a> StoredChunks<'a> {
+    pub fn new(store: &'a Store, index: &'a ChunkIndex) -> Self {
+        StoredChunks {
+            index,
+            frames: FrameReader::new(store, FRAME_CACHE),
+        }
+    }
+
+    /// The checked bytes of chunk `id`.
+    pub fn chunk(&mut self, id: &ChunkId) -> Result<ChunkBytes> {
+        let loc = self.index.get(id)?.ok_or(Error::ChunkNotFound(*id))?;
+        self.frames.chunk(id, &loc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{PackEntry, PackInfo};
+    use crate::tree::{LayerEntry, Meta, Node};
+    use crate::{BlobDigest, StoreConfig};
+
+    /// A layer of files `(name, size, digest byte)`, each in its own chunk
+    /// (the chunk id derived from the name).
+    fn layer(files: &[(&str, u64, u8)]) -> Layer {
+        let entries = files
+            .iter()
+            .map(|&(name, size, d)| LayerEntry::Node {
+                path: name.as_bytes().to_vec(),
+                node: Node::File {
+                    size,
+                    extents: vec![Extent {
+                        chunk: ChunkId::of(name.as_bytes()),
+                        offset: 0,
+                        len: size as u32,
+                    }],
+                    digest: FileDigest::from_bytes([d; 32]),
+                },
+                meta: Meta::default(),
+            })
+            .collect();
+        Layer {
+            entries,
+            ..Layer::default()
+        }
+    }
+
+    fn index_chunks(index: &ChunkIndex, names: &[&str]) {
+        let entries = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| PackEntry {
+                id: ChunkId::of(n.as_bytes()),
+                offset: i as u64 * 100,
+                clen: 100,
+                frame_rlen: 100,
+                at: 0,
+                rlen: 100,
+            })
+            .collect();
+        let pack = PackInfo {
+            digest: BlobDigest::of(b"pack"),
+            size: 0,
+            entries,
+        };
+        index.add_pack(&pack).unwrap();
+    }
+
+    #[test]
+    fn a_sampled_file_makes_its_layers_files_known_while_their_chunks_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(
+            dir.path(),
+            &StoreConfig::new(puzzle_chunker::ChunkParams::default(), 3),
+        )
+        .unwrap();
+        let index = ChunkIndex::open(&store).unwrap();
+        // "s" is sampled (digest byte 1); "t" is not (digest byte 200).
+        let l = layer(&[("s", 10, 1), ("t", 20, 200)]);
+        index.put_layer("sha256:l", &l.to_record()).unwrap();
+        index.put_samples("sha256:l", &l).unwrap();
+        let d = |b: u8| FileDigest::from_bytes([b; 32]);
+        assert_eq!(index.sample(&d(1)).unwrap().as_deref(), Some("sha256:l"));
+        assert_eq!(index.sample(&d(200)).unwrap(), None);
+
+        // Chunks not indexed: the record is not used.
+        let mut known = KnownFiles::new(&index);
+        assert_eq!(known.find(10, &d(1)).unwrap(), None);
+        assert!(!known.may_have(20));
+
+        index_chunks(&index, &["s", "t"]);
+        let mut known = KnownFiles::new(&index);
+        // Not sampled: nothing is looked up.
+        assert_eq!(known.find(20, &d(200)).unwrap(), None);
+        assert!(known.find(10, &d(1)).unwrap().is_some());
+        assert!(known.may_have(20));
+        let t = known
+            .find(20, &d(200))
+            .unwrap()
+            .expect("known since s was found");
+        assert_eq!(t[0].chunk, ChunkId::of(b"t"));
+        // The same contents with another size are another file.
+        assert_eq!(known.find(21, &d(200)).unwrap(), None);
+
+        // Hints naming a layer without a record go.
+        index.put_stream(&[7; 32], "sha256:l").unwrap();
+        assert_eq!(index.drop_stale_hints().unwrap(), 0);
+        index.remove_layer("sha256:l").unwrap();
+        assert_eq!(index.drop_stale_hints().unwrap(), 2);
+        assert_eq!(index.sample(&d(1)).unwrap(), None);
+        assert_eq!(index.stream(&[7; 32]).unwrap(), None);
+    }
+
+    #[test]
+    fn big_files_and_one_in_32_small_ones_are_sampled() {
+        let d = |b: u8| FileDigest::from_bytes([b; 32]);
+        assert!(sampled(SAMPLE_SIZE, &d(255)));
+        assert!(!sampled(SAMPLE_SIZE - 1, &d(255)));
+        assert!(sampled(0, &d(SAMPLE_BYTE - 1)));
+        assert!(!sampled(100, &d(SAMPLE_BYTE)));
+        let n = (0..=255u8).filter(|&b| sampled(10, &d(b))).count();
+        assert_eq!(n, 256 / 32);
+    }
+}
