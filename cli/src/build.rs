@@ -9,7 +9,7 @@
 //! commit in order: packs (durable) -> index -> metadata, config, manifest
 //! -> tag.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,7 +27,7 @@ use puzzle_store::index::ChunkIndex;
 use puzzle_store::known::{KnownFiles, StoredChunks};
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
 use puzzle_store::meta::{SourceInfo, SourceLayer};
-use puzzle_store::tree::{Extent, Layer, LayerEntry, Node, Tree};
+use puzzle_store::tree::{Extent, Layer, Tree};
 use puzzle_store::writer::ChunkWriter;
 use puzzle_store::{image, Store, StoreConfig};
 use serde::Serialize;
@@ -142,7 +142,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             continue;
         }
         first_of.insert(&li.diff_id, i);
-        match cached_layer(&index, &li.diff_id).with_context(ctx)? {
+        match index.usable_layer(&li.diff_id).with_context(ctx)? {
             Some(layer) => steps.push(Step::Cached(layer)),
             None => {
                 steps.push(Step::Read(to_read.len()));
@@ -193,7 +193,6 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                     // A panic is reported through the slot, so the chunking
                     // thread never waits for a layer that will not come.
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let mut known = KnownFiles::new(index);
                         read_layer(
                             src.as_ref(),
                             to_read[k],
@@ -201,7 +200,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                             stop,
                             reading,
                             &live,
-                            &mut known,
+                            index,
                         )
                     }))
                     .unwrap_or_else(|_| {
@@ -247,7 +246,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                             .chunk(params, &mut writer, &mut |n| bar.set_position(n))
                             .with_context(ctx)?;
                         bar.finish_and_clear();
-                        let (spooled, stats) = slots[k]
+                        let (spooled, stats, known) = slots[k]
                             .1
                             .recv()
                             .expect("a reader sends every layer it takes")
@@ -260,7 +259,9 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                         let key = spooled.stream_key(params);
                         let layer = match streamed.filter(|c| spooled.is_stream(c)) {
                             Some(chunks) => spooled.with_stream(&chunks).with_context(ctx)?,
-                            None => match same_stream(&index, &key, &spooled).with_context(ctx)? {
+                            None => match same_stream(&index, &key, &spooled, known)
+                                .with_context(ctx)?
+                            {
                                 Some(extents) => {
                                     for len in chunk_lens(&extents) {
                                         writer.note_reused(len);
@@ -399,7 +400,9 @@ enum Step {
     Read(usize),
 }
 
-type SpoolResult = puzzle_oci::Result<(layer::Spooled, LayerStats)>;
+/// A layer read: its spool, its reading figures, and the converted layers
+/// its spool found files of ([`KnownFiles::into_layers`]).
+type SpoolResult = puzzle_oci::Result<(layer::Spooled, LayerStats, Vec<(String, Layer)>)>;
 
 /// Reads one layer: decompress, verify its digests, spool its contents.
 /// Stops early with an error once `stop` is set.
@@ -410,8 +413,9 @@ fn read_layer(
     stop: &AtomicBool,
     bar: &ProgressBar,
     live: &LiveSpool,
-    known: &mut KnownFiles<'_>,
+    index: &ChunkIndex,
 ) -> SpoolResult {
+    let mut known = KnownFiles::new(index);
     let mut reader = src.open_layer(li)?;
     let mut last = 0;
     let spooled = {
@@ -427,11 +431,11 @@ fn read_layer(
                 last = n;
             },
             live,
-            Some(known),
+            Some(&mut known),
         )?
     };
     let stats = reader.finish()?;
-    Ok((spooled, stats))
+    Ok((spooled, stats, known.into_layers()))
 }
 
 /// A reader that fails once `stop` is set.
@@ -452,38 +456,30 @@ impl<R: Read> Read for Stoppable<'_, R> {
 /// The extents of a layer converted before whose contents make the same
 /// chunk stream (same stream key), if its record is intact, every chunk it
 /// uses is still stored and its files match `spooled`'s sizes and digests.
+/// `known` are layers checked that way already (taken instead of their
+/// records).
 fn same_stream(
     index: &ChunkIndex,
     key: &[u8; 32],
     spooled: &layer::Spooled,
+    known: Vec<(String, Layer)>,
 ) -> Result<Option<Vec<Vec<Extent>>>> {
     let Some(diff_id) = index.stream(key)? else {
         return Ok(None);
     };
-    let Some(earlier) = cached_layer(index, &diff_id)? else {
-        return Ok(None);
+    let earlier = match known.into_iter().find(|(d, _)| *d == diff_id) {
+        Some((_, layer)) => layer,
+        None => match index.usable_layer(&diff_id)? {
+            Some(layer) => layer,
+            None => return Ok(None),
+        },
     };
-    let mut files = Vec::new();
-    for e in earlier.entries {
-        if let LayerEntry::Node {
-            node:
-                Node::File {
-                    size,
-                    extents,
-                    digest,
-                },
-            ..
-        } = e
-        {
-            files.push((size, digest, extents));
-        }
-    }
-    let same = files.len() == spooled.files().count()
-        && files
-            .iter()
+    let same = earlier.files().count() == spooled.files().count()
+        && earlier
+            .files()
             .zip(spooled.files())
-            .all(|((size, digest, _), (s, d))| *size == s && *digest == d);
-    Ok(same.then(|| files.into_iter().map(|f| f.2).collect()))
+            .all(|((size, digest, _), (s, d))| size == s && *digest == d);
+    Ok(same.then(|| earlier.files().map(|f| f.2.to_vec()).collect()))
 }
 
 /// Lengths of the chunks a run of extent lists uses, one per use in stream
@@ -497,27 +493,6 @@ fn chunk_lens(extents: &[Vec<Extent>]) -> Vec<u64> {
         }
     }
     out
-}
-
-/// A layer converted before, if its record is intact and every chunk it
-/// uses is still stored. (gc now drops a record before the chunks it names,
-/// but a store an older gc was killed in may still hold such a record; the
-/// layer is then read again rather than failing the build.)
-fn cached_layer(index: &ChunkIndex, diff_id: &str) -> Result<Option<Layer>> {
-    let Some(record) = index.layer(diff_id)? else {
-        return Ok(None);
-    };
-    let Ok(layer) = Layer::from_record(&record) else {
-        return Ok(None);
-    };
-    // Most chunks hold several small files: each is looked up once.
-    let mut checked = HashSet::new();
-    for id in layer.chunks() {
-        if checked.insert(id) && !index.has(id)? {
-            return Ok(None);
-        }
-    }
-    Ok(Some(layer))
 }
 
 fn report(s: &Summary, json: bool) -> Result<()> {

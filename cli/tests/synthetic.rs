@@ -260,11 +260,14 @@ fn files_already_stored_are_not_spooled() {
     let layout = t.join("layout");
     // A file of 1 MiB or more is always sampled. In the other tar order it
     // comes first and the next entry breaks the sorted order, so it is the
-    // only file spooled before the rest are known.
+    // only file spooled before the rest are known. `ymid` spans several
+    // chunks; `zlink` links to a file that is not spooled.
     let big = puzzle_testkit::pseudo_random(5, 1_500_000);
+    let mid = puzzle_testkit::pseudo_random(6, 700_000);
     let files = random_files(60, 200, (3_000, 1_700), |i| format!("d{}/f{i:02}", i % 4));
     let entries = |sorted: bool, change: Option<usize>| -> Vec<Entry> {
         let mut named: Vec<(String, Entry)> = vec![("zbig".into(), Entry::file("zbig", &big))];
+        named.push(("ymid".into(), Entry::file("ymid", &mid)));
         named.extend((0..4).map(|d| (format!("d{d}"), Entry::dir(format!("d{d}")))));
         named.extend(files.iter().enumerate().map(|(i, (n, c))| {
             let e = match change {
@@ -278,6 +281,7 @@ fn files_already_stored_are_not_spooled() {
         } else {
             named[1..].reverse();
         }
+        named.push(("zlink".into(), Entry::hardlink("zlink", "d3/f59")));
         named.into_iter().map(|(_, e)| e).collect()
     };
     let images = [
@@ -317,6 +321,21 @@ fn files_already_stored_are_not_spooled() {
     assert_same_tree(&t.join("xf"), &t.join("xn"));
     extract(&store, "a", &t.join("xa"));
     assert_same_tree(&t.join("xa"), &t.join("xt"));
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(t.join(p)).unwrap().ino();
+    assert_eq!(ino("xt/zlink"), ino("xt/d3/f59"));
+
+    // Once their layers' records go, so do the samples naming them.
+    let sample = || {
+        let s = puzzle_store::Store::open(&store).unwrap();
+        let index = puzzle_store::index::ChunkIndex::open(&s).unwrap();
+        let big = puzzle_store::tree::FileDigest::of(&big);
+        index.sample(&big).unwrap()
+    };
+    assert!(sample().is_some());
+    ok(puzzle(&store).args(["rm", "a", "twin", "near"]));
+    ok(puzzle(&store).arg("gc"));
+    assert_eq!(sample(), None);
 }
 
 /// Which name of a hard-link group carries the data depends on the tar

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::sync::{Condvar, Mutex};
 
 use puzzle_chunker::{ChunkId, ChunkParams, StreamChunker};
-use puzzle_store::known::{KnownFiles, StoredChunks};
+use puzzle_store::known::{sampled, KnownFiles, StoredChunks};
 use puzzle_store::tree::{
     normalize_path, split_parent, Extent, FileDigest, Layer, LayerEntry, Meta, Node,
 };
@@ -433,9 +433,12 @@ fn chunk_stream(
     let mut chunks = Vec::new();
     let mut done = 0u64;
     for chunk in StreamChunker::new(stream, params) {
-        let chunk = chunk.map_err(|source| Error::Io {
-            path: "layer spool file".into(),
-            source,
+        let chunk = chunk.map_err(|e| match Error::from_io(e) {
+            Ok(inner) => inner,
+            Err(source) => Error::Io {
+                path: "layer spool file".into(),
+                source,
+            },
         })?;
         let id = ChunkId::of(&chunk.data);
         let len = chunk.data.len();
@@ -528,6 +531,8 @@ fn spool_to(
     let mut buf = vec![0u8; COPY_BUF];
     // A file's bytes while it may turn out stored.
     let mut held: Vec<u8> = Vec::new();
+    // Sampled files spooled while the layer was chunked live.
+    let mut live_samples: Vec<(u64, FileDigest)> = Vec::new();
     // File bytes read, and written to the spool.
     let (mut read, mut spooled) = (0u64, 0u64);
     // In tar order, every definition kept (later ones win at the end).
@@ -602,6 +607,11 @@ fn spool_to(
                 watch = None;
                 out.flush().map_err(spool_err)?;
                 live.end(false);
+                if let Some(k) = known.as_deref_mut() {
+                    for (size, digest) in live_samples.drain(..) {
+                        k.find(size, &digest)?;
+                    }
+                }
             } else {
                 sorted_up_to = Some(path.clone());
             }
@@ -640,10 +650,16 @@ fn spool_to(
                 read += n;
                 progress(read);
                 // Looked up also when spooled already: a sampled file makes
-                // its layer's files known for the rest of this one.
+                // its layer's files known for the rest of this one. While the
+                // layer is chunked live every file is spooled anyway: sampled
+                // ones wait until (if ever) the live pass is abandoned.
                 let stored = match known.as_deref_mut() {
-                    Some(k) => k.find(size, &digest)?,
-                    None => None,
+                    Some(k) if watch.is_none() => k.find(size, &digest)?,
+                    Some(_) if sampled(size, &digest) => {
+                        live_samples.push((size, digest));
+                        None
+                    }
+                    _ => None,
                 };
                 let source = match stored {
                     Some(extents) if hold => Source::Stored(extents.to_vec()),
@@ -934,21 +950,30 @@ fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
 /// for files not spooled, from the store.
 struct SpoolStream<'a, 'b> {
     spool: &'a std::fs::File,
-    /// (where, size) of each file.
-    files: Vec<(&'a Source, u64)>,
+    /// (where, size, content digest) of each file.
+    files: Vec<(&'a Source, u64, &'a FileDigest)>,
     stored: &'a mut StoredChunks<'b>,
     idx: usize,
     /// Bytes of the current file read.
     pos: u64,
-    /// In a stored file: the extent being read, and its bytes read.
+    /// In a stored file: the extent being read, its bytes read, and the
+    /// file's bytes so far, hashed (checked against its digest at its end:
+    /// the extents come from another layer's record).
     ext: usize,
     ext_pos: u32,
+    hasher: blake3::Hasher,
 }
 
 impl Read for SpoolStream<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while let Some(&(source, size)) = self.files.get(self.idx) {
+        while let Some(&(source, size, digest)) = self.files.get(self.idx) {
             if self.pos == size {
+                if let Source::Stored(_) = source {
+                    let got = std::mem::replace(&mut self.hasher, blake3::Hasher::new());
+                    if got.finalize().as_bytes() != digest.as_bytes() {
+                        return Err(stored_err("a file's extents do not give its contents"));
+                    }
+                }
                 self.idx += 1;
                 self.pos = 0;
                 (self.ext, self.ext_pos) = (0, 0);
@@ -967,18 +992,25 @@ impl Read for SpoolStream<'_, '_> {
                     n
                 }
                 Source::Stored(extents) => {
-                    let short = || io::Error::new(io::ErrorKind::InvalidData, "extents are short");
-                    let e = extents.get(self.ext).ok_or_else(short)?;
+                    let Some(e) = extents.get(self.ext) else {
+                        return Err(stored_err("a file's extents are short"));
+                    };
                     if self.ext_pos == e.len {
                         self.ext += 1;
                         self.ext_pos = 0;
                         continue;
                     }
-                    let bytes = self.stored.chunk(&e.chunk).map_err(io::Error::other)?;
+                    let bytes = self
+                        .stored
+                        .chunk(&e.chunk)
+                        .map_err(|e| io::Error::from(Error::Store(e)))?;
                     let n = want.min((e.len - self.ext_pos) as usize);
-                    let start = (e.offset + self.ext_pos) as usize;
-                    let data = bytes.get(start..start + n).ok_or_else(short)?;
+                    let start = e.offset as usize + self.ext_pos as usize;
+                    let Some(data) = bytes.get(start..start + n) else {
+                        return Err(stored_err("an extent runs past its chunk"));
+                    };
                     buf[..n].copy_from_slice(data);
+                    self.hasher.update(data);
                     self.ext_pos += n as u32;
                     n
                 }
@@ -988,6 +1020,16 @@ impl Read for SpoolStream<'_, '_> {
         }
         Ok(0)
     }
+}
+
+/// An error reading back a file that was not spooled: the record its
+/// extents came from does not fit the file.
+fn stored_err(why: &str) -> io::Error {
+    Error::Store(puzzle_store::Error::Corrupt {
+        what: "a converted layer's record".into(),
+        why: why.into(),
+    })
+    .into()
 }
 
 impl Spooled {
@@ -1001,11 +1043,16 @@ impl Spooled {
         stored: &mut StoredChunks<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Layer> {
-        let files: Vec<(&Source, u64)> = self
+        let files: Vec<(&Source, u64, &FileDigest)> = self
             .entries
             .iter()
             .filter_map(|(_, p)| match p {
-                Pending::File { source, size, .. } => Some((source, *size)),
+                Pending::File {
+                    source,
+                    size,
+                    digest,
+                    ..
+                } => Some((source, *size, digest)),
                 _ => None,
             })
             .collect();
@@ -1017,6 +1064,7 @@ impl Spooled {
             pos: 0,
             ext: 0,
             ext_pos: 0,
+            hasher: blake3::Hasher::new(),
         };
         let chunks = chunk_stream(&mut stream, params, progress, &mut |id, data| {
             writer.put(id, data)?;

@@ -16,8 +16,9 @@
 //! 4. `index.json` is rewritten once, pointing those tags at the new manifests;
 //! 5. pins are read again: a manifest pinned since step 0 keeps its blobs;
 //! 6. layer records that would name a chunk no longer indexed are dropped,
-//!    with the `streams` and `samples` hints naming them (flushed), then the index is cut down to the packs that stay (flushed):
-//!    a record never outlives a chunk it names;
+//!    with the `streams` and `samples` hints naming them (flushed), then the
+//!    index is cut down to the packs that stay (flushed): a record never
+//!    outlives a chunk it names;
 //! 7. only then every blob no root reaches is deleted.
 //!
 //! Killed at any point, the store stays valid: until step 4 the old images
@@ -38,7 +39,6 @@ use crate::layout::Store;
 use crate::manifest::Descriptor;
 use crate::meta::MetaBlob;
 use crate::pack::{self, ChunkLoc, PackInfo, PackWriter, DEFAULT_PACK_TARGET};
-use crate::tree::Layer;
 
 /// Packs with less than this fraction of their frame bytes live are
 /// rewritten by default (docs/FORMAT.md, "Garbage collection").
@@ -329,21 +329,9 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         .copied()
         .collect();
     for diff_id in index.layer_ids()? {
-        let ok = match index.layer(&diff_id)? {
-            Some(rec) => match Layer::from_record(&rec) {
-                Ok(layer) => {
-                    let mut all = true;
-                    for id in layer.chunks() {
-                        if leaving.contains(id) || !index.has(id)? {
-                            all = false;
-                            break;
-                        }
-                    }
-                    all
-                }
-                Err(_) => false,
-            },
-            None => true,
+        let ok = match index.usable_layer(&diff_id)? {
+            Some(layer) => !layer.chunks().any(|id| leaving.contains(id)),
+            None => false,
         };
         if !ok {
             index.remove_layer(&diff_id)?;

@@ -2,6 +2,7 @@
 //! converted. Everything in it can be rebuilt from packs (chunk locations);
 //! a lost layer record only means that layer is converted again.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use puzzle_chunker::ChunkId;
@@ -173,6 +174,27 @@ impl ChunkIndex {
             .map(|v| v.to_vec()))
     }
 
+    /// The converted layer `diff_id`, if its record is intact and every chunk
+    /// it uses is indexed. (gc drops a record before the chunks it names, but
+    /// a store an older gc was killed in may still hold such a record; its
+    /// layer is then converted again.)
+    pub fn usable_layer(&self, diff_id: &str) -> Result<Option<Layer>> {
+        let Some(record) = self.layer(diff_id)? else {
+            return Ok(None);
+        };
+        let Ok(layer) = Layer::from_record(&record) else {
+            return Ok(None);
+        };
+        // Most chunks hold several small files: each is looked up once.
+        let mut checked = HashSet::new();
+        for id in layer.chunks() {
+            if checked.insert(id) && !self.has(id)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(layer))
+    }
+
     pub fn put_layer(&self, diff_id: &str, record: &[u8]) -> Result<()> {
         self.layers
             .insert(diff_id.as_bytes(), record)
@@ -227,19 +249,17 @@ impl ChunkIndex {
     }
 
     /// Drops the `streams` and `samples` entries naming a layer without a
-    /// record (gc, after it removed records). Returns how many went.
-    pub fn drop_stale_hints(&self) -> Result<usize> {
-        let mut gone = 0;
+    /// record (gc, after it removed records).
+    pub fn drop_stale_hints(&self) -> Result<()> {
         for tree in [&self.streams, &self.samples] {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
                 if !self.layers.contains_key(&v).map_err(|e| self.err(e))? {
                     tree.remove(k).map_err(|e| self.err(e))?;
-                    gone += 1;
                 }
             }
         }
-        Ok(gone)
+        Ok(())
     }
 
     /// Makes everything written so far durable.
