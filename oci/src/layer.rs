@@ -628,6 +628,7 @@ fn spool_to(
                     && known.as_ref().is_some_and(|k| k.may_have(size));
                 let to: &mut dyn Write = if hold {
                     held.clear();
+                    held.reserve(size as usize);
                     &mut held
                 } else {
                     &mut out
