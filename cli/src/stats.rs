@@ -34,6 +34,15 @@ pub struct StatsArgs {
     top: usize,
 }
 
+/// The report's view of an opened image.
+fn input<'a>(name: &'a str, img: &'a Image) -> Input<'a, Vec<u8>> {
+    Input {
+        name,
+        meta: &img.meta,
+        meta_stored: img.manifest.metadata().map_or(0, |d| d.size),
+    }
+}
+
 pub fn run(root: &Path, args: &StatsArgs) -> Result<u8> {
     let store = Store::open(root)?;
     let names: Vec<String> = if args.names.is_empty() {
@@ -56,13 +65,7 @@ pub fn run(root: &Path, args: &StatsArgs) -> Result<u8> {
             }
         }
     }
-    let inputs: Vec<Input<'_, Vec<u8>>> = opened
-        .iter()
-        .map(|i| Input {
-            name: &i.name,
-            meta: &i.meta,
-        })
-        .collect();
+    let inputs: Vec<Input<'_, Vec<u8>>> = opened.iter().map(|i| input(&i.name, i)).collect();
     let report = stats::compute(&inputs, &packs).context("computing the report")?;
 
     let diff = match &args.diff {
@@ -74,17 +77,8 @@ pub fn run(root: &Path, args: &StatsArgs) -> Result<u8> {
                 image::open(&store, n).with_context(|| format!("opening image {n}"))
             };
             let (ia, ib) = (find(a)?, find(b)?);
-            let d = stats::diff(
-                Input {
-                    name: a,
-                    meta: &ia.meta,
-                },
-                Input {
-                    name: b,
-                    meta: &ib.meta,
-                },
-            )
-            .with_context(|| format!("comparing {a} and {b}"))?;
+            let d = stats::diff(input(a, &ia), input(b, &ib))
+                .with_context(|| format!("comparing {a} and {b}"))?;
             Some(d)
         }
         None => None,

@@ -1,7 +1,8 @@
 //! puzzle's read-only FUSE filesystem over one stored image.
 //!
 //! - [`ImageFs`]: a [`fuser::Filesystem`] serving one image from its
-//!   memory-mapped metadata blob and its packs (never the sled index).
+//!   metadata blob (decompressed into memory, or mapped if stored plain) and
+//!   its packs (never the sled index).
 //!   FUSE inode numbers are metadata inode indices plus one (the root is 1),
 //!   so they are stable and hard links share one inode.
 //! - [`ChunkCache`]: decompressed frames (each holding consecutive chunks,

@@ -33,7 +33,7 @@ use puzzle_chunker::ChunkId;
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
 use crate::frame::{FrameReader, Group, Grouper};
-use crate::image::{read_manifest, write_image, MAX_METADATA};
+use crate::image::{read_manifest, read_metadata, write_image};
 use crate::index::ChunkIndex;
 use crate::layout::Store;
 use crate::manifest::Descriptor;
@@ -137,9 +137,7 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         }
         let what = format!("image {}", name.as_deref().unwrap_or(&m.to_string()));
         let man = read_manifest(store, &m).map_err(|e| refuse(what.clone(), e))?;
-        let md = man.metadata().expect("checked").digest;
-        let meta = store
-            .read_blob(&md, MAX_METADATA)
+        let meta = read_metadata(store, man.metadata().expect("checked"))
             .and_then(MetaBlob::open)
             .map_err(|e| refuse(what.clone(), e))?;
         roots.push(Root {

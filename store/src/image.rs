@@ -60,9 +60,13 @@ pub fn write_image(
     config: Descriptor,
     config_bytes: Option<&[u8]>,
 ) -> Result<(Descriptor, Descriptor, usize)> {
-    let meta_digest = BlobDigest::of(meta_bytes);
-    let metadata = Descriptor::new(MEDIA_TYPE_METADATA, meta_digest, meta_bytes.len() as u64);
     let view = MetaBlob::open(meta_bytes)?;
+    let stored = meta::compress(meta_bytes);
+    let metadata = Descriptor::new(
+        MEDIA_TYPE_METADATA_ZSTD,
+        BlobDigest::of(&stored),
+        stored.len() as u64,
+    );
     let mut layers = vec![metadata.clone()];
     for pack in view.packs()? {
         let path = store.blob_path(&pack);
@@ -85,7 +89,7 @@ pub fn write_image(
     };
     let bytes = manifest.to_bytes();
     let mut blobs: Vec<&[u8]> = config_bytes.into_iter().collect();
-    blobs.extend([meta_bytes, &bytes[..]]);
+    blobs.extend([&stored[..], &bytes[..]]);
     let digest = *store.write_blobs(&blobs)?.last().expect("the manifest");
     let desc = Descriptor::new(MEDIA_TYPE_MANIFEST, digest, bytes.len() as u64);
     Ok((desc, metadata, packs))
@@ -138,14 +142,24 @@ fn open_ref(store: &Store, r: &ImageRef) -> Result<Image> {
     let name = &r.name;
     let manifest = read_manifest(store, &r.manifest.digest)?;
     let md = manifest.metadata().expect("checked").clone();
-    let bytes = store.read_blob(&md.digest, MAX_METADATA)?;
-    let meta = MetaBlob::open(bytes)?;
+    let meta = MetaBlob::open(read_metadata(store, &md)?)?;
     Ok(Image {
         name: name.to_string(),
         manifest_digest: r.manifest.digest,
         manifest,
         meta,
     })
+}
+
+/// The bytes of the metadata blob `md` names, checked against its digest and
+/// decompressed if stored compressed.
+pub fn read_metadata(store: &Store, md: &Descriptor) -> Result<Vec<u8>> {
+    let stored = store.read_blob(&md.digest, MAX_METADATA)?;
+    if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
+        meta::decompress(&stored, MAX_METADATA)
+    } else {
+        Ok(stored)
+    }
 }
 
 /// A stored image whose metadata blob is memory-mapped rather than read.
@@ -162,11 +176,23 @@ pub struct MappedImage {
 /// mounts: nothing is decoded up front. The manifest is verified; the
 /// metadata blob is checked against its digest when `verify` is set (one
 /// SHA-256 pass over it) and is always bounds-checked record by record.
+/// A compressed metadata blob (what builds write) is read, checked against
+/// its digest and decompressed into memory instead.
 /// Only blobs are read, never the index.
 pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImage> {
     let (r, pin) = store.pin_image(name)?;
     let manifest = read_manifest(store, &r.manifest.digest)?;
     let md = manifest.metadata().expect("checked").clone();
+    if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
+        let raw = read_metadata(store, &md)?;
+        return Ok(MappedImage {
+            name: name.to_string(),
+            manifest_digest: r.manifest.digest,
+            manifest,
+            meta: MetaBlob::open(crate::mmap::Mapped::owned(raw))?,
+            pin,
+        });
+    }
     let path = store.blob_path(&md.digest);
     let file = std::fs::File::open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -210,4 +236,32 @@ pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImag
         meta,
         pin,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+
+    /// Builds write the metadata blob compressed; a blob stored plain (as
+    /// builds before that did) still reads.
+    #[test]
+    fn metadata_reads_stored_plain_or_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(puzzle_chunker::ChunkParams::default(), 3);
+        let store = Store::open_or_create(dir.path(), &config).unwrap();
+        let raw = meta::encode(&Tree::new(), &SourceInfo::default(), |id| {
+            Err(Error::ChunkNotFound(*id))
+        })
+        .unwrap();
+        let stored = meta::compress(&raw);
+        let digests = store.write_blobs(&[&raw, &stored]).unwrap();
+        let plain = Descriptor::new(MEDIA_TYPE_METADATA, digests[0], raw.len() as u64);
+        let zstd = Descriptor::new(MEDIA_TYPE_METADATA_ZSTD, digests[1], stored.len() as u64);
+        assert_eq!(read_metadata(&store, &plain).unwrap(), raw);
+        assert_eq!(read_metadata(&store, &zstd).unwrap(), raw);
+        // The wrong type for the bytes is refused, not misread.
+        let wrong = Descriptor::new(MEDIA_TYPE_METADATA_ZSTD, digests[0], raw.len() as u64);
+        assert!(read_metadata(&store, &wrong).is_err());
+    }
 }

@@ -13,6 +13,9 @@ pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The image metadata blob (docs/FORMAT.md, "Metadata blob").
 pub const MEDIA_TYPE_METADATA: &str = "application/vnd.puzzle.metadata.v1";
+/// The metadata blob as one zstd frame (what builds write; the uncompressed
+/// type is still read).
+pub const MEDIA_TYPE_METADATA_ZSTD: &str = "application/vnd.puzzle.metadata.v1+zstd";
 /// A pack of zstd chunk frames (docs/FORMAT.md, "Pack").
 pub const MEDIA_TYPE_PACK: &str = "application/vnd.puzzle.pack.v1";
 
@@ -59,9 +62,9 @@ pub struct Manifest {
 impl Manifest {
     /// The metadata blob's descriptor, checked to be one.
     pub fn metadata(&self) -> Option<&Descriptor> {
-        self.layers
-            .first()
-            .filter(|d| d.media_type == MEDIA_TYPE_METADATA)
+        self.layers.first().filter(|d| {
+            d.media_type == MEDIA_TYPE_METADATA || d.media_type == MEDIA_TYPE_METADATA_ZSTD
+        })
     }
 
     pub fn packs(&self) -> impl Iterator<Item = &Descriptor> {

@@ -13,6 +13,32 @@ use crate::pack::ChunkLoc;
 use crate::tree::{FileDigest, InodeKind, Tree};
 
 pub const META_MAGIC: &[u8; 8] = b"PZLMETA\0";
+
+/// zstd level of a stored metadata blob. On these tables level 1 gives a
+/// smaller frame than level 3, and faster (benches/SIZE.md).
+pub const STORED_ZSTD_LEVEL: i32 = 1;
+
+/// A metadata blob's stored form: its bytes as one zstd frame.
+pub fn compress(raw: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(raw, STORED_ZSTD_LEVEL).expect("compressing to memory")
+}
+
+/// A metadata blob's bytes from its stored form ([`compress`]), refused past
+/// `limit` bytes.
+pub fn decompress(stored: &[u8], limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad = |why: String| corrupt(format!("stored metadata: {why}"));
+    let mut raw = Vec::new();
+    zstd::stream::Decoder::new(stored)
+        .map_err(|e| bad(format!("zstd: {e}")))?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut raw)
+        .map_err(|e| bad(format!("zstd: {e}")))?;
+    if raw.len() as u64 > limit {
+        return Err(bad(format!("over {limit} bytes decompressed")));
+    }
+    Ok(raw)
+}
 pub const META_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 16 + SECTIONS * 16;
 const SECTIONS: usize = 9;
@@ -929,6 +955,40 @@ mod tests {
                 }
             }
         }
+
+        /// Fuzz stand-in (fuzz/fuzz_targets/meta_stored.rs): a stored blob
+        /// with overwritten bytes or cut short decompresses to an error or
+        /// to at most the limit, never panics.
+        #[test]
+        fn mutated_stored_blobs_never_panic(
+            edits in proptest::collection::vec((0usize..1 << 16, proptest::prelude::any::<u8>()), 1..8),
+            cut in proptest::option::of(0usize..1 << 16),
+        ) {
+            let mut b = compress(&encode(&sample(), &SourceInfo::default(), loc).unwrap());
+            for (at, v) in edits {
+                let i = at % b.len();
+                b[i] = v;
+            }
+            if let Some(c) = cut {
+                b.truncate(c % (b.len() + 1));
+            }
+            if let Ok(raw) = decompress(&b, 1 << 20) {
+                proptest::prop_assert!(raw.len() <= 1 << 20);
+                if let Ok(m) = MetaBlob::open(&raw[..]) {
+                    let _ = walk(&m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_blob_round_trips_and_is_refused_past_the_limit() {
+        let raw = encode(&sample(), &SourceInfo::default(), loc).unwrap();
+        let stored = compress(&raw);
+        assert!(stored.len() < raw.len());
+        assert_eq!(decompress(&stored, raw.len() as u64).unwrap(), raw);
+        assert!(decompress(&stored, raw.len() as u64 - 1).is_err());
+        assert!(decompress(&raw, 1 << 20).is_err(), "not a zstd frame");
     }
 
     #[test]

@@ -8,9 +8,15 @@
 use std::fs::File;
 use std::io;
 
-/// A read-only memory map of a whole file.
+/// A read-only memory map of a whole file, or bytes decoded from one (a
+/// compressed metadata blob is decompressed into memory instead).
 pub struct Mapped {
-    map: memmap2::Mmap,
+    inner: Inner,
+}
+
+enum Inner {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
 }
 
 impl Mapped {
@@ -24,12 +30,24 @@ impl Mapped {
         // SAFETY: the caller promises the file is not truncated or changed
         // while mapped, which is memmap2's whole contract.
         let map = unsafe { memmap2::Mmap::map(file)? };
-        Ok(Mapped { map })
+        Ok(Mapped {
+            inner: Inner::Map(map),
+        })
+    }
+
+    /// Bytes held in memory rather than mapped.
+    pub fn owned(bytes: Vec<u8>) -> Mapped {
+        Mapped {
+            inner: Inner::Owned(bytes),
+        }
     }
 }
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
-        &self.map
+        match &self.inner {
+            Inner::Map(map) => map,
+            Inner::Owned(bytes) => bytes,
+        }
     }
 }

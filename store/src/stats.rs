@@ -23,6 +23,9 @@ use crate::tree::FileDigest;
 pub struct Input<'a, B> {
     pub name: &'a str,
     pub meta: &'a MetaBlob<B>,
+    /// Bytes of the metadata blob as stored (its manifest descriptor's size;
+    /// the blob is stored compressed).
+    pub meta_stored: u64,
 }
 
 impl<'a, B> Input<'a, B> {
@@ -30,6 +33,7 @@ impl<'a, B> Input<'a, B> {
         Input {
             name: self.name,
             meta: self.meta,
+            meta_stored: self.meta_stored,
         }
     }
 }
@@ -192,7 +196,7 @@ pub fn compute<B: AsRef<[u8]>>(
         let m = input.meta;
         let mut s = ImageStats {
             name: input.name.to_string(),
-            metadata_bytes: m.bytes().len() as u64,
+            metadata_bytes: input.meta_stored,
             packs: m.pack_count(),
             ..ImageStats::default()
         };
@@ -642,10 +646,12 @@ mod tests {
             Input {
                 name: "a",
                 meta: &ma,
+                meta_stored: ma.bytes().len() as u64,
             },
             Input {
                 name: "b",
                 meta: &mb,
+                meta_stored: mb.bytes().len() as u64,
             },
         ];
         let r = compute(&inputs, &packs).unwrap();

@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::BlobDigest;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::image::{read_manifest, MAX_METADATA};
+use crate::image::{read_manifest, read_metadata};
 use crate::index::ChunkIndex;
 use crate::layout::{Store, MAX_JSON};
 use crate::meta::MetaBlob;
@@ -143,19 +143,18 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
         if let Err(e) = store.read_blob(&m.config.digest, MAX_JSON) {
             c.problem(format!("config {}", m.config.digest), &who, e.to_string());
         }
-        let md = m.metadata().expect("checked by read_manifest").digest;
+        let md = m.metadata().expect("checked by read_manifest");
         let listed: BTreeSet<BlobDigest> = m.packs().map(|p| p.digest).collect();
         for p in &listed {
             users.entry(*p).or_default().insert(r.name.clone());
         }
-        let meta = match store
-            .read_blob(&md, MAX_METADATA)
+        let meta = match read_metadata(store, md)
             .and_then(MetaBlob::open)
             .and_then(|m| m.check().map(|()| m))
         {
             Ok(meta) => meta,
             Err(e) => {
-                c.problem(format!("metadata {md}"), &who, e.to_string());
+                c.problem(format!("metadata {}", md.digest), &who, e.to_string());
                 continue;
             }
         };
