@@ -36,10 +36,12 @@ pub struct StatsArgs {
 
 /// The report's view of an opened image.
 fn input<'a>(name: &'a str, img: &'a Image) -> Input<'a, Vec<u8>> {
+    let md = img.manifest.metadata().expect("checked by read_manifest");
     Input {
         name,
         meta: &img.meta,
-        meta_stored: img.manifest.metadata().map_or(0, |d| d.size),
+        meta_digest: md.digest,
+        meta_stored: md.size,
     }
 }
 

@@ -270,9 +270,15 @@ fn synthetic_store_figures_are_exact() {
     );
     let names: Vec<&str> = s.images.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["one", "three", "two"], "sorted by name");
+    // The metadata blob files' sizes on disk (`images` reports the manifest's
+    // figure; stats must agree with what is stored).
     let metas: HashMap<String, u64> = images(&syn.store)
         .into_iter()
-        .map(|i| (i.name, i.metadata_bytes))
+        .map(|i| {
+            let hex = i.metadata.trim_start_matches("sha256:");
+            let path = syn.store.join("blobs/sha256").join(hex);
+            (i.name, std::fs::metadata(path).unwrap().len())
+        })
         .collect();
     // (name, files, logical, chunks, chunk bytes, unique, shared, stored, stored alone).
     // Each build writes one pack: one's holds c0 and c1, two's c2, three's c3.

@@ -111,6 +111,21 @@ pub fn read_manifest(store: &Store, digest: &BlobDigest) -> Result<Manifest> {
         source,
     })?;
     let version = manifest.annotations.get(ANNOTATION_FORMAT);
+    if let (Some(first), true) = (manifest.layers.first(), manifest.metadata().is_none()) {
+        if first
+            .media_type
+            .starts_with("application/vnd.puzzle.metadata.")
+        {
+            return Err(Error::CorruptBlob {
+                digest: digest.to_string(),
+                why: format!(
+                    "its metadata blob has media type {}, which this puzzle does not read \
+                     (written by a newer version?)",
+                    first.media_type
+                ),
+            });
+        }
+    }
     if version.map(String::as_str) != Some(&FORMAT_VERSION.to_string())
         || manifest.metadata().is_none()
     {
@@ -155,8 +170,19 @@ fn open_ref(store: &Store, r: &ImageRef) -> Result<Image> {
 /// decompressed if stored compressed.
 pub fn read_metadata(store: &Store, md: &Descriptor) -> Result<Vec<u8>> {
     let stored = store.read_blob(&md.digest, MAX_METADATA)?;
+    let corrupt = |why: String| Error::CorruptBlob {
+        digest: md.digest.to_string(),
+        why,
+    };
+    if stored.len() as u64 != md.size {
+        return Err(corrupt(format!(
+            "{} bytes, manifest says {}",
+            stored.len(),
+            md.size
+        )));
+    }
     if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
-        meta::decompress(&stored, MAX_METADATA)
+        meta::decompress(&stored, MAX_METADATA).map_err(|e| corrupt(e.to_string()))
     } else {
         Ok(stored)
     }
@@ -177,7 +203,8 @@ pub struct MappedImage {
 /// metadata blob is checked against its digest when `verify` is set (one
 /// SHA-256 pass over it) and is always bounds-checked record by record.
 /// A compressed metadata blob (what builds write) is read, checked against
-/// its digest and decompressed into memory instead.
+/// its digest (whatever `verify` says: it is read whole anyway) and
+/// decompressed into memory instead.
 /// Only blobs are read, never the index.
 pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImage> {
     let (r, pin) = store.pin_image(name)?;

@@ -14,33 +14,49 @@ use crate::tree::{FileDigest, InodeKind, Tree};
 
 pub const META_MAGIC: &[u8; 8] = b"PZLMETA\0";
 
+pub const META_VERSION: u32 = 2;
+pub const HEADER_LEN: usize = 16 + SECTIONS * 16;
+
 /// zstd level of a stored metadata blob. On these tables level 1 gives a
 /// smaller frame than level 3, and faster (benches/SIZE.md).
 pub const STORED_ZSTD_LEVEL: i32 = 1;
 
-/// A metadata blob's stored form: its bytes as one zstd frame.
+/// A metadata blob's stored form: its bytes as one zstd frame (with its
+/// content size in the frame header).
 pub fn compress(raw: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(raw, STORED_ZSTD_LEVEL).expect("compressing to memory")
 }
 
-/// A metadata blob's bytes from its stored form ([`compress`]), refused past
-/// `limit` bytes.
+/// A metadata blob's bytes from its stored form ([`compress`]): exactly one
+/// zstd frame that states its content size, at most `limit` bytes. The
+/// output is allocated at that size once, so a small hostile frame cannot
+/// make the reader grow a buffer past the limit.
 pub fn decompress(stored: &[u8], limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
     let bad = |why: String| corrupt(format!("stored metadata: {why}"));
-    let mut raw = Vec::new();
-    zstd::stream::Decoder::new(stored)
-        .map_err(|e| bad(format!("zstd: {e}")))?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut raw)
-        .map_err(|e| bad(format!("zstd: {e}")))?;
-    if raw.len() as u64 > limit {
-        return Err(bad(format!("over {limit} bytes decompressed")));
+    let size = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err(bad("the zstd frame does not state its size".into())),
+        Err(_) => return Err(bad("not a zstd frame".into())),
+    };
+    if size > limit {
+        return Err(bad(format!(
+            "{size} bytes decompressed is over the {limit}-byte limit"
+        )));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => {}
+        _ => return Err(bad("not exactly one zstd frame".into())),
+    }
+    let raw =
+        zstd::bulk::decompress(stored, size as usize).map_err(|e| bad(format!("zstd: {e}")))?;
+    if raw.len() as u64 != size {
+        return Err(bad(format!(
+            "{} bytes decompressed, the frame says {size}",
+            raw.len()
+        )));
     }
     Ok(raw)
 }
-pub const META_VERSION: u32 = 2;
-pub const HEADER_LEN: usize = 16 + SECTIONS * 16;
 const SECTIONS: usize = 9;
 const S_SOURCE: usize = 0;
 const S_PACKS: usize = 1;
@@ -989,6 +1005,10 @@ mod tests {
         assert_eq!(decompress(&stored, raw.len() as u64).unwrap(), raw);
         assert!(decompress(&stored, raw.len() as u64 - 1).is_err());
         assert!(decompress(&raw, 1 << 20).is_err(), "not a zstd frame");
+        let two = [&stored[..], &stored[..]].concat();
+        assert!(decompress(&two, 1 << 20).is_err(), "two frames");
+        let no_size = zstd::stream::encode_all(&raw[..], 1).unwrap();
+        assert!(decompress(&no_size, 1 << 20).is_err(), "no content size");
     }
 
     #[test]

@@ -23,8 +23,9 @@ use crate::tree::FileDigest;
 pub struct Input<'a, B> {
     pub name: &'a str,
     pub meta: &'a MetaBlob<B>,
-    /// Bytes of the metadata blob as stored (its manifest descriptor's size;
-    /// the blob is stored compressed).
+    /// The metadata blob as stored (its manifest descriptor's digest and
+    /// size; builds store it compressed).
+    pub meta_digest: BlobDigest,
     pub meta_stored: u64,
 }
 
@@ -33,6 +34,7 @@ impl<'a, B> Input<'a, B> {
         Input {
             name: self.name,
             meta: self.meta,
+            meta_digest: self.meta_digest,
             meta_stored: self.meta_stored,
         }
     }
@@ -200,7 +202,7 @@ pub fn compute<B: AsRef<[u8]>>(
             packs: m.pack_count(),
             ..ImageStats::default()
         };
-        if metas.insert(BlobDigest::of(m.bytes())) {
+        if metas.insert(input.meta_digest) {
             t.metadata_bytes += s.metadata_bytes;
         }
         for ino in 0..m.inode_count() {
@@ -646,11 +648,13 @@ mod tests {
             Input {
                 name: "a",
                 meta: &ma,
+                meta_digest: BlobDigest::of(ma.bytes()),
                 meta_stored: ma.bytes().len() as u64,
             },
             Input {
                 name: "b",
                 meta: &mb,
+                meta_digest: BlobDigest::of(mb.bytes()),
                 meta_stored: mb.bytes().len() as u64,
             },
         ];

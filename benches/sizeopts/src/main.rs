@@ -152,7 +152,8 @@ struct Input {
     pack_bytes: u64,
     /// Bytes of the images' other blobs: metadata, configs, manifests.
     other_blobs: u64,
-    /// Bytes of the metadata blobs alone (also in `other_blobs`).
+    /// The metadata blobs' bytes, decompressed (`other_blobs` counts them as
+    /// stored, compressed).
     metadata: Vec<Vec<u8>>,
     gzip_bytes: u64,
     packs: usize,
