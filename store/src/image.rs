@@ -209,17 +209,25 @@ pub struct MappedImage {
 pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImage> {
     let (r, pin) = store.pin_image(name)?;
     let manifest = read_manifest(store, &r.manifest.digest)?;
-    let md = manifest.metadata().expect("checked").clone();
-    if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
-        let raw = read_metadata(store, &md)?;
-        return Ok(MappedImage {
-            name: name.to_string(),
-            manifest_digest: r.manifest.digest,
-            manifest,
-            meta: MetaBlob::open(crate::mmap::Mapped::owned(raw))?,
-            pin,
-        });
-    }
+    let md = manifest.metadata().expect("checked");
+    let buf = if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
+        crate::mmap::Mapped::owned(read_metadata(store, md)?)
+    } else {
+        map_plain_metadata(store, md, verify)?
+    };
+    let meta = MetaBlob::open(buf)?;
+    Ok(MappedImage {
+        name: name.to_string(),
+        manifest_digest: r.manifest.digest,
+        manifest,
+        meta,
+        pin,
+    })
+}
+
+/// Maps a metadata blob stored plain, checking its size and, when `verify`
+/// is set, its digest.
+fn map_plain_metadata(store: &Store, md: &Descriptor, verify: bool) -> Result<crate::mmap::Mapped> {
     let path = store.blob_path(&md.digest);
     let file = std::fs::File::open(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -255,14 +263,7 @@ pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImag
             });
         }
     }
-    let meta = MetaBlob::open(map)?;
-    Ok(MappedImage {
-        name: name.to_string(),
-        manifest_digest: r.manifest.digest,
-        manifest,
-        meta,
-        pin,
-    })
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::frame::{ChunkBytes, FrameReader};
 use crate::index::ChunkIndex;
 use crate::layout::Store;
-use crate::tree::{Extent, FileDigest, Layer, LayerEntry, Node};
+use crate::tree::{Extent, FileDigest, Layer};
 
 /// Files at least this large are always sampled: most bytes are in them.
 const SAMPLE_SIZE: u64 = 1 << 20;
@@ -91,18 +91,12 @@ impl<'a> KnownFiles<'a> {
                 }
             }
         }
-        let Some(&(l, e)) = self.files.get(digest) else {
-            return Ok(None);
-        };
-        Ok(match &self.layers[l].1.entries[e] {
-            LayerEntry::Node {
-                node: Node::File {
-                    size: s, extents, ..
-                },
-                ..
-            } if *s == size => Some(extents.as_slice()),
-            _ => None,
-        })
+        Ok(self
+            .files
+            .get(digest)
+            .and_then(|&(l, e)| self.layers[l].1.entries[e].file())
+            .filter(|f| f.0 == size)
+            .map(|f| f.2))
     }
 
     fn learn(&mut self, diff_id: &str) -> Result<()> {
@@ -110,22 +104,16 @@ impl<'a> KnownFiles<'a> {
             return Ok(());
         };
         let l = self.layers.len();
-        for (e, entry) in layer.entries.iter().enumerate() {
-            if let LayerEntry::Node {
-                node:
-                    Node::File {
-                        size,
-                        extents,
-                        digest,
-                    },
-                ..
-            } = entry
-            {
-                // Extents that do not cover the file are no use.
-                if extents.iter().map(|x| u64::from(x.len)).sum::<u64>() == *size {
-                    self.sizes.insert(*size);
-                    self.files.entry(*digest).or_insert((l, e));
-                }
+        for (e, (size, digest, extents)) in layer
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(e, x)| Some((e, x.file()?)))
+        {
+            // Extents that do not cover the file are no use.
+            if extents.iter().map(|x| u64::from(x.len)).sum::<u64>() == size {
+                self.sizes.insert(size);
+                self.files.entry(*digest).or_insert((l, e));
             }
         }
         self.layers.push((diff_id.to_string(), layer));
@@ -163,7 +151,7 @@ impl<'a> StoredChunks<'a> {
 mod tests {
     use super::*;
     use crate::pack::{PackEntry, PackInfo};
-    use crate::tree::Meta;
+    use crate::tree::{LayerEntry, Meta, Node};
     use crate::{BlobDigest, StoreConfig};
 
     /// A layer of files `(name, size, digest byte)`, each in its own chunk

@@ -112,6 +112,22 @@ pub enum LayerEntry {
 }
 
 impl LayerEntry {
+    /// A regular file's size, content digest and extents.
+    pub fn file(&self) -> Option<(u64, &FileDigest, &[Extent])> {
+        match self {
+            LayerEntry::Node {
+                node:
+                    Node::File {
+                        size,
+                        extents,
+                        digest,
+                    },
+                ..
+            } => Some((*size, digest, extents.as_slice())),
+            _ => None,
+        }
+    }
+
     pub fn path(&self) -> &[u8] {
         match self {
             LayerEntry::Node { path, .. }
@@ -181,32 +197,12 @@ impl Layer {
 
     /// Regular files in path (chunking) order: size, content digest, extents.
     pub fn files(&self) -> impl Iterator<Item = (u64, &FileDigest, &[Extent])> {
-        self.entries.iter().filter_map(|e| match e {
-            LayerEntry::Node {
-                node:
-                    Node::File {
-                        size,
-                        extents,
-                        digest,
-                    },
-                ..
-            } => Some((*size, digest, extents.as_slice())),
-            _ => None,
-        })
+        self.entries.iter().filter_map(LayerEntry::file)
     }
 
     /// Every chunk the layer's files use.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkId> {
-        self.entries
-            .iter()
-            .flat_map(|e| match e {
-                LayerEntry::Node {
-                    node: Node::File { extents, .. },
-                    ..
-                } => extents.as_slice(),
-                _ => &[],
-            })
-            .map(|x| &x.chunk)
+        self.files().flat_map(|f| f.2).map(|x| &x.chunk)
     }
 }
 
