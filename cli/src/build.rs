@@ -45,24 +45,59 @@ pub struct BuildArgs {
     /// Platform to pick from a multi-platform image, as os/arch[/variant].
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
-    /// Minimum chunk size in bytes (a new store only; a store keeps its parameters).
-    #[arg(long, default_value_t = ChunkParams::default().min(), value_name = "BYTES")]
-    chunk_min: u32,
-    /// Average chunk size in bytes.
-    #[arg(long, default_value_t = ChunkParams::default().avg(), value_name = "BYTES")]
-    chunk_avg: u32,
-    /// Maximum chunk size in bytes.
-    #[arg(long, default_value_t = ChunkParams::default().max(), value_name = "BYTES")]
-    chunk_max: u32,
-    /// zstd level for chunk frames (a new store only).
-    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
-    zstd_level: i32,
+    #[command(flatten)]
+    settings: StoreSettings,
     /// Compression threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// The settings a new store is created with (`build` into a new store,
+/// `init`). An existing store keeps its own: given explicitly, they must
+/// match them.
+#[derive(Args, Debug)]
+pub struct StoreSettings {
+    /// Minimum chunk size in bytes, for a new store [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    chunk_min: Option<u32>,
+    /// Average chunk size in bytes, for a new store [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    chunk_avg: Option<u32>,
+    /// Maximum chunk size in bytes, for a new store [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    chunk_max: Option<u32>,
+    /// zstd level for chunk frames, for a new store [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    zstd_level: Option<i32>,
+}
+
+impl StoreSettings {
+    /// Opens the store at `root`, creating it with these settings if the
+    /// directory is new or empty.
+    pub fn open_or_create(&self, root: &Path) -> Result<Store> {
+        let d = ChunkParams::default();
+        let params = ChunkParams::new(
+            self.chunk_min.unwrap_or(d.min()),
+            self.chunk_avg.unwrap_or(d.avg()),
+            self.chunk_max.unwrap_or(d.max()),
+        )
+        .context("invalid chunk parameters")?;
+        let config = StoreConfig::new(params, self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL));
+        let given = self.chunk_min.is_some()
+            || self.chunk_avg.is_some()
+            || self.chunk_max.is_some()
+            || self.zstd_level.is_some();
+        if !given {
+            match Store::open(root) {
+                Err(puzzle_store::Error::NotAStore(_)) => {}
+                r => return Ok(r?),
+            }
+        }
+        Ok(Store::open_or_create(root, &config)?)
+    }
 }
 
 fn parse_tag(s: &str) -> Result<String, String> {
@@ -106,16 +141,13 @@ pub struct Summary {
 
 pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let started = Instant::now();
-    let params = ChunkParams::new(args.chunk_min, args.chunk_avg, args.chunk_max)
-        .context("invalid chunk parameters")?;
     let platform: Platform = args.platform.parse().context("invalid --platform")?;
     let src_ref: SourceRef = args.source.parse().context("invalid image source")?;
     let what = format!("building {} from {}", args.tag, args.source);
 
     let src = source::open(&src_ref, &platform).with_context(|| what.clone())?;
     let img = src.image();
-    let store = Store::open_or_create(root, &StoreConfig::new(params, args.zstd_level))
-        .with_context(|| format!("opening store {}", root.display()))?;
+    let store = args.settings.open_or_create(root)?;
     let params = store.config().params();
     let _lock = store.lock()?;
     let index = ChunkIndex::open(&store)?;

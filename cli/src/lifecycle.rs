@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use puzzle_store::gc::{GcOptions, DEFAULT_REPACK_BELOW};
 use puzzle_store::index::ChunkIndex;
@@ -49,6 +49,9 @@ struct VerifySummary {
 pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8> {
     let started = Instant::now();
     let store = Store::open(root)?;
+    if !store.is_writable() {
+        return verify_read_only(&store, args, progress, started);
+    }
     // The index can be opened by one process only: take the writer lock.
     let _lock = store.lock()?;
     if args.rebuild_index {
@@ -64,8 +67,41 @@ pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8>
         }
     }
     let index = ChunkIndex::open(&store)?;
+    report(&store, &index, args, progress, started)
+}
+
+/// `verify` on a store this process cannot write: no lock (a writer
+/// elsewhere may be running), the index checked in a private copy.
+fn verify_read_only(
+    store: &Store,
+    args: &VerifyArgs,
+    progress: &Progress,
+    started: Instant,
+) -> Result<u8> {
+    if args.rebuild_index {
+        bail!(
+            "store {} is read-only here: --rebuild-index needs to write the index; run it where the store is writable",
+            store.root().display()
+        );
+    }
+    eprintln!(
+        "puzzle: warning: store {} is read-only here: checking a copy of its index, without the writer lock",
+        store.root().display()
+    );
+    let scratch = tempfile::tempdir().context("making a scratch directory for the index copy")?;
+    let index = ChunkIndex::open_copy(store, scratch.path())?;
+    report(store, &index, args, progress, started)
+}
+
+fn report(
+    store: &Store,
+    index: &ChunkIndex,
+    args: &VerifyArgs,
+    progress: &Progress,
+    started: Instant,
+) -> Result<u8> {
     let spinner = progress.spinner("verifying");
-    let report = verify::verify(&store, Some(&index), args.full)?;
+    let report = verify::verify(store, Some(index), args.full)?;
     drop(spinner);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -44,6 +44,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Create a store (in a new or empty directory), or restore a lost puzzle.json with --recover.
+    Init(InitArgs),
     /// Convert an OCI image into the store and tag it.
     Build(build::BuildArgs),
     /// Write a stored image's filesystem into a directory (created if missing, else must be empty).
@@ -73,6 +75,17 @@ struct ExtractArgs {
     /// Print a JSON summary line on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// The store directory [default: the store, see --store].
+    dir: Option<PathBuf>,
+    /// Restore the puzzle.json of a store that lost it, from the settings its manifests record.
+    #[arg(long, conflicts_with_all = ["chunk_min", "chunk_avg", "chunk_max", "zstd_level"])]
+    recover: bool,
+    #[command(flatten)]
+    settings: build::StoreSettings,
 }
 
 #[derive(Args, Debug)]
@@ -127,7 +140,13 @@ fn main() -> ExitCode {
             }
             eprintln!("puzzle: error: {e:#}");
             let code = exit_code(&e);
-            if code == exit::NO_STORE {
+            let unusable = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<puzzle_store::Error>(),
+                    Some(puzzle_store::Error::Unusable { .. })
+                )
+            });
+            if code == exit::NO_STORE && !unusable {
                 eprintln!(
                     "puzzle: hint: pass --store DIR or set PUZZLE_STORE to use another store"
                 );
@@ -148,7 +167,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
         match c.downcast_ref::<puzzle_store::Error>() {
             Some(puzzle_store::Error::ImageNotFound(_)) => return exit::NOT_FOUND,
-            Some(puzzle_store::Error::NotAStore(_)) => return exit::NO_STORE,
+            Some(puzzle_store::Error::NotAStore(_) | puzzle_store::Error::Unusable { .. }) => {
+                return exit::NO_STORE
+            }
             _ => {}
         }
     }
@@ -159,6 +180,7 @@ fn run(cli: &Cli) -> Result<u8> {
     let root = store_dir(cli)?;
     let progress = Progress::new(cli.no_progress);
     match &cli.command {
+        Command::Init(args) => init(args.dir.as_deref().unwrap_or(&root), args),
         Command::Build(args) => build::run(&root, args, &progress),
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Images(args) => images(&root, args),
@@ -174,8 +196,9 @@ fn run(cli: &Cli) -> Result<u8> {
 fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
     let store = Store::open(root)?;
     // Pinned for the whole extract: a concurrent gc keeps every blob it reads.
-    let (img, _pin) = image::open_pinned(&store, &args.name)
+    let (img, pin) = image::open_pinned(&store, &args.name)
         .with_context(|| format!("opening image {}", args.name))?;
+    warn_unpinned(&store, &args.name, &pin);
     let started = std::time::Instant::now();
     let spinner = progress.spinner(&format!("extracting {}", args.name));
     let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)
@@ -204,6 +227,40 @@ fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> R
             secs
         );
     }
+    Ok(exit::OK)
+}
+
+/// Says so when the store could not be written to pin an image in use.
+pub fn warn_unpinned(store: &Store, name: &str, pin: &puzzle_store::layout::Pin) {
+    if !pin.is_held() {
+        eprintln!(
+            "puzzle: warning: store {} is read-only here, so {name} is not pinned: \
+             a gc run by someone who can write could remove it while in use",
+            store.root().display()
+        );
+    }
+}
+
+fn init(dir: &std::path::Path, args: &InitArgs) -> Result<u8> {
+    if args.recover {
+        let r = puzzle_store::create::recover_config(dir)?;
+        eprintln!(
+            "restored {} from {} manifest(s): chunker {}, {}; run `puzzle verify` to check the store",
+            dir.join("puzzle.json").display(),
+            r.manifests,
+            r.config.chunker_label(),
+            r.config.compression.label()
+        );
+        return Ok(exit::OK);
+    }
+    let store = args.settings.open_or_create(dir)?;
+    let cfg = store.config();
+    eprintln!(
+        "store {}: chunker {}, {}",
+        dir.display(),
+        cfg.chunker_label(),
+        cfg.compression.label()
+    );
     Ok(exit::OK)
 }
 

@@ -188,6 +188,7 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     let store = Store::open(root)?;
     let img = image::open_mapped(&store, &args.name, true)
         .with_context(|| format!("opening image {}", args.name))?;
+    crate::warn_unpinned(&store, &args.name, &img.pin);
     let cache = Arc::new(ChunkCache::new(args.cache_mb.max(1) << 20));
     let fs = ImageFs::new(&store, img, cache, log)
         .with_context(|| format!("opening image {}", args.name))?;
@@ -260,6 +261,10 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
     for line in BufReader::new(err).lines() {
         let line = line.unwrap_or_default();
         if line.starts_with("mounted ") {
+            // Warnings the daemon gave on the way (a read-only store).
+            for l in &lines {
+                eprintln!("{l}");
+            }
             eprintln!("{line}");
             return Ok(exit::OK);
         }

@@ -11,7 +11,7 @@ use puzzle_testkit::{all_kinds_image, umoci_unpack, Compression, Entry, Image};
 use crate::util::*;
 
 /// Whether FUSE mounts can run here (root and /dev/fuse); required in CI.
-fn can_mount() -> bool {
+pub(crate) fn can_mount() -> bool {
     let ok = Path::new("/dev/fuse").exists() && rustix::process::geteuid().is_root();
     assert!(
         ok || !require_tools(),
@@ -41,14 +41,14 @@ fn daemon_pid(dir: &Path) -> Option<u32> {
 }
 
 /// A `puzzle mount --daemon`; dropping it unmounts and kills what is left.
-struct Mount {
+pub(crate) struct Mount {
     store: PathBuf,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pid: Option<u32>,
 }
 
 impl Mount {
-    fn new(store: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Mount {
+    pub(crate) fn new(store: &Path, tag: &str, dir: &Path, extra: &[&str]) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
         let dir = dir.canonicalize().unwrap();
         let r = run(puzzle(store)
@@ -73,7 +73,7 @@ impl Mount {
         m
     }
 
-    fn umount(&mut self) {
+    pub(crate) fn umount(&mut self) {
         ok(puzzle(&self.store).arg("umount").arg(&self.dir));
         assert!(!is_mounted(&self.dir));
         if let Some(pid) = self.pid.take() {

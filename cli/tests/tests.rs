@@ -14,4 +14,5 @@ mod diskfull;
 mod lifecycle;
 mod mount;
 mod stats;
+mod store_safety;
 mod synthetic;

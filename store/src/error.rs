@@ -47,6 +47,49 @@ pub enum Error {
         what: String,
         source: serde_json::Error,
     },
+    /// A directory puzzle will not open or create a store in.
+    #[error("{}", unusable_message(path, *why))]
+    Unusable { path: PathBuf, why: Unusable },
+}
+
+/// Why a directory cannot be a store (see `Error::Unusable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unusable {
+    /// The path exists and is not a directory.
+    NotADirectory,
+    /// An OCI layout that puzzle did not create.
+    ForeignLayout,
+    /// A puzzle store whose `puzzle.json` is gone.
+    ConfigLost,
+    /// A directory with other contents.
+    NotEmpty,
+    /// `puzzle.json` is there: nothing to recover.
+    HasConfig,
+}
+
+fn unusable_message(path: &std::path::Path, why: Unusable) -> String {
+    let p = show_os_path(path);
+    match why {
+        Unusable::NotADirectory => format!(
+            "store {p} is not a directory: pass --store a new or empty directory, or a puzzle store"
+        ),
+        Unusable::ForeignLayout => format!(
+            "{p} is an OCI layout that puzzle did not create, so puzzle will not write to it: \
+             pass --store a new or empty directory (`puzzle build oci:{p}:TAG` converts its images)"
+        ),
+        Unusable::ConfigLost => format!(
+            "{p} is a puzzle store missing its puzzle.json: \
+             restore it from the store's manifests with `puzzle init --recover {p}`"
+        ),
+        Unusable::NotEmpty => format!(
+            "{p} is not empty and not a puzzle store: \
+             pass --store a new or empty directory, or a puzzle store"
+        ),
+        Unusable::HasConfig => {
+            format!("{p} already has its puzzle.json: nothing to recover")
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

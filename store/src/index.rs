@@ -3,12 +3,12 @@
 //! a lost layer record only means that layer is converted again.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use puzzle_chunker::ChunkId;
 
 use crate::digest::BlobDigest;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::layout::Store;
 use crate::pack::{ChunkLoc, PackInfo};
 use crate::tree::{FileDigest, Layer};
@@ -53,7 +53,19 @@ fn decode_loc(v: &[u8]) -> Option<ChunkLoc> {
 
 impl ChunkIndex {
     pub fn open(store: &Store) -> Result<ChunkIndex> {
-        let path = store.index_dir();
+        Self::open_at(store.index_dir())
+    }
+
+    /// Opens a private copy of the store's index made in `scratch` (an
+    /// empty directory the caller removes afterwards), for reading a store
+    /// this process cannot write: sled opens its files read-write.
+    pub fn open_copy(store: &Store, scratch: &Path) -> Result<ChunkIndex> {
+        let copy = scratch.join("index");
+        copy_dir(&store.index_dir(), &copy)?;
+        Self::open_at(copy)
+    }
+
+    fn open_at(path: PathBuf) -> Result<ChunkIndex> {
         let db = sled::Config::new()
             .path(&path)
             // Keep the page cache small: peak RSS of a build must stay bounded.
@@ -267,6 +279,21 @@ impl ChunkIndex {
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// Copies the directory tree `from` to `to` (files and directories only).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).at(to)?;
+    for e in std::fs::read_dir(from).at(from)? {
+        let e = e.at(from)?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_type().at(&src)?.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).at(&src)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

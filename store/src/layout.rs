@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use puzzle_chunker::ChunkParams;
 use serde::{Deserialize, Serialize};
 
+use crate::create::{self, DirState};
 use crate::digest::BlobDigest;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME};
@@ -118,10 +119,20 @@ pub struct Store {
 /// Keeps an image's manifest (and so every blob it references) safe from
 /// `gc` while held: a shared `flock` on `pins/<manifest hex>`. Mounts and
 /// extracts hold one; gc treats every pin it cannot lock exclusively as a root.
+/// On a store this process cannot write (a read-only mount, another user's
+/// store) no pin file can be made: the pin is then not held
+/// ([`Pin::is_held`]), and a gc run by someone who can write is not held off.
 #[derive(Debug)]
 pub struct Pin {
     pub manifest: BlobDigest,
-    _file: File,
+    _file: Option<File>,
+}
+
+impl Pin {
+    /// False when the store could not be written to take the pin.
+    pub fn is_held(&self) -> bool {
+        self._file.is_some()
+    }
 }
 
 /// Holds the store's writer lock until dropped.
@@ -136,8 +147,13 @@ impl Store {
         let cfg_path = root.join("puzzle.json");
         let bytes = match fs::read(&cfg_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotAStore(root.to_path_buf()))
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                let state = create::classify(root)?;
+                return Err(create::refusal(root, state)
+                    .unwrap_or_else(|| Error::NotAStore(root.to_path_buf())));
             }
             Err(e) => {
                 return Err(Error::Io {
@@ -186,17 +202,26 @@ impl Store {
         })
     }
 
-    /// Opens a store, creating it with `config` if it does not exist. An existing
-    /// store must have been created with the same chunk parameters.
+    /// Opens a store, creating it with `config` if the directory does not
+    /// exist or is empty (see [`create`]; any other directory is refused). An
+    /// existing store must have been created with the same chunk parameters.
     pub fn open_or_create(root: &Path, config: &StoreConfig) -> Result<Store> {
-        if !root.join("puzzle.json").exists() {
+        let mut state = create::classify(root)?;
+        if state == DirState::Missing {
             fs::create_dir_all(root).at(root)?;
+            state = DirState::Empty;
+        }
+        if state == DirState::Empty {
             // Creation races are settled by the lock; the loser sees puzzle.json.
             let lock = lock_file(root, true)?;
-            if !root.join("puzzle.json").exists() {
-                init_layout(root, config)?;
+            match create::classify(root)? {
+                DirState::Empty => init_layout(root, config)?,
+                s => state = s,
             }
             drop(lock);
+        }
+        if let Some(e) = create::refusal(root, state) {
+            return Err(e);
         }
         let store = Store::open(root)?;
         if store.config.chunker.params != config.chunker.params
@@ -216,6 +241,13 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// False when this process cannot write to the store (a read-only
+    /// mount, or another user's store): reading commands then work without
+    /// a pin or the writer lock.
+    pub fn is_writable(&self) -> bool {
+        rustix::fs::access(&self.root, rustix::fs::Access::WRITE_OK).is_ok()
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -334,20 +366,30 @@ impl Store {
 
     /// Pins `manifest` until the returned [`Pin`] is dropped (see [`Pin`]).
     pub fn pin(&self, manifest: &BlobDigest) -> Result<Pin> {
+        let unheld = Pin {
+            manifest: *manifest,
+            _file: None,
+        };
         let dir = self.root.join("pins");
-        fs::create_dir_all(&dir).at(&dir)?;
+        match fs::create_dir_all(&dir) {
+            Err(e) if is_read_only(&e) => return Ok(unheld),
+            r => r.at(&dir)?,
+        }
         let path = dir.join(manifest.hex());
         // `pinned()` may unlink a pin file it found unheld between our open
         // and our lock: then we hold an orphan inode. Retry until the file we
         // locked is the one at the path.
         loop {
-            let f = open_lock(&path, false)?;
+            let f = match open_lock(&path, false) {
+                Err(Error::Io { source, .. }) if is_read_only(&source) => return Ok(unheld),
+                r => r?,
+            };
             let held = f.metadata().at(&path)?;
             match fs::metadata(&path) {
                 Ok(now) if same_file(&now, &held) => {
                     return Ok(Pin {
                         manifest: *manifest,
-                        _file: f,
+                        _file: Some(f),
                     })
                 }
                 Ok(_) => continue,
@@ -631,6 +673,15 @@ fn init_layout(root: &Path, config: &StoreConfig) -> Result<()> {
     let mut cfg = serde_json::to_vec_pretty(config).expect("config serializes");
     cfg.push(b'\n');
     write_file_atomic(root, "puzzle.json", &cfg, &tmp)
+}
+
+/// The errors that mean "this process cannot write here" (a read-only
+/// mount, or a directory owned by someone else).
+pub(crate) fn is_read_only(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EROFS | libc::EACCES | libc::EPERM)
+    )
 }
 
 fn lock_file(root: &Path, exclusive: bool) -> Result<File> {

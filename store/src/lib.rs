@@ -2,6 +2,8 @@
 //!
 //! - [`layout::Store`]: the store root, an OCI image layout (`index.json`,
 //!   `blobs/sha256/`) plus `puzzle.json`, `index/` and `tmp/`.
+//! - [`create`]: which directories a store may be created in; restoring a
+//!   lost `puzzle.json` from the manifests.
 //! - [`pack`]: packs of independent zstd frames with a trailing index of chunks.
 //! - [`frame`]: grouping consecutive chunks into frames; reading chunks out of
 //!   a decompressed [`frame::Frame`].
@@ -21,6 +23,7 @@
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
+pub mod create;
 pub mod digest;
 pub mod error;
 pub mod extract;
