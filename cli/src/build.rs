@@ -150,7 +150,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let store = args.settings.open_or_create(root)?;
     let params = store.config().params();
     let _lock = store.lock()?;
-    let index = ChunkIndex::open(&store)?;
+    let index = crate::lifecycle::open_index(&store, progress)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

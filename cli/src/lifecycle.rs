@@ -58,16 +58,36 @@ pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8>
         let spinner = progress.spinner("rebuilding the index from packs");
         let r = verify::rebuild_index(&store).context("rebuilding the index")?;
         drop(spinner);
-        eprintln!(
-            "rebuilt the index: {} chunks from {} packs",
-            r.chunks, r.packs
-        );
-        for d in &r.bad_packs {
-            eprintln!("puzzle: warning: {d} looks like a pack but is damaged; not indexed");
-        }
+        say_rebuilt(&r);
     }
-    let index = ChunkIndex::open(&store)?;
+    let index = open_index(&store, progress)?;
     report(&store, &index, args, progress, started)
+}
+
+/// Opens the index (the caller holds the writer lock), rebuilding it from
+/// the packs first when it is missing, empty or unreadable, and saying so.
+pub fn open_index(store: &Store, progress: &Progress) -> Result<ChunkIndex> {
+    let mut spinner = None;
+    let (index, rebuilt) = verify::open_index(store, &mut |why| {
+        eprintln!("puzzle: {why}: rebuilding it from the packs");
+        spinner = Some(progress.spinner("rebuilding the index from packs"));
+    })
+    .context("opening the index")?;
+    drop(spinner);
+    if let Some(r) = rebuilt {
+        say_rebuilt(&r);
+    }
+    Ok(index)
+}
+
+fn say_rebuilt(r: &verify::RebuildReport) {
+    eprintln!(
+        "rebuilt the index: {} chunks from {} packs",
+        r.chunks, r.packs
+    );
+    for d in &r.bad_packs {
+        eprintln!("puzzle: warning: {d} looks like a pack but is damaged; not indexed");
+    }
 }
 
 /// `verify` on a store this process cannot write: no lock (a writer
@@ -204,7 +224,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
     }
     let store = Store::open(root)?;
     let _lock = store.lock()?;
-    let index = ChunkIndex::open(&store)?;
+    let index = open_index(&store, progress)?;
     let spinner = progress.spinner("collecting garbage");
     let opts = GcOptions {
         dry_run: args.dry_run,

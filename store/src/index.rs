@@ -65,7 +65,7 @@ impl ChunkIndex {
         Self::open_at(copy)
     }
 
-    fn open_at(path: PathBuf) -> Result<ChunkIndex> {
+    pub(crate) fn open_at(path: PathBuf) -> Result<ChunkIndex> {
         let db = sled::Config::new()
             .path(&path)
             // Keep the page cache small: peak RSS of a build must stay bounded.

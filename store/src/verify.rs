@@ -270,24 +270,81 @@ pub struct RebuildReport {
     pub bad_packs: Vec<BlobDigest>,
 }
 
+/// Why [`open_index`] rebuilt the index before opening it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexRepair {
+    /// `index/` is gone while the store holds packs.
+    Missing,
+    /// The index lists no chunk while the store holds packs.
+    Empty,
+    /// The index could not be opened (its message).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for IndexRepair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexRepair::Missing => f.write_str("the index is missing"),
+            IndexRepair::Empty => f.write_str("the index lists no chunk but the store has packs"),
+            IndexRepair::Unreadable(why) => write!(f, "the index cannot be read ({why})"),
+        }
+    }
+}
+
+/// Opens the index, first rebuilding it from the packs when it is missing,
+/// empty while packs exist, or unreadable: the index is a cache, and an
+/// empty one would make the next build store every chunk again. `starting`
+/// is called before a rebuild begins (to say so). The caller holds the
+/// writer lock.
+pub fn open_index(
+    store: &Store,
+    starting: &mut dyn FnMut(&IndexRepair),
+) -> Result<(ChunkIndex, Option<RebuildReport>)> {
+    let repair = if !store.index_dir().exists() {
+        has_pack(store)?.then_some(IndexRepair::Missing)
+    } else {
+        match ChunkIndex::open(store) {
+            // sled's messages end with an empty " backtrace ()".
+            Err(e) => Some(IndexRepair::Unreadable(
+                e.to_string().trim_end_matches(" backtrace ()").to_string(),
+            )),
+            Ok(index) if index.chunk_count() == 0 && has_pack(store)? => {
+                drop(index);
+                Some(IndexRepair::Empty)
+            }
+            Ok(index) => return Ok((index, None)),
+        }
+    };
+    let Some(repair) = repair else {
+        return Ok((ChunkIndex::open(store)?, None));
+    };
+    starting(&repair);
+    let report = rebuild_index(store)?;
+    Ok((ChunkIndex::open(store)?, Some(report)))
+}
+
+/// Whether any blob ends with a pack trailer.
+fn has_pack(store: &Store) -> Result<bool> {
+    Ok(store
+        .blobs()?
+        .iter()
+        .any(|(d, len)| looks_like_pack(store, d, *len)))
+}
+
 /// Replaces the index with one built from the packs in `blobs/` alone. Every
 /// blob whose trailer has the pack magic is hashed and parsed; a chunk held
 /// by several packs points at one an image uses, if any. Converted-layer
 /// records cannot be derived from packs: they are dropped, so those layers
-/// are converted again on their next build. The caller holds the writer lock
-/// and must not have the index open.
+/// are converted again on their next build (their chunks are found in the
+/// index, so nothing is stored twice). The new index is built in `tmp/` and
+/// renamed into place: a rebuild cut short leaves the old index, or none,
+/// and the next open rebuilds again. The caller holds the writer lock and
+/// must not have the index open.
 pub fn rebuild_index(store: &Store) -> Result<RebuildReport> {
     let dir = store.index_dir();
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(Error::Io {
-                path: dir,
-                source: e,
-            })
-        }
-        _ => {}
-    }
-    let index = ChunkIndex::open(store)?;
+    let fresh = store.tmp_dir().join("index-rebuild");
+    remove_dir(&fresh)?;
+    let index = ChunkIndex::open_at(fresh.clone())?;
     // Packs some image uses go last, so their locations win.
     let mut used = BTreeSet::new();
     for r in store.images()? {
@@ -320,7 +377,25 @@ pub fn rebuild_index(store: &Store) -> Result<RebuildReport> {
     }
     index.flush()?;
     report.chunks = index.chunk_count();
+    drop(index);
+    remove_dir(&dir)?;
+    std::fs::rename(&fresh, &dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    crate::layout::sync_dir(store.root())?;
     Ok(report)
+}
+
+/// Removes a directory tree; a missing one is fine.
+fn remove_dir(dir: &std::path::Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a blob ends with a pack trailer.

@@ -1,0 +1,129 @@
+//! The index is a cache (issue 17): missing, emptied or garbled, it is
+//! rebuilt from the packs by the next command that opens it, and a build
+//! after that stores no chunk twice.
+
+use std::path::Path;
+
+use puzzle_testkit::{pseudo_random, Compression, Entry, Image};
+
+use crate::util::*;
+
+/// Two layouts whose images share most of their contents (several chunks).
+fn images(t: &Path) -> (String, String) {
+    let a = pseudo_random(7, 3 << 20);
+    let mut b = a.clone();
+    b.extend_from_slice(&pseudo_random(8, 300_000));
+    for (dir, body) in [("a", &a), ("b", &b)] {
+        Image::new()
+            .layer(&[Entry::file("big", body)], Compression::Gzip)
+            .write_oci_layout(&t.join(dir), "t")
+            .unwrap();
+    }
+    (
+        format!("oci:{}:t", t.join("a").display()),
+        format!("oci:{}:t", t.join("b").display()),
+    )
+}
+
+fn blob_bytes(store: &Path) -> u64 {
+    std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// Runs `args`, asserts success and that it said it rebuilt the index for `why`.
+fn rebuilds(store: &Path, args: &[&str], why: &str) -> Run {
+    let r = ok(puzzle(store).args(args));
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("puzzle: {why}"))
+                && l.ends_with(": rebuilding it from the packs")),
+        "{args:?}: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("rebuilt the index: "), "{}", r.stderr);
+    r
+}
+
+#[test]
+fn deleted_index_is_rebuilt_and_nothing_is_stored_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, b) = images(t);
+    let store = t.join("store");
+    let first = build(&store, &a, "a");
+    assert!(first.new_chunks > 3, "{first:?}");
+    let size = blob_bytes(&store);
+
+    std::fs::remove_dir_all(store.join("index")).unwrap();
+    let r = rebuilds(
+        &store,
+        &["build", &a, "--tag", "a2", "--json"],
+        "the index is missing",
+    );
+    let again: Line<BuildSummary> = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(again.data.new_chunks, 0, "{:?}", again.data);
+    assert_eq!(again.data.stored_bytes, 0);
+    // Only the new tag's manifest could differ; no pack was written.
+    assert_eq!(again.data.packs_written, 0);
+    assert!(blob_bytes(&store) <= size + 4096, "no chunk stored twice");
+
+    // A near copy stores only its new chunks against the rebuilt index.
+    let near = build(&store, &b, "b");
+    assert!(near.new_chunks < first.new_chunks / 2, "{near:?}");
+    let r = ok(puzzle(&store).arg("verify"));
+    assert!(r.stderr.contains(" 0 problem(s)"), "{}", r.stderr);
+    assert!(!r.stderr.contains("rebuilding"), "rebuilt once only");
+}
+
+#[test]
+fn emptied_or_garbled_index_is_rebuilt_by_the_next_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, b) = images(t);
+    let store = t.join("store");
+    build(&store, &a, "a");
+    let count = |store: &Path| {
+        let s = puzzle_store::Store::open(store).unwrap();
+        puzzle_store::index::ChunkIndex::open(&s)
+            .unwrap()
+            .chunk_count()
+    };
+    let chunks = count(&store);
+
+    // An empty index where the store has packs (as sled makes when its
+    // directory is gone).
+    std::fs::remove_dir_all(store.join("index")).unwrap();
+    assert_eq!(count(&store), 0);
+    rebuilds(
+        &store,
+        &["gc"],
+        "the index lists no chunk but the store has packs",
+    );
+    assert_eq!(count(&store), chunks);
+
+    // Every index file truncated to nothing.
+    for e in std::fs::read_dir(store.join("index")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::File::create(&p).unwrap();
+        }
+    }
+    rebuilds(&store, &["verify"], "the index cannot be read");
+    assert_eq!(count(&store), chunks);
+
+    // Garbage in the database file: sled refuses it.
+    std::fs::write(store.join("index/db"), pseudo_random(3, 5000)).unwrap();
+    rebuilds(
+        &store,
+        &["build", &b, "--tag", "b"],
+        "the index cannot be read",
+    );
+    extract(&store, "b", &t.join("out"));
+    assert_eq!(
+        std::fs::read(t.join("out/big")).unwrap().len(),
+        (3 << 20) + 300_000
+    );
+}
