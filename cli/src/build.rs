@@ -151,6 +151,10 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let params = store.config().params();
     let _lock = store.lock()?;
     let index = crate::lifecycle::open_index(&store, progress)?;
+    let packs = puzzle_store::verify::check_packs(&store, &index).context("checking packs")?;
+    for (d, why) in &packs.damaged {
+        eprintln!("puzzle: pack {d} is damaged ({why}): the chunks it held are stored again");
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

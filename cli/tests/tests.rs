@@ -11,7 +11,7 @@ mod concurrent;
 mod corpus;
 mod crash;
 mod diskfull;
-mod index_cache;
+mod heal;
 mod lifecycle;
 mod mount;
 mod stats;

@@ -24,6 +24,8 @@ pub struct ChunkIndex {
     layers: sled::Tree,
     streams: sled::Tree,
     samples: sled::Tree,
+    /// Packs checked sound: digest (32 bytes) -> size in bytes (u64 LE).
+    packs: sled::Tree,
 }
 
 fn encode_loc(loc: &ChunkLoc) -> [u8; LOC_LEN] {
@@ -85,6 +87,7 @@ impl ChunkIndex {
         let layers = db.open_tree("layers").map_err(err)?;
         let streams = db.open_tree("streams").map_err(err)?;
         let samples = db.open_tree("samples").map_err(err)?;
+        let packs = db.open_tree("packs").map_err(err)?;
         Ok(ChunkIndex {
             path,
             db,
@@ -92,6 +95,7 @@ impl ChunkIndex {
             layers,
             streams,
             samples,
+            packs,
         })
     }
 
@@ -118,13 +122,41 @@ impl ChunkIndex {
             .map_err(|e| self.err(e))
     }
 
-    /// Records every chunk of a durable pack.
+    /// Records every chunk of a durable pack, and the pack as sound with
+    /// its size (see [`ChunkIndex::sound_packs`]).
     pub fn add_pack(&self, pack: &PackInfo) -> Result<()> {
         let mut batch = sled::Batch::default();
         for e in &pack.entries {
             batch.insert(e.id.as_bytes(), &encode_loc(&e.loc(pack.digest))[..]);
         }
-        self.chunks.apply_batch(batch).map_err(|e| self.err(e))
+        self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.set_sound_pack(&pack.digest, Some(pack.size))
+    }
+
+    /// Every pack recorded as sound, with the size it had when checked.
+    pub fn sound_packs(&self) -> Result<Vec<(BlobDigest, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.packs.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let (Ok(d), Ok(len)) = (
+                <[u8; 32]>::try_from(k.as_ref()),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) else {
+                continue;
+            };
+            out.push((BlobDigest::from_bytes(d), u64::from_le_bytes(len)));
+        }
+        Ok(out)
+    }
+
+    /// Records pack `d` as checked sound at `size` bytes, or forgets it.
+    pub fn set_sound_pack(&self, d: &BlobDigest, size: Option<u64>) -> Result<()> {
+        match size {
+            Some(n) => self.packs.insert(d.as_bytes(), &n.to_le_bytes()[..]),
+            None => self.packs.remove(d.as_bytes()),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Every chunk entry, in id order.

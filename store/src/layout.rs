@@ -474,15 +474,15 @@ impl Store {
         Ok(self.write_blobs(&[bytes])?[0])
     }
 
-    /// Stores several blobs durably (those not stored yet): each written, all
-    /// fsynced at once, then renamed into `blobs/` and the directory fsynced
-    /// once.
+    /// Stores several blobs durably (those not stored yet, or stored
+    /// damaged): each written, all fsynced at once, then renamed into
+    /// `blobs/` (over a damaged copy) and the directory fsynced once.
     /// Their digests, in order.
     pub fn write_blobs(&self, blobs: &[&[u8]]) -> Result<Vec<BlobDigest>> {
         let digests: Vec<BlobDigest> = blobs.iter().map(|b| BlobDigest::of(b)).collect();
         let mut written = Vec::new();
         for (bytes, d) in blobs.iter().zip(&digests) {
-            if self.has_blob(d) || written.iter().any(|(_, w)| w == d) {
+            if written.iter().any(|(_, w)| w == d) || self.holds_intact(d, bytes.len() as u64)? {
                 continue;
             }
             let mut tmp = self.temp_file()?;
@@ -508,6 +508,24 @@ impl Store {
         }
         self.sync_blobs()?;
         Ok(digests)
+    }
+
+    /// Whether blob `d` is stored with `len` bytes that hash to `d`. A blob
+    /// that is there but damaged (a flipped byte, a truncation) is not, so
+    /// the caller writes it again instead of pointing a tag at it.
+    fn holds_intact(&self, d: &BlobDigest, len: u64) -> Result<bool> {
+        let path = self.blob_path(d);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+        if f.metadata().at(&path)?.len() != len {
+            return Ok(false);
+        }
+        let mut h = crate::digest::HashingWriter::new(std::io::sink());
+        std::io::copy(&mut &f, &mut h).at(&path)?;
+        Ok(h.finish().1 == *d)
     }
 
     /// A new temp file in `tmp/`, removed if dropped before [`Store::persist_blob`].

@@ -323,6 +323,93 @@ pub fn open_index(
     Ok((ChunkIndex::open(store)?, Some(report)))
 }
 
+/// Packs [`check_packs`] found unfit to reuse.
+#[derive(Clone, Debug, Default)]
+pub struct PackCheck {
+    /// Each damaged pack and what is wrong with it.
+    pub damaged: Vec<(BlobDigest, String)>,
+    /// Index entries dropped because they pointed into a damaged pack.
+    pub chunks_dropped: usize,
+}
+
+/// Makes sure the packs the index points into can be reused by a build. A
+/// pack is checked once (its trailer and chunk index parse, against its
+/// size) and remembered in the index with its size; later checks compare
+/// only the size (a stat). A pack that is gone, has another size, or fails
+/// its first check is forgotten and its chunks dropped from the index, so
+/// the build stores them again and converts again the layers that used
+/// them. A pack only gc deleted (no chunk points into it any more) is
+/// forgotten quietly. Packs of a store indexed before packs were
+/// remembered are found from the chunk entries and checked once. The
+/// caller holds the writer lock.
+pub fn check_packs(store: &Store, index: &ChunkIndex) -> Result<PackCheck> {
+    let mut known = index.sound_packs()?;
+    if known.is_empty() && index.chunk_count() > 0 {
+        let packs: BTreeSet<BlobDigest> = index
+            .chunk_entries()?
+            .into_iter()
+            .map(|(_, loc)| loc.pack)
+            .collect();
+        for d in packs {
+            let size = std::fs::metadata(store.blob_path(&d)).map_or(u64::MAX, |m| m.len());
+            if trailer_sound(store, &d, size) {
+                index.set_sound_pack(&d, Some(size))?;
+                known.push((d, size));
+            } else {
+                known.push((d, u64::MAX));
+            }
+        }
+    }
+    let mut suspect = BTreeMap::new();
+    for (d, size) in known {
+        match std::fs::metadata(store.blob_path(&d)) {
+            Ok(m) if m.len() == size => {}
+            Ok(m) => {
+                let why = if size == u64::MAX {
+                    "its trailer or chunk index is damaged".to_string()
+                } else {
+                    format!("{} bytes, {size} when it was stored", m.len())
+                };
+                suspect.insert(d, why);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                suspect.insert(d, "missing".to_string());
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: store.blob_path(&d),
+                    source: e,
+                })
+            }
+        }
+    }
+    let mut out = PackCheck::default();
+    if suspect.is_empty() {
+        return Ok(out);
+    }
+    let mut used = BTreeSet::new();
+    for (id, loc) in index.chunk_entries()? {
+        if suspect.contains_key(&loc.pack) {
+            index.remove_chunk(&id)?;
+            used.insert(loc.pack);
+            out.chunks_dropped += 1;
+        }
+    }
+    for (d, why) in suspect {
+        index.set_sound_pack(&d, None)?;
+        if used.contains(&d) {
+            out.damaged.push((d, why));
+        }
+    }
+    index.flush()?;
+    Ok(out)
+}
+
+/// Whether pack `d` of `len` bytes has a trailer and chunk index that parse.
+fn trailer_sound(store: &Store, d: &BlobDigest, len: u64) -> bool {
+    File::open(store.blob_path(d)).is_ok_and(|f| pack::read_pack_index(&f, len).is_ok())
+}
+
 /// Whether any blob ends with a pack trailer.
 fn has_pack(store: &Store) -> Result<bool> {
     Ok(store
@@ -356,11 +443,11 @@ pub fn rebuild_index(store: &Store) -> Result<RebuildReport> {
     let mut candidates = Vec::new();
     for (d, len) in store.blobs()? {
         if looks_like_pack(store, &d, len) {
-            candidates.push(d);
+            candidates.push((d, len));
         }
     }
-    candidates.sort_by_key(|d| used.contains(d));
-    for d in candidates {
+    candidates.sort_by_key(|(d, _)| used.contains(d));
+    for (d, size) in candidates {
         match load_pack(store, &d) {
             Ok(idx) => {
                 let mut entries: Vec<PackEntry> = idx.into_values().collect();
@@ -368,7 +455,7 @@ pub fn rebuild_index(store: &Store) -> Result<RebuildReport> {
                 report.packs += 1;
                 index.add_pack(&PackInfo {
                     digest: d,
-                    size: 0,
+                    size,
                     entries,
                 })?;
             }

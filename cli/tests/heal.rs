@@ -1,6 +1,7 @@
-//! The index is a cache (issue 17): missing, emptied or garbled, it is
-//! rebuilt from the packs by the next command that opens it, and a build
-//! after that stores no chunk twice.
+//! The store heals itself (issue 17): the index is a cache (missing,
+//! emptied or garbled, it is rebuilt from the packs by the next command that
+//! opens it, and a build after that stores no chunk twice); building an
+//! image again repairs its damaged metadata blob or pack.
 
 use std::path::Path;
 
@@ -126,4 +127,78 @@ fn emptied_or_garbled_index_is_rebuilt_by_the_next_command() {
         std::fs::read(t.join("out/big")).unwrap().len(),
         (3 << 20) + 300_000
     );
+}
+
+/// The manifest of the image tagged `tag` in a store, as JSON.
+fn manifest(store: &Path, tag: &str) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    let d = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = store
+        .join("blobs/sha256")
+        .join(d.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn blob(store: &Path, digest: &serde_json::Value) -> std::path::PathBuf {
+    let d = digest.as_str().unwrap().trim_start_matches("sha256:");
+    store.join("blobs/sha256").join(d)
+}
+
+#[test]
+fn building_again_repairs_a_damaged_metadata_blob_or_pack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, _) = images(t);
+    let store = t.join("store");
+    build(&store, &a, "a");
+    let m = manifest(&store, "a");
+
+    // One flipped byte in the metadata blob: the image cannot be opened
+    // until a build writes the blob again.
+    let meta = blob(&store, &m["layers"][0]["digest"]);
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&meta, &bytes).unwrap();
+    let r = run(puzzle(&store).arg("extract").arg("a").arg(t.join("x1")));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    build(&store, &a, "a2");
+    extract(&store, "a", &t.join("x2"));
+    assert_eq!(std::fs::read(t.join("x2/big")).unwrap().len(), 3 << 20);
+
+    // A truncated pack: its chunks are stored again, not reused.
+    let pack = blob(&store, &m["layers"][1]["digest"]);
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let r = ok(puzzle(&store).args(["build", &a, "--tag", "a3", "--json"]));
+    let pack_name = m["layers"][1]["digest"].as_str().unwrap();
+    assert!(
+        r.stderr.contains(&format!(
+            "puzzle: pack {pack_name} is damaged ({} bytes, {len} when it was stored): \
+             the chunks it held are stored again",
+            len - 100
+        )),
+        "{}",
+        r.stderr
+    );
+    let line: Line<BuildSummary> = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert!(line.data.new_chunks > 3, "{:?}", line.data);
+    for tag in ["a", "a3"] {
+        extract(&store, tag, &t.join(format!("y-{tag}")));
+    }
+    let r = ok(puzzle(&store).arg("verify"));
+    assert!(r.stderr.contains(" 0 problem(s)"), "{}", r.stderr);
 }
