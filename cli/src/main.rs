@@ -27,6 +27,8 @@ pub mod exit {
     pub const NO_STORE: u8 = 4;
     /// `verify` found problems in the store.
     pub const PROBLEMS: u8 = 5;
+    /// Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser, Debug)]
@@ -259,9 +261,28 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Takes the store's writer lock; says on stderr whom it waits for when
+/// another process holds it for a while. `cancel` stops the wait.
+pub fn lock_store(
+    store: &Store,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    keep_tmp: bool,
+) -> Result<puzzle_store::layout::StoreLock> {
+    let mut on_wait = |holder: Option<u32>| match holder {
+        Some(pid) => eprintln!("waiting for the store lock held by PID {pid}"),
+        None => eprintln!("waiting for the store lock held by another process"),
+    };
+    let lock = store.lock_with(puzzle_store::layout::LockOptions {
+        keep_tmp,
+        on_wait: Some(&mut on_wait),
+        cancel,
+    })?;
+    Ok(lock)
+}
+
 fn rm(root: &std::path::Path, args: &RmArgs) -> Result<u8> {
     let store = Store::open(root)?;
-    let _lock = store.lock()?;
+    let _lock = lock_store(&store, None, false)?;
     let mut code = exit::OK;
     for name in &args.names {
         match store.remove_tag(name) {

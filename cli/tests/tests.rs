@@ -13,5 +13,6 @@ mod crash;
 mod diskfull;
 mod lifecycle;
 mod mount;
+mod report;
 mod stats;
 mod synthetic;
