@@ -108,16 +108,7 @@ pub struct Summary {
 /// Builds; the first SIGINT or SIGTERM stops the build before it stores
 /// anything (exit [`exit::INTERRUPTED`]), a second one ends the process at once.
 pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(
-            sig,
-            i32::from(exit::INTERRUPTED),
-            interrupted.clone(),
-        )
-        .and_then(|_| signal_hook::flag::register(sig, interrupted.clone()))
-        .context("installing signal handlers")?;
-    }
+    let interrupted = crate::interrupt_flag()?;
     match convert(root, args, progress, &interrupted) {
         // Everything this build wrote is gone by now: its unfinished packs
         // with the writer, its spools and temp files with their handles.

@@ -213,7 +213,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         output::print_json(&Envelope::new("gc", &s))?;
     }
     let (verb, freed) = if args.dry_run {
-        ("would free", "would remove")
+        ("would free", "to remove")
     } else {
         ("freed", "removed")
     };

@@ -72,6 +72,9 @@ struct ExtractArgs {
     name: String,
     /// Target directory.
     dir: PathBuf,
+    /// If the extract fails, keep what it wrote (by default it is removed).
+    #[arg(long)]
+    keep_partial: bool,
     /// Print a JSON summary line on stdout.
     #[arg(long)]
     json: bool,
@@ -173,16 +176,65 @@ fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
+/// A flag the first SIGINT or SIGTERM sets, for a command to stop at its
+/// next check; a second signal ends the process at once (exit 130).
+pub fn interrupt_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            i32::from(exit::INTERRUPTED),
+            flag.clone(),
+        )
+        .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+        .context("installing signal handlers")?;
+    }
+    Ok(flag)
+}
+
 fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
+    use puzzle_store::extract::{ExtractError, ExtractOptions, Partial};
+    let interrupted = interrupt_flag()?;
     let store = Store::open(root)?;
     // Pinned for the whole extract: a concurrent gc keeps every blob it reads.
     let (img, _pin) = image::open_pinned(&store, &args.name)
         .with_context(|| format!("opening image {}", args.name))?;
     let started = std::time::Instant::now();
     let spinner = progress.spinner(&format!("extracting {}", args.name));
-    let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)
-        .with_context(|| format!("extracting {} into {}", args.name, args.dir.display()))?;
+    let opts = ExtractOptions {
+        keep_partial: args.keep_partial,
+        cancel: Some(&interrupted),
+    };
+    let res = puzzle_store::extract::extract_with(&store, &img.meta, &args.dir, &opts);
     drop(spinner);
+    let stats = match res {
+        Ok(stats) => stats,
+        Err(failed) => {
+            let ExtractError { error, partial } = *failed;
+            let dir = args.dir.display();
+            let what = match &partial {
+                Partial::Nothing => String::new(),
+                Partial::Removed => "partial tree removed; --keep-partial keeps it".to_string(),
+                Partial::Kept => "partial tree kept, --keep-partial".to_string(),
+                Partial::NotRemoved(e) => format!("removing the partial tree failed: {e}"),
+            };
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                match partial {
+                    Partial::Nothing => eprintln!("interrupted, nothing written"),
+                    _ => eprintln!("interrupted, {what}"),
+                }
+                return Ok(exit::INTERRUPTED);
+            }
+            let what = if what.is_empty() {
+                what
+            } else {
+                format!(" ({what})")
+            };
+            return Err(anyhow::Error::new(error)
+                .context(format!("extracting {} into {dir}{what}", args.name)));
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         output::print_json(&Envelope::new(

@@ -164,7 +164,7 @@ fn mounted_corpus_images_match_umoci() {
 }
 
 /// Two files whose contents share no chunk, and a few small ones.
-fn two_file_image() -> Image {
+pub(crate) fn two_file_image() -> Image {
     let mut a = vec![0u8; 3 << 20];
     let mut b = vec![0u8; 3 << 20];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -189,7 +189,7 @@ fn two_file_image() -> Image {
 /// returns the chunk id. The chunk's frame may hold other chunks: the byte
 /// is taken at the chunk's place in proportion, which lands inside the
 /// chunk for random data (zstd stores it as raw blocks).
-fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
+pub(crate) fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
     let s = puzzle_store::Store::open(store).unwrap();
     let img = puzzle_store::image::open(&s, tag).unwrap();
     let mut ino = img.meta.root().unwrap();

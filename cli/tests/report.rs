@@ -334,3 +334,119 @@ fn gc_reports_dead_chunks_it_keeps_and_temp_files_it_removes() {
     assert_eq!(all.dead_chunks_kept, 0);
     verify_ok(&store);
 }
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// An extract that finds a corrupt chunk partway removes what it wrote (the
+/// target it created, or the entries it made in an empty directory), or
+/// keeps it with `--keep-partial`; its one error line says which.
+#[test]
+fn failed_extract_removes_what_it_wrote_unless_asked_to_keep_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    crate::mount::two_file_image()
+        .write_oci_layout(&layout, "two")
+        .unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:two", layout.display()), "two");
+    // The frame of data/b's first chunk (which also holds data/a's last
+    // ones) is corrupt: the extract fails partway, once data/ and data/a
+    // are made.
+    crate::mount::corrupt_first_chunk(&store, "two", &[b"data", b"b"]);
+    let extract = |dir: &Path, extra: &[&str]| {
+        run(puzzle(&store)
+            .arg("extract")
+            .arg("two")
+            .arg(dir)
+            .args(extra))
+    };
+
+    let fresh = t.join("fresh");
+    let r = extract(&fresh, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("corrupt")
+            && r.stderr
+                .contains("(partial tree removed; --keep-partial keeps it)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!fresh.exists(), "the target it created is removed");
+
+    let empty = t.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o751)).unwrap();
+    let r = extract(&empty, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("partial tree removed"), "{}", r.stderr);
+    assert_eq!(entries(&empty), Vec::<String>::new());
+    let mode = std::fs::metadata(&empty).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o751);
+
+    let kept = t.join("kept");
+    let r = extract(&kept, &["--keep-partial"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "extracting two into {} (partial tree kept, --keep-partial): ",
+            kept.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(entries(&kept.join("data")), ["a"]);
+
+    // A target refused up front is left alone.
+    let r = extract(&kept, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is not empty"), "{}", r.stderr);
+    assert!(!r.stderr.contains("partial tree"), "{}", r.stderr);
+    assert_eq!(entries(&kept.join("data")), ["a"]);
+}
+
+/// SIGINT during an extract: it stops, removes what it wrote, says so in
+/// one line and exits 130.
+#[test]
+fn interrupted_extract_removes_what_it_wrote() {
+    let Some(corpus) = corpus() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    build(
+        &store,
+        &format!("oci:{}:django-5.0.7", corpus.display()),
+        "django",
+    );
+    let x = t.join("x");
+    let p = Proc::new(
+        puzzle(&store)
+            .arg("extract")
+            .arg("django")
+            .arg(&x)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    until("the extract to write entries", 30, || {
+        std::fs::read_dir(&x).is_ok_and(|mut d| d.next().is_some())
+    });
+    p.signal("-INT");
+    let out = p.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        stderr,
+        "interrupted, partial tree removed; --keep-partial keeps it\n"
+    );
+    assert!(!x.exists(), "the target it created is removed");
+}
