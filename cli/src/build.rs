@@ -134,12 +134,33 @@ pub struct Summary {
     pub stored_bytes: u64,
     pub packs_written: usize,
     pub files: u64,
+    /// Wall time, less the wait for another writer's store lock.
     pub seconds: f64,
     /// Peak resident memory of this process (VmHWM), 0 where unknown.
     pub peak_rss_bytes: u64,
 }
 
+/// Builds; the first SIGINT or SIGTERM stops the build before it stores
+/// anything (exit [`exit::INTERRUPTED`]), a second one ends the process at once.
 pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
+    let interrupted = crate::interrupt_flag()?;
+    match convert(root, args, progress, &interrupted) {
+        // Everything this build wrote is gone by now: its unfinished packs
+        // with the writer, its spools and temp files with their handles.
+        Err(_) if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("interrupted, nothing stored");
+            Ok(exit::INTERRUPTED)
+        }
+        r => r,
+    }
+}
+
+fn convert(
+    root: &Path,
+    args: &BuildArgs,
+    progress: &Progress,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<u8> {
     let started = Instant::now();
     let platform: Platform = args.platform.parse().context("invalid --platform")?;
     let src_ref: SourceRef = args.source.parse().context("invalid image source")?;
@@ -149,7 +170,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let img = src.image();
     let store = args.settings.open_or_create(root)?;
     let params = store.config().params();
-    let _lock = store.lock()?;
+    let lock = crate::lock_store(&store, Some(interrupted), false)?;
     let index = crate::lifecycle::open_index(&store, progress)?;
     let packs = puzzle_store::verify::check_packs(&store, &index).context("checking packs")?;
     for (d, why) in &packs.damaged {
@@ -159,6 +180,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let mut writer = ChunkWriter::new(&store, &index, threads);
+    writer.cancel_on(interrupted.clone());
     let mut summary = Summary {
         image: args.tag.clone(),
         source: args.source.clone(),
@@ -218,10 +240,14 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
             let (slots, lives) = (&slots, &lives);
             let (to_read, tmp_dir, reading, index) = (&to_read, &tmp_dir, &reading, &index);
+            let interrupted = &**interrupted;
             scope.spawn(move || {
                 while token_rx.recv().is_ok() {
                     let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k >= to_read.len() || stop.load(Ordering::SeqCst) {
+                    if k >= to_read.len()
+                        || stop.load(Ordering::SeqCst)
+                        || interrupted.load(Ordering::SeqCst)
+                    {
                         return;
                     }
                     let live = Arc::new(LiveSpool::new());
@@ -233,7 +259,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                             src.as_ref(),
                             to_read[k],
                             tmp_dir,
-                            stop,
+                            [stop, interrupted],
                             reading,
                             &live,
                             index,
@@ -253,6 +279,9 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         drop(token_rx);
         let chunked = (|| -> Result<()> {
             for (i, step) in steps.into_iter().enumerate() {
+                if interrupted.load(Ordering::SeqCst) {
+                    bail!("interrupted");
+                }
                 let li = &img.layers[i];
                 let ctx = || format!("{what}: layer {} ({})", li.index + 1, li.digest);
                 // A layer read now comes with its stream key.
@@ -344,6 +373,10 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     });
     reading.finish_and_clear();
     result?;
+    // The last point to stop at: from here the image is committed.
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
 
     let ws = writer.stats();
     let written = writer.finish().with_context(|| what.clone())?;
@@ -393,7 +426,11 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     summary.reused_chunk_bytes = ws.reused_bytes;
     summary.stored_bytes = written.stored_bytes;
     summary.packs_written = written.packs.len();
-    summary.seconds = started.elapsed().as_secs_f64();
+    // Waiting for another writer is not building.
+    summary.seconds = started
+        .elapsed()
+        .saturating_sub(lock.waited())
+        .as_secs_f64();
     summary.peak_rss_bytes = peak_rss();
     report(&summary, args.json)?;
     // Everything is durable and the process ends after this: leave the
@@ -441,12 +478,12 @@ enum Step {
 type SpoolResult = puzzle_oci::Result<(layer::Spooled, LayerStats, Vec<(String, Layer)>)>;
 
 /// Reads one layer: decompress, verify its digests, spool its contents.
-/// Stops early with an error once `stop` is set.
+/// Stops early with an error once either of `stop` is set.
 fn read_layer(
     src: &dyn ImageSource,
     li: &LayerInfo,
     tmp_dir: &Path,
-    stop: &AtomicBool,
+    stop: [&AtomicBool; 2],
     bar: &ProgressBar,
     live: &LiveSpool,
     index: &ChunkIndex,
@@ -474,15 +511,15 @@ fn read_layer(
     Ok((spooled, stats, known.into_layers()))
 }
 
-/// A reader that fails once `stop` is set.
+/// A reader that fails once either of `stop` is set.
 struct Stoppable<'a, R> {
     inner: R,
-    stop: &'a AtomicBool,
+    stop: [&'a AtomicBool; 2],
 }
 
 impl<R: Read> Read for Stoppable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.iter().any(|s| s.load(Ordering::Relaxed)) {
             return Err(std::io::Error::other("build stopped"));
         }
         self.inner.read(buf)

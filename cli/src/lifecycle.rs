@@ -53,7 +53,7 @@ pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8>
         return verify_read_only(&store, args, progress, started);
     }
     // The index can be opened by one process only: take the writer lock.
-    let _lock = store.lock()?;
+    let _lock = crate::lock_store(&store, None, false)?;
     if args.rebuild_index {
         let spinner = progress.spinner("rebuilding the index from packs");
         let r = verify::rebuild_index(&store).context("rebuilding the index")?;
@@ -211,6 +211,10 @@ struct GcSummary {
     bytes_written: u64,
     chunks_moved: u64,
     chunks_removed: u64,
+    dead_chunks_kept: u64,
+    dead_bytes_kept: u64,
+    tmp_files_removed: u64,
+    tmp_bytes_removed: u64,
     images_rewritten: usize,
     layer_records_removed: usize,
     freed_bytes: i64,
@@ -223,7 +227,10 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         anyhow::bail!("--repack-below must be between 0 and 1");
     }
     let store = Store::open(root)?;
-    let _lock = store.lock()?;
+    // Temp files left by a crashed writer are removed with the lock (a dry
+    // run only measures them): they count in what gc frees.
+    let lock = crate::lock_store(&store, None, args.dry_run)?;
+    let tmp = lock.tmp();
     let index = open_index(&store, progress)?;
     let spinner = progress.spinner("collecting garbage");
     let opts = GcOptions {
@@ -249,27 +256,36 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         bytes_written: r.bytes_written,
         chunks_moved: r.chunks_moved,
         chunks_removed: r.chunks_removed,
+        dead_chunks_kept: r.dead_chunks_kept,
+        dead_bytes_kept: r.dead_bytes_kept,
+        tmp_files_removed: tmp.files,
+        tmp_bytes_removed: tmp.bytes,
         images_rewritten: r.images_rewritten,
         layer_records_removed: r.layer_records_removed,
-        freed_bytes: r.freed(),
+        freed_bytes: r.freed() + tmp.bytes as i64,
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
         output::print_json(&Envelope::new("gc", &s))?;
     }
     let (verb, freed) = if args.dry_run {
-        ("would free", "would remove")
+        ("would free", "to remove")
     } else {
         ("freed", "removed")
     };
     eprintln!(
-        "gc {verb} {} ({} blob(s) {freed}, {} of them packs; {} chunk(s) no image needs); \
+        "gc {verb} {} ({} blob(s) {freed}, {} of them packs; {} of temp files {freed}; \
+         chunks no image needs: {} {freed}, {} ({}) kept in packs at or above --repack-below {}); \
          {} sparse pack(s) repacked into {} ({} chunks moved, {} image(s) rewritten); \
          {} image(s), {} pinned, in {:.2}s",
-        output::bytes(r.freed().max(0) as u64),
+        output::bytes(s.freed_bytes.max(0) as u64),
         r.blobs_removed,
         r.packs_removed,
+        output::bytes(tmp.bytes),
         r.chunks_removed,
+        r.dead_chunks_kept,
+        output::bytes(r.dead_bytes_kept),
+        args.repack_below,
         r.packs_repacked,
         r.packs_written,
         r.chunks_moved,

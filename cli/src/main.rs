@@ -27,6 +27,8 @@ pub mod exit {
     pub const NO_STORE: u8 = 4;
     /// `verify` found problems in the store.
     pub const PROBLEMS: u8 = 5;
+    /// Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Parser, Debug)]
@@ -72,6 +74,9 @@ struct ExtractArgs {
     name: String,
     /// Target directory.
     dir: PathBuf,
+    /// If the extract fails, keep what it wrote (by default it is removed).
+    #[arg(long)]
+    keep_partial: bool,
     /// Print a JSON summary line on stdout.
     #[arg(long)]
     json: bool,
@@ -193,7 +198,26 @@ fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
+/// A flag the first SIGINT or SIGTERM sets, for a command to stop at its
+/// next check; a second signal ends the process at once (exit 130).
+pub fn interrupt_flag() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            i32::from(exit::INTERRUPTED),
+            flag.clone(),
+        )
+        .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+        .context("installing signal handlers")?;
+    }
+    Ok(flag)
+}
+
 fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> Result<u8> {
+    use puzzle_store::extract::{ExtractError, ExtractOptions, Partial};
+    let interrupted = interrupt_flag()?;
     let store = Store::open(root)?;
     // Pinned for the whole extract: a concurrent gc keeps every blob it reads.
     let (img, pin) = image::open_pinned(&store, &args.name)
@@ -201,9 +225,39 @@ fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> R
     warn_unpinned(&store, &args.name, &pin);
     let started = std::time::Instant::now();
     let spinner = progress.spinner(&format!("extracting {}", args.name));
-    let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)
-        .with_context(|| format!("extracting {} into {}", args.name, args.dir.display()))?;
+    let opts = ExtractOptions {
+        keep_partial: args.keep_partial,
+        cancel: Some(&interrupted),
+    };
+    let res = puzzle_store::extract::extract_with(&store, &img.meta, &args.dir, &opts);
     drop(spinner);
+    let stats = match res {
+        Ok(stats) => stats,
+        Err(failed) => {
+            let ExtractError { error, partial } = *failed;
+            let dir = args.dir.display();
+            let what = match &partial {
+                Partial::Nothing => String::new(),
+                Partial::Removed => "partial tree removed; --keep-partial keeps it".to_string(),
+                Partial::Kept => "partial tree kept, --keep-partial".to_string(),
+                Partial::NotRemoved(e) => format!("removing the partial tree failed: {e}"),
+            };
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                match partial {
+                    Partial::Nothing => eprintln!("interrupted, nothing written"),
+                    _ => eprintln!("interrupted, {what}"),
+                }
+                return Ok(exit::INTERRUPTED);
+            }
+            let what = if what.is_empty() {
+                what
+            } else {
+                format!(" ({what})")
+            };
+            return Err(anyhow::Error::new(error)
+                .context(format!("extracting {} into {dir}{what}", args.name)));
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         output::print_json(&Envelope::new(
@@ -316,9 +370,28 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Takes the store's writer lock; says on stderr whom it waits for when
+/// another process holds it for a while. `cancel` stops the wait.
+pub fn lock_store(
+    store: &Store,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    keep_tmp: bool,
+) -> Result<puzzle_store::layout::StoreLock> {
+    let mut on_wait = |holder: Option<u32>| match holder {
+        Some(pid) => eprintln!("waiting for the store lock held by PID {pid}"),
+        None => eprintln!("waiting for the store lock held by another process"),
+    };
+    let lock = store.lock_with(puzzle_store::layout::LockOptions {
+        keep_tmp,
+        on_wait: Some(&mut on_wait),
+        cancel,
+    })?;
+    Ok(lock)
+}
+
 fn rm(root: &std::path::Path, args: &RmArgs) -> Result<u8> {
     let store = Store::open(root)?;
-    let _lock = store.lock()?;
+    let _lock = lock_store(&store, None, false)?;
     let mut code = exit::OK;
     for name in &args.names {
         match store.remove_tag(name) {

@@ -26,8 +26,11 @@ use crate::exit;
 pub struct MountArgs {
     /// Image name, as given to `build --tag`.
     name: String,
-    /// Mount point: an existing empty directory.
+    /// Mount point: an existing empty directory (see --nonempty).
     dir: PathBuf,
+    /// Mount even if DIR is not empty (its contents are hidden while mounted).
+    #[arg(long)]
+    nonempty: bool,
     /// Return once mounted, leaving a daemon serving the mount.
     #[arg(long)]
     daemon: bool,
@@ -52,7 +55,8 @@ pub struct MountArgs {
 pub struct UmountArgs {
     /// The mount point.
     dir: PathBuf,
-    /// Detach now even if the mount is busy; it goes away when last used.
+    /// Detach now even if the mount is busy and return at once; the mount
+    /// goes away, and its daemon exits, once nothing uses it.
     #[arg(long)]
     lazy: bool,
 }
@@ -145,8 +149,9 @@ fn stale_hint(dir: &Path) -> String {
     )
 }
 
-/// Refuses a mount point that is missing, not a directory, mounted or dead.
-fn check_mount_point(dir: &Path) -> Result<()> {
+/// Refuses a mount point that is missing, not a directory, mounted or dead,
+/// or (unless `nonempty`) holds anything.
+fn check_mount_point(dir: &Path, nonempty: bool) -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or give the container the device (--device /dev/fuse)");
     }
@@ -172,12 +177,22 @@ fn check_mount_point(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
+    let has_entries = std::fs::read_dir(dir)
+        .with_context(|| format!("mount point {}", dir.display()))?
+        .next()
+        .is_some();
+    if has_entries && !nonempty {
+        bail!(
+            "mount point {} is not empty (the mount would hide its contents); pass --nonempty to mount over them",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
 pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     let dir = absolute(&args.dir)?;
-    check_mount_point(&dir)?;
+    check_mount_point(&dir, args.nonempty)?;
     if args.daemon && !args.daemon_child {
         return spawn_daemon(root, args, &dir);
     }
@@ -250,6 +265,9 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
     if args.allow_other {
         cmd.arg("--allow-other");
     }
+    if args.nonempty {
+        cmd.arg("--nonempty");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -310,6 +328,19 @@ pub fn umount(args: &UmountArgs) -> Result<u8> {
             dir.display()
         ),
         Err(e) => return Err(e).with_context(|| format!("unmounting {}", dir.display())),
+    }
+    if args.lazy {
+        // A busy mount's daemon serves until the last user lets go: do not
+        // wait for it.
+        let daemon = pid.map_or_else(
+            || "its daemon".to_string(),
+            |p| format!("its daemon (PID {p})"),
+        );
+        eprintln!(
+            "detached {}; {daemon} exits once the mount is no longer in use",
+            dir.display()
+        );
+        return Ok(exit::OK);
     }
     if let Some(pid) = pid {
         // Wait for the daemon to finish (a zombie counts as finished).

@@ -164,7 +164,7 @@ fn mounted_corpus_images_match_umoci() {
 }
 
 /// Two files whose contents share no chunk, and a few small ones.
-fn two_file_image() -> Image {
+pub(crate) fn two_file_image() -> Image {
     let mut a = vec![0u8; 3 << 20];
     let mut b = vec![0u8; 3 << 20];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -189,7 +189,7 @@ fn two_file_image() -> Image {
 /// returns the chunk id. The chunk's frame may hold other chunks: the byte
 /// is taken at the chunk's place in proportion, which lands inside the
 /// chunk for random data (zstd stores it as raw blocks).
-fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
+pub(crate) fn corrupt_first_chunk(store: &Path, tag: &str, path: &[&[u8]]) -> String {
     let s = puzzle_store::Store::open(store).unwrap();
     let img = puzzle_store::image::open(&s, tag).unwrap();
     let mut ino = img.meta.root().unwrap();
@@ -346,6 +346,91 @@ fn foreground_mount_unmounts_on_signals() {
         assert!(status.success(), "{sig}: {status}");
         assert!(!is_mounted(&mnt), "{sig} unmounted");
     }
+}
+
+/// A mount point with contents is refused unless `--nonempty`; mounted
+/// over, its contents come back after `umount`.
+#[test]
+fn mount_refuses_a_non_empty_dir_unless_nonempty() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
+    std::fs::write(mnt.join("mine"), b"keep me").unwrap();
+
+    let r = run(puzzle(&store)
+        .arg("mount")
+        .arg("all")
+        .arg(&mnt)
+        .arg("--daemon"));
+    // Cleans up should it have mounted after all.
+    let _guard = Mount {
+        store: store.clone(),
+        dir: mnt.clone(),
+        pid: daemon_pid(&mnt),
+    };
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!is_mounted(&mnt));
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not empty") && r.stderr.contains("--nonempty"),
+        "{}",
+        r.stderr
+    );
+
+    let mut m = Mount::new(&store, "all", &mnt, &["--nonempty"]);
+    assert!(!m.dir.join("mine").exists(), "hidden while mounted");
+    m.umount();
+    assert_eq!(std::fs::read(mnt.join("mine")).unwrap(), b"keep me");
+}
+
+/// `umount --lazy` of a busy mount detaches it and returns at once; the
+/// daemon serves the last user, then exits.
+#[test]
+fn lazy_umount_of_a_busy_mount_returns_at_once() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let mut m = Mount::new(&store, "all", &t.join("mnt"), &[]);
+    let pid = m.pid.expect("daemon pid");
+    let busy = std::fs::File::open(&m.dir).unwrap();
+
+    let started = Instant::now();
+    let r = run(puzzle(&store).arg("umount").arg("--lazy").arg(&m.dir));
+    let took = started.elapsed();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "detached {}; its daemon (PID {pid}) exits once the mount is no longer in use\n",
+            m.dir.display()
+        )
+    );
+    assert!(!is_mounted(&m.dir));
+    assert!(!zombie(pid), "the daemon serves the open directory");
+
+    drop(busy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !zombie(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(zombie(pid), "daemon {pid} exits once the mount is unused");
+    m.pid = None;
 }
 
 struct ChildGuard(Child, PathBuf);

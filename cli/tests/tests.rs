@@ -14,6 +14,7 @@ mod diskfull;
 mod heal;
 mod lifecycle;
 mod mount;
+mod report;
 mod stats;
 mod store_safety;
 mod synthetic;

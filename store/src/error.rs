@@ -20,6 +20,9 @@ pub enum Error {
     ParamsMismatch { stored: String, requested: String },
     #[error("image {0:?} not found in the store")]
     ImageNotFound(String),
+    /// Stopped on request (a signal), before anything was kept.
+    #[error("interrupted")]
+    Interrupted,
     #[error("invalid image name {name:?}: {why}")]
     InvalidName { name: String, why: &'static str },
     #[error("chunk {0} is not in the store")]

@@ -3,7 +3,8 @@
 //!
 //! Every path is created by us under a fresh or empty target, one validated
 //! name at a time, with `O_EXCL`/`O_NOFOLLOW`: nothing is written outside the
-//! target, whatever the metadata blob says.
+//! target, whatever the metadata blob says. An extract that fails removes
+//! what it wrote, unless asked to keep it ([`ExtractOptions::keep_partial`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -12,6 +13,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use puzzle_chunker::ChunkId;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
@@ -73,10 +75,50 @@ fn check_name(name: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How [`extract_with`] works.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtractOptions<'a> {
+    /// Keep what was written when the extract fails.
+    pub keep_partial: bool,
+    /// Stop with [`Error::Interrupted`] once this is set (checked before
+    /// each entry and each extent).
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// What became of what a failed extract had written.
+#[derive(Debug)]
+pub enum Partial {
+    /// Nothing was written (the target was refused).
+    Nothing,
+    /// Removed: the target if the extract created it, else every entry it
+    /// created in it (its mode, owner and times put back).
+    Removed,
+    /// Kept, as asked ([`ExtractOptions::keep_partial`]).
+    Kept,
+    /// Removing it failed; some of it is left.
+    NotRemoved(Error),
+}
+
+/// A failed extract: why, and what became of what it wrote.
+#[derive(Debug)]
+pub struct ExtractError {
+    pub error: Error,
+    pub partial: Partial,
+}
+
+/// How the target was found: created by the extract, or an existing empty
+/// directory (with its metadata, to put back).
+enum Prepared {
+    Created,
+    Existing(fs::Metadata),
+}
+
 /// Prepares `target`: created if missing, else it must be an empty directory.
-fn prepare_target(target: &Path) -> Result<()> {
+fn prepare_target(target: &Path) -> Result<Prepared> {
     match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(target).at(target),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(target)
+            .at(target)
+            .map(|()| Prepared::Created),
         Err(e) => Err(Error::Io {
             path: target.into(),
             source: e,
@@ -85,21 +127,120 @@ fn prepare_target(target: &Path) -> Result<()> {
             path: target.into(),
             why: "exists and is not a directory".into(),
         }),
-        Ok(_) => {
+        Ok(m) => {
             if fs::read_dir(target).at(target)?.next().is_some() {
                 return Err(Error::Target {
                     path: target.into(),
                     why: "is not empty".into(),
                 });
             }
-            Ok(())
+            Ok(Prepared::Existing(m))
         }
     }
 }
 
-/// Extracts the image whose metadata is `meta` into `target`.
+/// Removes what a failed extract wrote into `target`.
+fn remove_partial(target: &Path, prepared: &Prepared) -> Result<()> {
+    match prepared {
+        Prepared::Created => remove_tree(target),
+        Prepared::Existing(before) => {
+            for e in fs::read_dir(target).at(target)? {
+                let path = e.at(target)?.path();
+                remove_tree(&path)?;
+            }
+            // The root's metadata is applied last; put the old one back.
+            use std::os::unix::fs::MetadataExt;
+            let uid = Some(rustix::fs::Uid::from_raw(before.uid()));
+            let gid = Some(rustix::fs::Gid::from_raw(before.gid()));
+            let io = |e: rustix::io::Errno| Error::Io {
+                path: target.into(),
+                source: e.into(),
+            };
+            if rustix::process::geteuid().is_root() {
+                rustix::fs::chownat(CWD, target, uid, gid, AtFlags::empty()).map_err(io)?;
+            }
+            rustix::fs::chmod(target, Mode::from_raw_mode(before.mode() & 0o7777)).map_err(io)?;
+            let ts = |sec: i64, nsec: i64| Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec as _,
+            };
+            let times = Timestamps {
+                last_access: ts(before.atime(), before.atime_nsec()),
+                last_modification: ts(before.mtime(), before.mtime_nsec()),
+            };
+            rustix::fs::utimensat(CWD, target, &times, AtFlags::empty()).map_err(io)
+        }
+    }
+}
+
+/// Removes `path` and everything under it, making directories writable
+/// first if need be (an extract may have applied read-only modes).
+fn remove_tree(path: &Path) -> Result<()> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.into(),
+                source: e,
+            })
+        }
+    };
+    if !m.is_dir() {
+        return fs::remove_file(path).at(path);
+    }
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    rustix::fs::chmod(path, Mode::from_raw_mode(0o700))
+        .map_err(std::io::Error::from)
+        .at(path)?;
+    for e in fs::read_dir(path).at(path)? {
+        remove_tree(&e.at(path)?.path())?;
+    }
+    fs::remove_dir(path).at(path)
+}
+
+/// Extracts the image whose metadata is `meta` into `target`; on failure,
+/// removes what it wrote.
 pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result<ExtractStats> {
-    prepare_target(target)?;
+    extract_with(store, meta, target, &ExtractOptions::default()).map_err(|e| e.error)
+}
+
+/// Extracts the image whose metadata is `meta` into `target` (created if
+/// missing, else an empty directory). On failure, what was written is
+/// removed unless `opts.keep_partial`; the error says which.
+pub fn extract_with(
+    store: &Store,
+    meta: &MetaBlob<Vec<u8>>,
+    target: &Path,
+    opts: &ExtractOptions<'_>,
+) -> Result<ExtractStats, Box<ExtractError>> {
+    let prepared = prepare_target(target).map_err(|error| {
+        Box::new(ExtractError {
+            error,
+            partial: Partial::Nothing,
+        })
+    })?;
+    extract_into(store, meta, target, opts.cancel).map_err(|error| {
+        let partial = if opts.keep_partial {
+            Partial::Kept
+        } else {
+            match remove_partial(target, &prepared) {
+                Ok(()) => Partial::Removed,
+                Err(e) => Partial::NotRemoved(e),
+            }
+        };
+        Box::new(ExtractError { error, partial })
+    })
+}
+
+fn extract_into(
+    store: &Store,
+    meta: &MetaBlob<Vec<u8>>,
+    target: &Path,
+    cancel: Option<&AtomicBool>,
+) -> Result<ExtractStats> {
     let mut cx = Extractor {
         meta,
         cache: ChunkCache::new(store, meta, 32 << 20),
@@ -108,6 +249,7 @@ pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result
         stats: ExtractStats::default(),
         is_root: rustix::process::geteuid().is_root(),
         visited: vec![false; meta.inode_count() as usize],
+        cancel,
     };
     let root = meta.root()?;
     cx.visited[0] = true;
@@ -115,6 +257,7 @@ pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result
     let mut stack: Vec<(InodeRec, PathBuf, u32)> = vec![(root, target.to_path_buf(), 0)];
     cx.dirs.push((root, target.to_path_buf()));
     while let Some((dir, path, next)) = stack.pop() {
+        cx.check_cancel()?;
         if next >= dir.count() {
             continue;
         }
@@ -157,9 +300,17 @@ struct Extractor<'a> {
     stats: ExtractStats,
     is_root: bool,
     visited: Vec<bool>,
+    cancel: Option<&'a AtomicBool>,
 }
 
 impl Extractor<'_> {
+    fn check_cancel(&self) -> Result<()> {
+        match self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
     fn entry(&mut self, ino: &InodeRec, path: &Path) -> Result<()> {
         if ino.nlink > 1 {
             if let Some(first) = self.links.get(&ino.ino) {
@@ -205,6 +356,7 @@ impl Extractor<'_> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         let mut written = 0u64;
         for i in 0..ino.count() {
+            self.check_cancel()?;
             let e = self.meta.extent(ino, i)?;
             let data = self.cache.get(e.chunk)?;
             let start = e.chunk_offset as usize;

@@ -80,6 +80,11 @@ pub struct GcReport {
     pub chunks_moved: u64,
     /// Chunks that no image needs any more and whose pack is deleted.
     pub chunks_removed: u64,
+    /// Chunks no image needs, kept because their pack's live share is at
+    /// or above `repack_below` (packs a pinned image uses not counted).
+    pub dead_chunks_kept: u64,
+    /// Their share of the packs' compressed bytes.
+    pub dead_bytes_kept: u64,
     pub images_rewritten: usize,
     pub layer_records_removed: usize,
 }
@@ -188,6 +193,11 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
         let dead = entries.len() > chunks.len();
         if dead && (live_bytes as f64) < opts.repack_below * total as f64 {
             sparse.insert(*p);
+        } else if dead {
+            for e in entries.iter().filter(|e| !chunks.contains_key(&e.id)) {
+                report.dead_chunks_kept += 1;
+                report.dead_bytes_kept += e.loc(*p).stored_share();
+            }
         }
     }
     report.packs_repacked = sparse.len();

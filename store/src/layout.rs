@@ -7,13 +7,16 @@
 //! STORE/puzzle.json         format version, chunker and compression parameters
 //! STORE/index/              the sled database (a cache, rebuildable)
 //! STORE/tmp/                in-progress writes
-//! STORE/lock                advisory lock taken by writers
+//! STORE/lock                advisory lock taken by writers; holds the holder's PID
 //! ```
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use puzzle_chunker::ChunkParams;
 use serde::{Deserialize, Serialize};
@@ -139,6 +142,43 @@ impl Pin {
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
+    waited: Duration,
+    tmp: TmpFiles,
+}
+
+impl StoreLock {
+    /// How long taking the lock waited for another writer.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// What `tmp/` held when the lock was taken: left by a writer that
+    /// crashed, and removed unless [`LockOptions::keep_tmp`].
+    pub fn tmp(&self) -> TmpFiles {
+        self.tmp
+    }
+}
+
+/// Files found in `tmp/` (directories count their contents).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TmpFiles {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// How long [`Store::lock_with`] waits before it reports the wait.
+pub const LOCK_REPORT_AFTER: Duration = Duration::from_secs(1);
+
+/// How [`Store::lock_with`] takes the writer lock.
+#[derive(Default)]
+pub struct LockOptions<'a> {
+    /// Leave what is in `tmp/` (it is still measured): for a dry run.
+    pub keep_tmp: bool,
+    /// Called once when another process still holds the lock after
+    /// [`LOCK_REPORT_AFTER`], with the holder's PID if it recorded one.
+    pub on_wait: Option<&'a mut dyn FnMut(Option<u32>)>,
+    /// Waiting gives up with [`Error::Interrupted`] once this is set.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 impl Store {
@@ -274,17 +314,62 @@ impl Store {
     /// write to `tmp/`, so whatever is there now is left by a writer that
     /// crashed: it is removed.
     pub fn lock(&self) -> Result<StoreLock> {
-        let file = lock_file(&self.root, true)?;
-        self.clean_tmp()?;
-        Ok(StoreLock { _file: file })
+        self.lock_with(LockOptions::default())
     }
 
-    fn clean_tmp(&self) -> Result<()> {
+    /// [`Store::lock`], reporting a long wait and giving up when cancelled
+    /// (see [`LockOptions`]). The holder's PID is written to the lock file,
+    /// so a process waiting for it can say whom it waits for.
+    pub fn lock_with(&self, mut opts: LockOptions<'_>) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at(&path)?;
+        let started = Instant::now();
+        let mut reported = false;
+        let mut nap = Duration::from_millis(1);
+        // Polled rather than blocking in flock, so that a cancel is seen
+        // and the wait can be reported while it lasts.
+        let waited = loop {
+            match file.try_lock() {
+                Ok(()) => break started.elapsed(),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::Io { path, source: e }),
+            }
+            if opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                return Err(Error::Interrupted);
+            }
+            if !reported && started.elapsed() >= LOCK_REPORT_AFTER {
+                reported = true;
+                if let Some(f) = opts.on_wait.as_mut() {
+                    f(lock_holder(&path));
+                }
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(20));
+        };
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0))
+            .at(&path)?;
+        let tmp = self.clean_tmp(opts.keep_tmp)?;
+        Ok(StoreLock {
+            _file: file,
+            waited,
+            tmp,
+        })
+    }
+
+    /// Measures `tmp/` and, unless `keep`, empties it.
+    fn clean_tmp(&self, keep: bool) -> Result<TmpFiles> {
         let dir = self.tmp_dir();
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return fs::create_dir_all(&dir).at(&dir);
+                fs::create_dir_all(&dir).at(&dir)?;
+                return Ok(TmpFiles::default());
             }
             Err(e) => {
                 return Err(Error::Io {
@@ -293,10 +378,16 @@ impl Store {
                 })
             }
         };
+        let mut found = TmpFiles::default();
         for e in rd {
             let e = e.at(&dir)?;
             let path = e.path();
-            let r = if e.file_type().at(&path)?.is_dir() {
+            let is_dir = e.file_type().at(&path)?.is_dir();
+            tmp_usage(&path, is_dir, &mut found);
+            if keep {
+                continue;
+            }
+            let r = if is_dir {
                 fs::remove_dir_all(&path)
             } else {
                 fs::remove_file(&path)
@@ -308,7 +399,7 @@ impl Store {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(found)
     }
 
     /// Every blob in `blobs/sha256/` with its size, sorted by digest. Files
@@ -702,6 +793,28 @@ pub(crate) fn is_read_only(e: &std::io::Error) -> bool {
     )
 }
 
+/// The PID the writer lock's holder recorded in `path`, if any.
+fn lock_holder(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Adds the files under `path` (a file, or a directory when `is_dir`) to
+/// `found`; what vanishes meanwhile is not counted.
+fn tmp_usage(path: &Path, is_dir: bool, found: &mut TmpFiles) {
+    if !is_dir {
+        if let Ok(m) = fs::symlink_metadata(path) {
+            found.files += 1;
+            found.bytes += m.len();
+        }
+        return;
+    }
+    let Ok(rd) = fs::read_dir(path) else { return };
+    for e in rd.flatten() {
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        tmp_usage(&e.path(), is_dir, found);
+    }
+}
+
 fn lock_file(root: &Path, exclusive: bool) -> Result<File> {
     open_lock(&root.join("lock"), exclusive)
 }
@@ -788,6 +901,13 @@ mod tests {
         assert_eq!(s.pinned().unwrap(), vec![d]);
         drop(pin);
         assert!(s.pinned().unwrap().is_empty());
+        // The lock holder records its PID; tmp/ debris is measured and removed.
+        fs::write(s.tmp_dir().join("left"), b"12345").unwrap();
+        let lock = s.lock().unwrap();
+        assert_eq!(lock_holder(&root.join("lock")), Some(std::process::id()));
+        assert_eq!(lock.tmp(), TmpFiles { files: 1, bytes: 5 });
+        assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+        drop(lock);
         // A corrupted blob is caught on read.
         fs::write(s.blob_path(&d), b"{ }").unwrap();
         assert!(matches!(

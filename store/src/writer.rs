@@ -64,6 +64,8 @@ pub struct ChunkWriter<'a> {
     stats: WriteStats,
     /// Set when the writer is dropped without `finish`: nothing is kept.
     abort: Arc<AtomicBool>,
+    /// Once set, `put` and `has` fail with [`Error::Interrupted`].
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -98,12 +100,28 @@ impl<'a> ChunkWriter<'a> {
             seq: 0,
             stats: WriteStats::default(),
             abort,
+            cancel: None,
+        }
+    }
+
+    /// Makes `put` and `has` fail with [`Error::Interrupted`] once `flag`
+    /// is set, so that chunking stops at the next chunk (a signal handler
+    /// sets it). Dropping the writer then keeps nothing it wrote.
+    pub fn cancel_on(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
         }
     }
 
     /// Stores `data` (whose BLAKE3 id is `id`) unless the store or this
     /// writer already has it. Returns whether it was new.
     pub fn put(&mut self, id: ChunkId, data: Vec<u8>) -> Result<bool> {
+        self.check_cancel()?;
         let len = data.len() as u64;
         if self.pending.contains(&id) || self.index.has(&id)? {
             self.stats.reused_chunks += 1;
@@ -129,6 +147,7 @@ impl<'a> ChunkWriter<'a> {
 
     /// Whether the store or this writer already has chunk `id`.
     pub fn has(&self, id: &ChunkId) -> Result<bool> {
+        self.check_cancel()?;
         Ok(self.pending.contains(id) || self.index.has(id)?)
     }
 
