@@ -1,0 +1,261 @@
+//! The mistakes a new user makes (issue 15): each gives one line on stderr
+//! that names the object and says what to do, and the documented exit code;
+//! source selection never guesses; `--json` commands also print an `error`
+//! record on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use puzzle_testkit::{sha256_digest, Compression, Entry, Image};
+
+use crate::util::*;
+
+fn image(name: &str) -> Image {
+    Image::new().layer(
+        &[Entry::file("name", format!("{name}\n").as_bytes())],
+        Compression::Gzip,
+    )
+}
+
+/// Runs `cmd`, expecting exit `code`, nothing on stdout and exactly one
+/// line on stderr, which is returned.
+fn fails(cmd: &mut Command, code: i32) -> String {
+    let r = run(cmd);
+    assert_eq!(
+        r.code, code,
+        "{cmd:?}: expected exit {code}\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    assert!(r.stdout.is_empty(), "{cmd:?}: stdout: {}", r.stdout);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{cmd:?}: one line on stderr, got:\n{}",
+        r.stderr
+    );
+    lines[0].to_string()
+}
+
+fn build_fails(store: &Path, source: &str, extra: &[&str], code: i32) -> String {
+    fails(
+        puzzle(store)
+            .args(["build", source, "--tag", "x"])
+            .args(extra),
+        code,
+    )
+}
+
+/// `tar -C dir -cf file .`
+fn tar_dir(dir: &Path, file: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(file)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A legacy `docker save` archive holding two images, `app:1` and `app:2`.
+fn two_image_docker_archive(t: &Path) -> PathBuf {
+    let one = t.join("one.tar");
+    image("one").write_docker_archive(&one, "app:1").unwrap();
+    let dir = t.join("docker-two");
+    std::fs::create_dir(&dir).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-xf")
+        .arg(&one)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let path = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut second = m[0].clone();
+    second["RepoTags"] = serde_json::json!(["app:2"]);
+    m.as_array_mut().unwrap().push(second);
+    std::fs::write(&path, m.to_string()).unwrap();
+    let file = t.join("two.tar");
+    tar_dir(&dir, &file);
+    file
+}
+
+#[test]
+fn several_images_and_no_tag_is_an_error_listing_the_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    image("two").write_oci_layout(&layout, "two").unwrap();
+    let l = layout.display();
+    let want = |src: &str| {
+        format!(
+            "puzzle: error: building x from {src}: oci:{l} holds 2 images; \
+             name one as oci:{l}:TAG, TAG one of: one, two"
+        )
+    };
+    let src = format!("oci:{l}");
+    assert_eq!(build_fails(&store, &src, &[], 1), want(&src));
+    let bare = l.to_string();
+    assert_eq!(build_fails(&store, &bare, &[], 1), want(&bare));
+
+    let archive = t.join("layout.tar");
+    tar_dir(&layout, &archive);
+    let a = archive.display();
+    for kind in ["oci-archive", "docker-archive"] {
+        let src = format!("{kind}:{a}");
+        assert_eq!(
+            build_fails(&store, &src, &[], 1),
+            format!(
+                "puzzle: error: building x from {src}: {src} holds 2 images; \
+                 name one as {src}:TAG, TAG one of: one, two"
+            )
+        );
+    }
+
+    let docker = two_image_docker_archive(t);
+    let src = format!("docker-archive:{}", docker.display());
+    assert_eq!(
+        build_fails(&store, &src, &[], 1),
+        format!(
+            "puzzle: error: building x from {src}: {src} holds 2 images; \
+             name one as {src}:REF, REF one of: app:1, app:2 (or @N, the N-th image from 0)"
+        )
+    );
+    assert!(!store.exists(), "nothing was built");
+
+    // Named, each builds.
+    build(&store, &format!("oci:{l}:two"), "two");
+    build(&store, &format!("{src}:app:2"), "app");
+}
+
+#[test]
+fn a_platform_no_manifest_matches_names_the_platforms_there_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    let w = image("one").write_oci_layout(&layout, "one").unwrap();
+    let l = layout.display();
+
+    // A single-platform image whose config says linux/amd64.
+    let src = format!("oci:{l}:one");
+    assert_eq!(
+        build_fails(&store, &src, &["--platform", "linux/arm64"], 1),
+        format!(
+            "puzzle: error: building x from {src}: no linux/arm64 image in {src}: \
+             it is linux/amd64 only; pick it with --platform linux/amd64"
+        )
+    );
+
+    // An image index with two platforms, tagged `multi`.
+    let manifest = std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(&w.manifest_digest["sha256:".len()..]),
+    )
+    .unwrap();
+    let desc = |arch: &str, variant: Option<&str>| {
+        let mut p = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(v) = variant {
+            p["variant"] = serde_json::json!(v);
+        }
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": w.manifest_digest,
+            "size": manifest.len(),
+            "platform": p,
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [desc("amd64", None), desc("arm", Some("v7"))],
+    }))
+    .unwrap();
+    let index_digest = sha256_digest(&index);
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(&index_digest["sha256:".len()..]),
+        &index,
+    )
+    .unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest,
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    let src = format!("oci:{l}:multi");
+    assert_eq!(
+        build_fails(&store, &src, &["--platform", "linux/s390x"], 1),
+        format!(
+            "puzzle: error: building x from {src}: no linux/s390x image in image index \
+             {index_digest} in {src}; it has linux/amd64, linux/arm/v7: pick one with --platform"
+        )
+    );
+    build(&store, &src, "multi");
+}
+
+#[test]
+fn a_directory_without_oci_layout_says_what_it_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let empty = t.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = empty.display();
+    for src in [format!("oci:{e}"), e.to_string()] {
+        assert_eq!(
+            build_fails(&store, &src, &[], 1),
+            format!(
+                "puzzle: error: building x from {src}: oci:{e} is not an OCI image layout \
+                 (it has no oci-layout file); give a layout written by `skopeo copy` or \
+                 `umoci`, or the archive of one"
+            )
+        );
+    }
+}
+
+#[test]
+fn registry_sources_say_how_to_use_skopeo_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let src = "docker://127.0.0.1:5000/app:2";
+    assert_eq!(
+        build_fails(&store, src, &[], 1),
+        format!(
+            "puzzle: error: building x from {src}: unsupported: registry source {src}: \
+             until registries are supported, copy the image into a layout with \
+             `skopeo copy {src} oci:DIR:TAG`, then `puzzle build oci:DIR:TAG`"
+        )
+    );
+}
+
+#[test]
+fn a_garbage_archive_is_one_line_without_its_contents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let file = t.join("passwd");
+    let text = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+    std::fs::write(&file, text.repeat(20)).unwrap();
+    let f = file.display();
+    for kind in ["docker-archive", "oci-archive"] {
+        let src = format!("{kind}:{f}");
+        assert_eq!(
+            build_fails(&store, &src, &[], 1),
+            format!("puzzle: error: building x from {src}: {f} is not a tar archive")
+        );
+    }
+}
