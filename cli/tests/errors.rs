@@ -208,6 +208,45 @@ fn a_platform_no_manifest_matches_names_the_platforms_there_are() {
 }
 
 #[test]
+fn an_os_error_appears_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    build(&store, &format!("oci:{}:one", layout.display()), "one");
+    let file = t.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let target = file.join("sub");
+    let d = target.display();
+    assert_eq!(
+        fails(puzzle(&store).arg("extract").arg("one").arg(&target), 1),
+        format!("puzzle: error: extracting one into {d}: {d}: Not a directory (os error 20)")
+    );
+}
+
+#[test]
+fn the_missing_parent_of_an_extract_target_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    build(&store, &format!("oci:{}:one", layout.display()), "one");
+    let parent = t.join("no/such");
+    let target = parent.join("rootfs");
+    let d = target.display();
+    assert_eq!(
+        fails(puzzle(&store).arg("extract").arg("one").arg(&target), 1),
+        format!(
+            "puzzle: error: extracting one into {d}: extract target {d}: \
+             its parent directory {} does not exist; create it first",
+            parent.display()
+        )
+    );
+}
+
+#[test]
 fn a_directory_without_oci_layout_says_what_it_needs() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
@@ -258,4 +297,49 @@ fn a_garbage_archive_is_one_line_without_its_contents() {
             format!("puzzle: error: building x from {src}: {f} is not a tar archive")
         );
     }
+}
+
+#[test]
+fn mount_without_access_to_dev_fuse_says_what_it_needs() {
+    let root = rustix::process::geteuid().is_root();
+    let tools = ["unshare", "setpriv", "mount"]
+        .iter()
+        .all(|t| puzzle_testkit::tool_available(t));
+    if !(root && tools) {
+        assert!(
+            !require_tools(),
+            "this test needs root, unshare and setpriv"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    build(&store, &format!("oci:{}:one", layout.display()), "one");
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // In a private mount namespace, /dev/fuse is a file nobody may open, and
+    // this root lacks the capabilities that bypass file permissions.
+    let fake = t.join("fuse");
+    std::fs::write(&fake, b"").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let script = r#"mount --bind "$1" /dev/fuse && shift && exec setpriv --bounding-set=-dac_override,-dac_read_search "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&fake)
+        .arg(env!("CARGO_BIN_EXE_puzzle"))
+        .arg("--store")
+        .arg(&store)
+        .args(["--no-progress", "mount", "one"])
+        .arg(&mnt);
+    assert_eq!(
+        fails(&mut cmd, 1),
+        format!(
+            "puzzle: error: mounting one on {}: Permission denied (os error 13): \
+             mounting needs root, or read and write access to /dev/fuse",
+            mnt.display()
+        )
+    );
 }

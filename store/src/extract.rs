@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use puzzle_chunker::ChunkId;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{show_os_path, Error, IoContext, Result};
 use crate::frame::{ChunkBytes, FrameReader};
 use crate::layout::Store;
 use crate::meta::{InodeRec, Kind, MetaBlob};
@@ -76,7 +76,16 @@ fn check_name(name: &[u8], dir: &Path) -> Result<()> {
 /// Prepares `target`: created if missing, else it must be an empty directory.
 fn prepare_target(target: &Path) -> Result<()> {
     match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(target).at(target),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Target {
+                path: target.into(),
+                why: format!(
+                    "its parent directory {} does not exist; create it first",
+                    target.parent().map_or_else(String::new, show_os_path)
+                ),
+            }),
+            r => r.at(target),
+        },
         Err(e) => Err(Error::Io {
             path: target.into(),
             source: e,
