@@ -32,8 +32,8 @@ use puzzle_store::writer::ChunkWriter;
 use puzzle_store::{image, Store, StoreConfig};
 use serde::Serialize;
 
-use crate::exit;
 use crate::output::{self, Envelope, Progress};
+use crate::{exit, UsageError};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -106,10 +106,11 @@ pub struct Summary {
 
 pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let started = Instant::now();
+    let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
     let params = ChunkParams::new(args.chunk_min, args.chunk_avg, args.chunk_max)
-        .context("invalid chunk parameters")?;
-    let platform: Platform = args.platform.parse().context("invalid --platform")?;
-    let src_ref: SourceRef = args.source.parse().context("invalid image source")?;
+        .map_err(|e| usage(&format!("invalid chunk sizes: {e}")))?;
+    let platform: Platform = args.platform.parse().map_err(|e| usage(&e))?;
+    let src_ref: SourceRef = args.source.parse().map_err(|e| usage(&e))?;
     let what = format!("building {} from {}", args.tag, args.source);
 
     let src = source::open(&src_ref, &platform).with_context(|| what.clone())?;

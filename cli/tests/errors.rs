@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use puzzle_testkit::{sha256_digest, Compression, Entry, Image};
+use serde::Deserialize;
 
 use crate::util::*;
 
@@ -208,6 +209,48 @@ fn a_platform_no_manifest_matches_names_the_platforms_there_are() {
 }
 
 #[test]
+fn a_relative_store_works_for_every_command_and_daemon_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    let rel = Path::new("rel-store");
+    let in_t = |cmd: &mut Command| {
+        cmd.current_dir(t);
+    };
+    let mut b = puzzle(rel);
+    in_t(b.args([
+        "build",
+        &format!("oci:{}:one", layout.display()),
+        "--tag",
+        "one",
+    ]));
+    ok(&mut b);
+    assert!(t.join("rel-store/puzzle.json").is_file());
+    let mut i = puzzle(rel);
+    in_t(i.arg("images"));
+    assert!(ok(&mut i).stdout.contains("one"));
+
+    if !(Path::new("/dev/fuse").exists() && rustix::process::geteuid().is_root()) {
+        assert!(!require_tools(), "mounting needs root and /dev/fuse");
+        return;
+    }
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut m = puzzle(rel);
+    in_t(m.args(["mount", "one", "mnt", "--daemon"]));
+    let r = run(&mut m);
+    // Unmount whatever happened before asserting.
+    let name = std::fs::read(mnt.join("name"));
+    let mut u = puzzle(rel);
+    in_t(u.args(["umount", "mnt"]));
+    let ru = run(&mut u);
+    assert_eq!(r.code, 0, "mount with a relative --store: {}", r.stderr);
+    assert_eq!(name.unwrap(), b"one\n");
+    assert_eq!(ru.code, 0, "{}", ru.stderr);
+}
+
+#[test]
 fn an_os_error_appears_once() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
@@ -341,5 +384,120 @@ fn mount_without_access_to_dev_fuse_says_what_it_needs() {
              mounting needs root, or read and write access to /dev/fuse",
             mnt.display()
         )
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    let src = format!("oci:{}:one", layout.display());
+    assert_eq!(
+        fails(puzzle(&store).args(["gc", "--repack-below", "2"]), 2),
+        "puzzle: error: --repack-below 2 is out of range: give a fraction from 0 to 1"
+    );
+    assert_eq!(
+        build_fails(&store, &src, &["--platform", "linux"], 2),
+        "puzzle: error: invalid platform \"linux\": expected os/arch[/variant]"
+    );
+    assert_eq!(
+        build_fails(&store, &src, &["--chunk-min", "5"], 2),
+        "puzzle: error: invalid chunk sizes: min chunk size 5 is out of range 64..=1048576"
+    );
+    assert_eq!(
+        build_fails(&store, "nonsense", &[], 2),
+        "puzzle: error: unrecognized image source \"nonsense\": expected oci:DIR[:TAG], \
+         oci-archive:FILE[:TAG], docker-archive:FILE[:REF], docker://REF or an OCI layout directory"
+    );
+    assert_eq!(
+        build_fails(&store, "oci:", &[], 2),
+        "puzzle: error: oci:: missing path (expected oci:DIR[:TAG], oci-archive:FILE[:TAG], \
+         docker-archive:FILE[:REF], docker://REF or an OCI layout directory)"
+    );
+    let file = t.join("app.tar");
+    std::fs::write(&file, b"x").unwrap();
+    let f = file.display();
+    assert_eq!(
+        build_fails(&store, &f.to_string(), &[], 2),
+        format!(
+            "puzzle: error: image source \"{f}\" is a file: name its kind, \
+             as oci-archive:{f} or docker-archive:{f}"
+        )
+    );
+    // clap's own errors are one line too.
+    assert_eq!(
+        fails(puzzle(&store).arg("buidl"), 2),
+        "puzzle: error: unrecognized subcommand 'buidl' (tip: a similar subcommand exists: \
+         'build'; usage: puzzle [OPTIONS] <COMMAND>)"
+    );
+    assert_eq!(
+        fails(puzzle(&store).arg("build"), 2),
+        "puzzle: error: the following required arguments were not provided: --tag <TAG> \
+         <SOURCE> (usage: puzzle build --tag <TAG> <SOURCE>)"
+    );
+    assert!(!store.exists(), "nothing was created");
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorRecord {
+    message: String,
+    code: u8,
+}
+
+/// Runs a `--json` command expected to fail with `code`: stdout is one
+/// `error` record whose message is stderr's line without its prefix.
+fn json_fails(cmd: &mut Command, code: i32) -> String {
+    let r = run(cmd);
+    assert_eq!(
+        r.code, code,
+        "{cmd:?}\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    let line: Line<ErrorRecord> = serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("{cmd:?}: not an error record ({e}): {}", r.stdout));
+    assert_eq!((line.kind.as_str(), line.schema), ("error", 1));
+    assert_eq!(i32::from(line.data.code), code);
+    let first = r.stderr.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("puzzle: error: {}", line.data.message));
+    line.data.message
+}
+
+#[test]
+fn json_commands_report_failures_as_error_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    let layout = t.join("layout");
+    image("one").write_oci_layout(&layout, "one").unwrap();
+    let src = format!("oci:{}:one", layout.display());
+
+    let m = json_fails(
+        puzzle(&store).args(["build", "nonsense", "--tag", "x", "--json"]),
+        2,
+    );
+    assert!(m.starts_with("unrecognized image source"), "{m}");
+    json_fails(puzzle(&store).args(["verify", "--json"]), 4);
+    json_fails(
+        puzzle(&store).args(["gc", "--json", "--repack-below", "-1"]),
+        2,
+    );
+    // Clap's own usage errors too.
+    json_fails(puzzle(&store).args(["images", "--json", "--bogus"]), 2);
+
+    build(&store, &src, "one");
+    let m = json_fails(
+        puzzle(&store)
+            .args(["extract", "two", "--json"])
+            .arg(t.join("out")),
+        3,
+    );
+    assert_eq!(m, "opening image two: image \"two\" not found in the store");
+    json_fails(puzzle(&store).args(["stats", "two", "--json"]), 3);
+    json_fails(
+        puzzle(&store).args(["build", &format!("{src}x"), "--tag", "x", "--json"]),
+        1,
     );
 }
