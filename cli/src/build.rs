@@ -32,8 +32,8 @@ use puzzle_store::writer::ChunkWriter;
 use puzzle_store::{image, Store, StoreConfig};
 use serde::Serialize;
 
-use crate::exit;
 use crate::output::{self, Envelope, Progress};
+use crate::{exit, UsageError};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -84,7 +84,7 @@ impl StoreSettings {
             self.chunk_avg.unwrap_or(d.avg()),
             self.chunk_max.unwrap_or(d.max()),
         )
-        .context("invalid chunk parameters")?;
+        .map_err(|e| UsageError(format!("invalid chunk sizes: {e}")))?;
         let config = StoreConfig::new(params, self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL));
         let given = self.chunk_min.is_some()
             || self.chunk_avg.is_some()
@@ -162,8 +162,9 @@ fn convert(
     interrupted: &Arc<AtomicBool>,
 ) -> Result<u8> {
     let started = Instant::now();
-    let platform: Platform = args.platform.parse().context("invalid --platform")?;
-    let src_ref: SourceRef = args.source.parse().context("invalid image source")?;
+    let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
+    let platform: Platform = args.platform.parse().map_err(|e| usage(&e))?;
+    let src_ref: SourceRef = args.source.parse().map_err(|e| usage(&e))?;
     let what = format!("building {} from {}", args.tag, args.source);
 
     let src = source::open(&src_ref, &platform).with_context(|| what.clone())?;

@@ -224,7 +224,11 @@ struct GcSummary {
 pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
     let started = Instant::now();
     if !(0.0..=1.0).contains(&args.repack_below) {
-        anyhow::bail!("--repack-below must be between 0 and 1");
+        return Err(crate::UsageError(format!(
+            "--repack-below {} is out of range: give a fraction from 0 to 1",
+            args.repack_below
+        ))
+        .into());
     }
     let store = Store::open(root)?;
     // Temp files left by a crashed writer are removed with the lock (a dry

@@ -12,8 +12,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use puzzle_store::{image, Store};
 
 use crate::output::{Envelope, Progress};
@@ -107,25 +107,46 @@ struct RmArgs {
     names: Vec<String>,
 }
 
-/// Where the store is, by the documented precedence.
+/// Where the store is, by the documented precedence. Made absolute here,
+/// once, so every command (and a mount daemon, which runs from `/`) sees the
+/// same store whatever its working directory.
 fn store_dir(cli: &Cli) -> Result<PathBuf> {
-    if let Some(s) = &cli.store {
-        return Ok(s.clone());
+    let dir = if let Some(s) = &cli.store {
+        s.clone()
+    } else if let Some(s) = std::env::var_os("PUZZLE_STORE").filter(|s| !s.is_empty()) {
+        s.into()
+    } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
+        PathBuf::from(x).join("puzzle")
+    } else {
+        let home = std::env::var_os("HOME")
+            .filter(|s| !s.is_empty())
+            .context("cannot find the store: set --store, PUZZLE_STORE, XDG_DATA_HOME or HOME")?;
+        PathBuf::from(home).join(".local/share/puzzle")
+    };
+    if dir.as_os_str().is_empty() {
+        return Err(UsageError("--store is empty: give the store directory".into()).into());
     }
-    if let Some(s) = std::env::var_os("PUZZLE_STORE").filter(|s| !s.is_empty()) {
-        return Ok(s.into());
-    }
-    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(x).join("puzzle"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|s| !s.is_empty())
-        .context("cannot find the store: set --store, PUZZLE_STORE, XDG_DATA_HOME or HOME")?;
-    Ok(PathBuf::from(home).join(".local/share/puzzle"))
+    std::path::absolute(&dir).with_context(|| format!("finding the store {}", dir.display()))
 }
 
+/// A command line that parsed but asks for something invalid (a bad
+/// `--platform`, source or chunk size): exits with [`exit::USAGE`].
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -133,18 +154,35 @@ fn main() -> ExitCode {
             } else {
                 exit::OK
             };
-            let _ = e.print();
+            if code == exit::OK {
+                // --help, --version
+                let _ = e.print();
+                return ExitCode::from(code);
+            }
+            let message = usage_line(&e.render().to_string());
+            if std::env::args_os().any(|a| a == "--json") {
+                let _ = output::print_json(&output::error_record(&message, code));
+            }
+            eprintln!("puzzle: error: {message}");
             return ExitCode::from(code);
         }
     };
+    // Whether the command prints JSON Lines: a failure is a record there too.
+    let json = matches
+        .subcommand()
+        .and_then(|(_, m)| m.try_get_one::<bool>("json").ok().flatten().copied())
+        .unwrap_or(false);
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
-            eprintln!("puzzle: error: {e:#}");
             let code = exit_code(&e);
+            if json {
+                let _ = output::print_json(&output::error_record(&format!("{e:#}"), code));
+            }
+            eprintln!("puzzle: error: {e:#}");
             let unusable = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<puzzle_store::Error>(),
@@ -161,6 +199,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's multi-line usage error as one line: the message (with the
+/// indented lines that complete it, such as missing arguments), then its
+/// tips and the usage in parentheses.
+fn usage_line(text: &str) -> String {
+    let mut paragraphs = text.split("\n\n");
+    let first = paragraphs.next().unwrap_or_default();
+    let mut msg = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(rest) = msg.strip_prefix("error: ") {
+        msg = rest.to_string();
+    }
+    let mut extras: Vec<String> = Vec::new();
+    for p in paragraphs.map(str::trim) {
+        if p.starts_with("tip: ") {
+            extras.push(p.lines().map(str::trim).collect::<Vec<_>>().join(" "));
+        } else if let Some(u) = p.strip_prefix("Usage: ") {
+            extras.push(format!(
+                "usage: {}",
+                u.lines().next().unwrap_or_default().trim()
+            ));
+        }
+    }
+    if extras.is_empty() {
+        msg
+    } else {
+        format!("{msg} ({})", extras.join("; "))
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -170,6 +241,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
+        if c.is::<UsageError>() {
+            return exit::USAGE;
+        }
         match c.downcast_ref::<puzzle_store::Error>() {
             Some(puzzle_store::Error::ImageNotFound(_)) => return exit::NOT_FOUND,
             Some(puzzle_store::Error::NotAStore(_) | puzzle_store::Error::Unusable { .. }) => {
@@ -377,6 +451,13 @@ pub fn lock_store(
     cancel: Option<&std::sync::atomic::AtomicBool>,
     keep_tmp: bool,
 ) -> Result<puzzle_store::layout::StoreLock> {
+    if !store.is_writable() {
+        bail!(
+            "store {} is read-only here: this command writes to it; run it where the store is writable \
+             (images, stats, extract, mount and verify work read-only)",
+            store.root().display()
+        );
+    }
     let mut on_wait = |holder: Option<u32>| match holder {
         Some(pid) => eprintln!("waiting for the store lock held by PID {pid}"),
         None => eprintln!("waiting for the store lock held by another process"),

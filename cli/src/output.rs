@@ -31,6 +31,19 @@ impl<T: Serialize> Envelope<T> {
     }
 }
 
+/// The `--json` record of a failure: `{"type": "error", "schema": 1, "data":
+/// {"message": ..., "code": ...}}`, `code` being the exit code.
+pub fn error_record(message: &str, code: u8) -> Envelope<ErrorRecord<'_>> {
+    Envelope::new("error", ErrorRecord { message, code })
+}
+
+/// The data of an `error` line.
+#[derive(Serialize)]
+pub struct ErrorRecord<'a> {
+    pub message: &'a str,
+    pub code: u8,
+}
+
 pub fn print_json<T: Serialize>(line: &T) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -252,6 +252,20 @@ fn reading_commands_work_on_a_read_only_store() {
     let r = run(puzzle(&ro.0).args(["verify", "--rebuild-index"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("is read-only here"), "{}", r.stderr);
+    // Writers say what is wrong in one line.
+    for args in [&["build", &src, "--tag", "y"][..], &["gc"], &["rm", "x:1"]] {
+        let r = run(puzzle(&ro.0).args(args));
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.trim_end(),
+            format!(
+                "puzzle: error: store {} is read-only here: this command writes to it; run it \
+                 where the store is writable (images, stats, extract, mount and verify work \
+                 read-only)",
+                ro.0.display()
+            )
+        );
+    }
     {
         let mut m = Mount::new(&ro.0, "x:1", &t.join("mnt"), &[]);
         assert_eq!(std::fs::read(m.dir.join("hello")).unwrap(), b"hello\n");

@@ -11,6 +11,7 @@ mod concurrent;
 mod corpus;
 mod crash;
 mod diskfull;
+mod errors;
 mod heal;
 mod lifecycle;
 mod mount;

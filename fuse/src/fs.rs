@@ -263,7 +263,10 @@ impl ImageFs {
             }),
         };
         if let Err(e) = &r {
-            (self.log)(&format!("puzzle-fuse: read error: {e}"));
+            (self.log)(&format!(
+                "puzzle-fuse: read error: {}",
+                puzzle_store::error::line(e)
+            ));
         }
         r
     }

@@ -62,8 +62,12 @@ pub enum Error {
     ReadOnly,
     #[error(transparent)]
     Store(#[from] puzzle_store::Error),
-    #[error("mounting on {path}: {source}")]
+    #[error("mounting on {}", path.display())]
     Mount { path: PathBuf, source: io::Error },
+    /// Opening /dev/fuse or mounting on `path` was refused (EACCES/EPERM).
+    /// The OS error is part of the message, not a source.
+    #[error("{os}: mounting needs root, or read and write access to /dev/fuse")]
+    NoPermission { path: PathBuf, os: io::Error },
 }
 
 /// The one mapping from errors to what the kernel is told.
@@ -77,7 +81,9 @@ pub(crate) fn errno(e: &Error) -> fuser::Errno {
         Error::NoXattr => E::NO_XATTR,
         Error::Range => E::ERANGE,
         Error::ReadOnly => E::EROFS,
-        Error::Store(puzzle_store::Error::Io { source, .. }) | Error::Mount { source, .. } => {
+        Error::Store(puzzle_store::Error::Io { source, .. })
+        | Error::Mount { source, .. }
+        | Error::NoPermission { os: source, .. } => {
             source.raw_os_error().map(E::from_i32).unwrap_or(E::EIO)
         }
         Error::Store(_) => E::EIO,
@@ -183,9 +189,12 @@ pub fn mount(fs: ImageFs, dir: &Path, opts: &MountOptions) -> Result<Mounted, Er
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;
-    let err = |source| Error::Mount {
-        path: dir.to_path_buf(),
-        source,
+    let err = |source: io::Error| {
+        let path = dir.to_path_buf();
+        match source.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM) => Error::NoPermission { path, os: source },
+            _ => Error::Mount { path, source },
+        }
     };
     let session = fuser::spawn_mount(fs, dir, &config).map_err(err)?;
     let mounted = Mounted {

@@ -193,7 +193,7 @@ impl Error {
                 at: at.clone(),
                 source: copy_io(source),
             },
-            Error::Store(e) => Error::Invalid(format!("store: {e}")),
+            Error::Store(e) => Error::Invalid(format!("store: {}", puzzle_store::error::line(e))),
         }
     }
 }

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use puzzle_chunker::ChunkId;
 
-/// Everything that can go wrong in the store. Messages are one lowercase line;
-/// the CLI adds context.
+/// Everything that can go wrong in the store. Messages are one lowercase line
+/// without the underlying cause, which [`std::error::Error::source`] returns
+/// (print the chain, as [`line`] or anyhow's `{:#}` do, to see it); the CLI
+/// adds context.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{}: {source}", show_os_path(path))]
+    #[error("{}", show_os_path(path))]
     Io { path: PathBuf, source: io::Error },
     #[error("{0} is not a puzzle store (no puzzle.json); build an image into it first")]
     NotAStore(PathBuf),
@@ -41,11 +43,11 @@ pub enum Error {
     Corrupt { what: String, why: String },
     #[error("entry {path}: {why}")]
     BadEntry { path: String, why: String },
-    #[error("index database {path}: {source}")]
+    #[error("index database {path}")]
     Index { path: PathBuf, source: sled::Error },
     #[error("extract target {path}: {why}")]
     Target { path: PathBuf, why: String },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Json {
         what: String,
         source: serde_json::Error,
@@ -97,6 +99,19 @@ fn unusable_message(path: &std::path::Path, why: Unusable) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `e` and each of its causes, `: `-separated: the one-line message of an
+/// error kept as text (a `verify` problem, a log line).
+pub fn line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 /// Attach a path to an `io::Error`.
 pub(crate) trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
@@ -128,5 +143,27 @@ pub fn show_path(p: &[u8]) -> String {
         s.escape_debug().to_string()
     } else {
         format!("/{}", s.escape_debug())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        // ENOTDIR
+        let os = || io::Error::from_raw_os_error(20);
+        let e = Error::Io {
+            path: "/x/puzzle.json".into(),
+            source: os(),
+        };
+        assert_eq!(line(&e), format!("/x/puzzle.json: {}", os()));
+        let e = Error::Json {
+            what: "puzzle.json".into(),
+            source: serde_json::from_slice::<u8>(b"x").unwrap_err(),
+        };
+        let l = line(&e);
+        assert_eq!(l.matches("expected value").count(), 1, "{l}");
     }
 }

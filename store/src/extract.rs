@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use puzzle_chunker::ChunkId;
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{show_os_path, Error, IoContext, Result};
 use crate::frame::{ChunkBytes, FrameReader};
 use crate::layout::Store;
 use crate::meta::{InodeRec, Kind, MetaBlob};
@@ -116,9 +116,16 @@ enum Prepared {
 /// Prepares `target`: created if missing, else it must be an empty directory.
 fn prepare_target(target: &Path) -> Result<Prepared> {
     match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(target)
-            .at(target)
-            .map(|()| Prepared::Created),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Target {
+                path: target.into(),
+                why: format!(
+                    "its parent directory {} does not exist; create it first",
+                    target.parent().map_or_else(String::new, show_os_path)
+                ),
+            }),
+            r => r.at(target).map(|()| Prepared::Created),
+        },
         Err(e) => Err(Error::Io {
             path: target.into(),
             source: e,

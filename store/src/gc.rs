@@ -123,7 +123,10 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
     };
     let refuse = |what: String, e: Error| Error::Corrupt {
         what,
-        why: format!("{e}; gc refuses to run (see `puzzle verify`)"),
+        why: format!(
+            "{}; gc refuses to run (see `puzzle verify`)",
+            crate::error::line(&e)
+        ),
     };
 
     // Roots, with their metadata.

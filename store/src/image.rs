@@ -182,7 +182,7 @@ pub fn read_metadata(store: &Store, md: &Descriptor) -> Result<Vec<u8>> {
         )));
     }
     if md.media_type == MEDIA_TYPE_METADATA_ZSTD {
-        meta::decompress(&stored, MAX_METADATA).map_err(|e| corrupt(e.to_string()))
+        meta::decompress(&stored, MAX_METADATA).map_err(|e| corrupt(crate::error::line(&e)))
     } else {
         Ok(stored)
     }

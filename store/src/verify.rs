@@ -21,7 +21,7 @@ use puzzle_chunker::ChunkId;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::BlobDigest;
-use crate::error::{Error, Result};
+use crate::error::{line, Error, Result};
 use crate::frame::Frame;
 use crate::image::{read_manifest, read_metadata};
 use crate::index::ChunkIndex;
@@ -105,7 +105,7 @@ fn load_pack(store: &Store, d: &BlobDigest) -> PackIndex {
     if actual != *d {
         return Err(format!("content hashes to {actual}"));
     }
-    let entries = pack::read_pack_index(&f, len).map_err(|e| e.to_string())?;
+    let entries = pack::read_pack_index(&f, len).map_err(|e| line(&e))?;
     Ok(entries.into_iter().map(|e| (e.id, e)).collect())
 }
 
@@ -132,16 +132,12 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
         let m = match read_manifest(store, &r.manifest.digest) {
             Ok(m) => m,
             Err(e) => {
-                c.problem(
-                    format!("manifest {}", r.manifest.digest),
-                    &who,
-                    e.to_string(),
-                );
+                c.problem(format!("manifest {}", r.manifest.digest), &who, line(&e));
                 continue;
             }
         };
         if let Err(e) = store.read_blob(&m.config.digest, MAX_JSON) {
-            c.problem(format!("config {}", m.config.digest), &who, e.to_string());
+            c.problem(format!("config {}", m.config.digest), &who, line(&e));
         }
         let md = m.metadata().expect("checked by read_manifest");
         let listed: BTreeSet<BlobDigest> = m.packs().map(|p| p.digest).collect();
@@ -154,7 +150,7 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
         {
             Ok(meta) => meta,
             Err(e) => {
-                c.problem(format!("metadata {}", md.digest), &who, e.to_string());
+                c.problem(format!("metadata {}", md.digest), &who, line(&e));
                 continue;
             }
         };
@@ -211,7 +207,7 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
             let f = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) => {
-                    c.problem(format!("pack {p}"), who, e.to_string());
+                    c.problem(format!("pack {p}"), who, line(&e));
                     continue;
                 }
             };
@@ -223,11 +219,11 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
                 c.report.chunks_hashed += 1;
                 let loc = e.loc(*p);
                 if frame.as_ref().is_none_or(|(at, _)| *at != e.offset) {
-                    let read = Frame::read(&f, &e.id, &loc).map_err(|e| e.to_string());
+                    let read = Frame::read(&f, &e.id, &loc).map_err(|e| line(&e));
                     frame = Some((e.offset, read));
                 }
                 let checked = match &frame.as_ref().expect("just set").1 {
-                    Ok(fr) => fr.chunk(&e.id, &loc).map(drop).map_err(|e| e.to_string()),
+                    Ok(fr) => fr.chunk(&e.id, &loc).map(drop).map_err(|e| line(&e)),
                     Err(why) => Err(why.clone()),
                 };
                 if let Err(why) = checked {

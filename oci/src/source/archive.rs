@@ -95,11 +95,27 @@ impl TarIndex {
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let mut links = HashMap::new();
-        let entries = archive
-            .entries_with_seek()
-            .map_err(|e| Error::io(path, e))?;
+        // The tar crate's messages about a bad header quote the header's
+        // bytes: say what is wrong instead, in one line.
+        let members_read = std::cell::Cell::new(0usize);
+        let tar_err = |e: std::io::Error| {
+            if e.raw_os_error().is_some() {
+                return Error::io(path, e);
+            }
+            let n = members_read.get();
+            Error::Invalid(if n == 0 {
+                format!("{} is not a tar archive", path.display())
+            } else {
+                format!(
+                    "{} is not a tar archive or is damaged: bad tar header after {n} members",
+                    path.display()
+                )
+            })
+        };
+        let entries = archive.entries_with_seek().map_err(tar_err)?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(path, e))?;
+            let entry = entry.map_err(tar_err)?;
+            members_read.set(members_read.get() + 1);
             let raw_name = entry.path_bytes();
             let Ok(name) = std::str::from_utf8(&raw_name) else {
                 // No member an image archive needs has a non-UTF-8 name.

@@ -50,9 +50,9 @@ fn normalize_ref(r: &str) -> String {
 
 fn select<'a>(entries: &'a [Entry], reference: Option<&str>, source: &str) -> Result<&'a Entry> {
     let all_tags = || {
-        let tags: Vec<&str> = entries
+        let tags: Vec<String> = entries
             .iter()
-            .flat_map(|e| e.tags().iter().map(String::as_str))
+            .flat_map(|e| e.tags().iter().map(|t| t.escape_debug().to_string()))
             .collect();
         if tags.is_empty() {
             "none".to_owned()
@@ -67,7 +67,7 @@ fn select<'a>(entries: &'a [Entry], reference: Option<&str>, source: &str) -> Re
             ))),
             [only] => Ok(only),
             _ => Err(Error::NotFound(format!(
-                "{source} holds {} images; pick one with :REF or :@N (tags available: {})",
+                "{source} holds {} images; name one as {source}:REF, REF one of: {} (or @N, the N-th image from 0)",
                 entries.len(),
                 all_tags()
             ))),

@@ -115,7 +115,7 @@ fn descriptor_digest(d: &Descriptor) -> Result<Sha256Digest> {
 
 /// Picks the descriptor for `platform` among an index's manifests.
 fn select_platform<'a>(
-    manifests: &'a [Descriptor],
+    manifests: &[&'a Descriptor],
     platform: &Platform,
     what: &str,
 ) -> Result<&'a Descriptor> {
@@ -131,24 +131,40 @@ fn select_platform<'a>(
     if let Some(d) = found {
         return Ok(d);
     }
-    // A one-entry index without platform information: nothing to choose.
+    // A one-entry index without platform information: nothing to choose (the
+    // image's config is checked against the platform later).
     if let [only] = manifests {
         if only.platform().is_none() {
             return Ok(only);
         }
     }
-    let available: Vec<String> = manifests.iter().map(platform_label).collect();
+    let mut available: Vec<String> = Vec::new();
+    for label in manifests.iter().map(|d| platform_label(d)) {
+        if !available.contains(&label) {
+            available.push(label);
+        }
+    }
     Err(Error::NotFound(format!(
-        "no image for platform {platform} in {what}; available: {}",
+        "no {platform} image in {what}; it has {}: pick one with --platform",
         if available.is_empty() {
-            "none".to_owned()
+            "no images".to_owned()
         } else {
             available.join(", ")
         }
     )))
 }
 
-/// Picks the entry of `index.json` named by `reference`, or the only one.
+/// What names an entry of `index.json`: its tag, else its digest.
+fn entry_label(d: &Descriptor) -> String {
+    // Tags are untrusted: escaped, so a message stays one line.
+    annotation(d, REF_NAME).map_or_else(|| d.digest().to_string(), |t| t.escape_debug().to_string())
+}
+
+/// Picks the entry of `index.json` named by `reference`, or the only image.
+///
+/// Never guesses: without a reference the index must hold one image, either
+/// one manifest or the manifests of one multi-platform image (all with a
+/// platform and the same tag, or none).
 fn select_top<'a>(
     index: &'a ImageIndex,
     reference: Option<&str>,
@@ -156,23 +172,21 @@ fn select_top<'a>(
     source: &str,
 ) -> Result<&'a Descriptor> {
     let manifests = index.manifests();
-    let tags: Vec<&str> = manifests
-        .iter()
-        .filter_map(|d| annotation(d, REF_NAME))
-        .collect();
-    let tag_list = || {
-        if tags.is_empty() {
-            "none".to_owned()
-        } else {
-            tags.join(", ")
+    let labels = || {
+        let mut v: Vec<String> = Vec::new();
+        for l in manifests.iter().map(entry_label) {
+            if !v.contains(&l) {
+                v.push(l);
+            }
         }
+        v
     };
-    match reference {
+    let candidates: Vec<&Descriptor> = match reference {
         Some(r) => {
             let by_digest = r.starts_with("sha256:");
             manifests
                 .iter()
-                .find(|d| {
+                .filter(|d| {
                     if by_digest {
                         d.digest().as_ref() == r
                     } else {
@@ -180,30 +194,56 @@ fn select_top<'a>(
                             || annotation(d, CONTAINERD_NAME) == Some(r)
                     }
                 })
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "no image {} in {source}; tags available: {}",
-                        shorten(r),
-                        tag_list()
-                    ))
-                })
+                .collect()
         }
-        None => match manifests.as_slice() {
-            [] => Err(Error::NotFound(format!(
-                "index.json of {source} lists no images"
-            ))),
-            [only] => Ok(only),
-            [first, rest @ ..] if rest.iter().all(|d| d.digest() == first.digest()) => Ok(first),
-            _ if manifests.iter().any(|d| d.platform().is_some()) => {
-                // Some tools put a multi-platform image's manifests straight into index.json.
-                select_platform(manifests, platform, &format!("index.json of {source}"))
+        None => manifests.iter().collect(),
+    };
+    let mut distinct: Vec<&Descriptor> = Vec::new();
+    for d in &candidates {
+        if !distinct.iter().any(|e| e.digest() == d.digest()) {
+            distinct.push(d);
+        }
+    }
+    match (reference, distinct.as_slice()) {
+        (Some(r), []) => Err(Error::NotFound(format!(
+            "no image {} in {source}; tags there: {}",
+            shorten(r),
+            if manifests.is_empty() {
+                "none".to_owned()
+            } else {
+                labels().join(", ")
             }
-            _ => Err(Error::NotFound(format!(
-                "{source} holds {} images; pick one with :TAG (tags available: {})",
-                manifests.len(),
-                tag_list()
-            ))),
-        },
+        ))),
+        (None, []) => Err(Error::NotFound(format!(
+            "index.json of {source} lists no images"
+        ))),
+        (_, [only]) => Ok(only),
+        (_, several) => {
+            let names: Vec<Option<&str>> =
+                several.iter().map(|d| annotation(d, REF_NAME)).collect();
+            let one_name = names.iter().all(|n| *n == names[0]);
+            if one_name && several.iter().all(|d| d.platform().is_some()) {
+                // One multi-platform image whose manifests some tools put
+                // straight into index.json.
+                let what = format!("index.json of {source}");
+                return select_platform(several, platform, &what);
+            }
+            if let Some(r) = reference {
+                let digests: Vec<String> = several.iter().map(|d| d.digest().to_string()).collect();
+                return Err(Error::NotFound(format!(
+                    "{source} has {} images tagged {}; name one as {source}:DIGEST, DIGEST one of: {}",
+                    several.len(),
+                    shorten(r),
+                    digests.join(", ")
+                )));
+            }
+            let labels = labels();
+            Err(Error::NotFound(format!(
+                "{source} holds {} images; name one as {source}:TAG, TAG one of: {}",
+                labels.len(),
+                labels.join(", ")
+            )))
+        }
     }
 }
 
@@ -225,7 +265,8 @@ fn resolve_manifest(
             Kind::Index => {
                 let what = format!("image index {digest} in {source}");
                 let index: ImageIndex = parse_json(&bytes, &what)?;
-                desc = select_platform(index.manifests(), platform, &what)?.clone();
+                let entries: Vec<&Descriptor> = index.manifests().iter().collect();
+                desc = select_platform(&entries, platform, &what)?.clone();
             }
         }
     }
@@ -239,7 +280,8 @@ fn read_index(store: &Store, source: &str) -> Result<ImageIndex> {
     let what = format!("oci-layout of {source}");
     let layout = store.read_file("oci-layout", &what)?.ok_or_else(|| {
         Error::NotFound(format!(
-            "{source} is not an oci image layout: no oci-layout file"
+            "{source} is not an OCI image layout (it has no oci-layout file); \
+             give a layout written by `skopeo copy` or `umoci`, or the archive of one"
         ))
     })?;
     let layout: OciLayout = parse_json(&layout, &what)?;

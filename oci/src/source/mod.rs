@@ -124,14 +124,37 @@ pub fn open(src: &SourceRef, platform: &Platform) -> Result<Box<dyn ImageSource>
         }
         SourceRef::Registry { reference } => {
             return Err(Error::Unsupported(format!(
-                "registry sources (docker://{reference}) cannot be opened yet"
+                "registry source docker://{reference}: until registries are supported, copy the \
+                 image into a layout with `skopeo copy docker://{reference} oci:DIR:TAG`, then \
+                 `puzzle build oci:DIR:TAG`"
             )))
         }
     };
+    check_platform(&resolved.image, platform)?;
     Ok(Box::new(LocalSource {
         image: resolved.image,
         layer_locs: resolved.layer_locs,
     }))
+}
+
+/// Refuses an image whose config says it is for another platform than the
+/// one asked for (a single-platform image has no index to choose from).
+fn check_platform(image: &OpenedImage, platform: &Platform) -> Result<()> {
+    let c = &image.config;
+    let (os, arch) = (c.os().to_string(), c.architecture().to_string());
+    if os.is_empty() || arch.is_empty() || platform.matches(&os, &arch, c.variant().as_deref()) {
+        return Ok(());
+    }
+    let mut theirs = format!("{os}/{arch}");
+    if let Some(v) = c.variant() {
+        theirs.push('/');
+        theirs.push_str(v);
+    }
+    let theirs = theirs.escape_debug().to_string();
+    Err(Error::NotFound(format!(
+        "no {platform} image in {}: it is {theirs} only; pick it with --platform {theirs}",
+        image.source
+    )))
 }
 
 /// An image whose blobs are in a local directory or archive file.

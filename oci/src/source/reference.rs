@@ -105,11 +105,18 @@ impl FromStr for SourceRef {
             return Ok(SourceRef::DockerArchive { file, reference });
         }
         let path = Path::new(s);
-        if !s.is_empty() && path.is_dir() && path.join("oci-layout").is_file() {
+        // A bare directory is a layout (opening it says so if it is not).
+        if !s.is_empty() && path.is_dir() {
             return Ok(SourceRef::OciDir {
                 dir: path.to_owned(),
                 reference: None,
             });
+        }
+        if !s.is_empty() && path.is_file() {
+            return Err(Error::Invalid(format!(
+                "image source {} is a file: name its kind, as oci-archive:{s} or docker-archive:{s}",
+                shorten(s)
+            )));
         }
         Err(Error::Invalid(format!(
             "unrecognized image source {}: {USAGE}",
@@ -281,12 +288,17 @@ mod tests {
     }
 
     #[test]
-    fn bare_layout_directory() {
+    fn bare_directory_is_a_layout_and_a_bare_file_needs_its_kind() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().display().to_string();
-        assert!(p.parse::<SourceRef>().is_err());
-        std::fs::write(dir.path().join("oci-layout"), b"{}").unwrap();
         assert_eq!(p.parse::<SourceRef>().unwrap(), oci(&p, None));
+        let file = dir.path().join("app.tar");
+        std::fs::write(&file, b"x").unwrap();
+        let f = file.display().to_string();
+        match f.parse::<SourceRef>() {
+            Err(Error::Invalid(m)) => assert!(m.contains(&format!("oci-archive:{f}")), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -258,16 +258,19 @@ fn oci_layout_without_tag() {
     let (l1, _) = two_layers();
     let oci = Oci::new(dir.path());
     let m = oci.image("amd64", None, &[&l1]);
+    let digest = m["digest"].as_str().unwrap().to_owned();
     oci.write_index(vec![m]);
     let src = open_default(&oci_src(dir.path(), None)).unwrap();
     assert_eq!(read_layers(src.as_ref()).unwrap(), vec![l1.tar.clone()]);
+    // An untagged entry is named by its digest, which selects it.
     let err = open_default(&oci_src(dir.path(), Some("latest")))
         .err()
         .unwrap();
     assert!(
-        matches!(&err, Error::NotFound(m) if m.contains("none")),
+        matches!(&err, Error::NotFound(m) if m.contains(&digest)),
         "{err}"
     );
+    open_default(&oci_src(dir.path(), Some(&digest))).unwrap();
 }
 
 #[test]
@@ -331,6 +334,73 @@ fn platform_manifests_listed_directly_in_index_json() {
     let b = with_platform(oci.image("arm64", None, &[&arm]), "arm64", None);
     oci.write_index(vec![a, b]);
     let img = open(&oci_src(dir.path(), None), &"linux/arm64".parse().unwrap()).unwrap();
+    assert_eq!(img.image().layers[0].diff_id, sha(&arm.tar));
+}
+
+#[test]
+fn selection_never_guesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let amd = layer(&[("arch", b"amd64")], gzip);
+    let arm = layer(&[("arch", b"arm64")], gzip);
+    let oci = Oci::new(dir.path());
+    let m_amd = oci.image("amd64", None, &[&amd]);
+    let m_arm = oci.image("arm64", Some("v8"), &[&arm]);
+    let arm64: Platform = "linux/arm64".parse().unwrap();
+
+    // Two tags, each with a platform: naming no tag is an error listing
+    // them, whatever the platform.
+    oci.write_index(vec![
+        tagged(with_platform(m_amd.clone(), "amd64", None), "a"),
+        tagged(with_platform(m_arm.clone(), "arm64", Some("v8")), "b"),
+    ]);
+    for p in [Platform::default(), arm64.clone()] {
+        match open(&oci_src(dir.path(), None), &p).err().unwrap() {
+            Error::NotFound(m) => {
+                assert!(m.contains("holds 2 images") && m.contains("a, b"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // One tag on the manifests of several platforms: the platform picks.
+    oci.write_index(vec![
+        tagged(with_platform(m_amd.clone(), "amd64", None), "v1"),
+        tagged(with_platform(m_arm.clone(), "arm64", Some("v8")), "v1"),
+    ]);
+    let img = open(&oci_src(dir.path(), Some("v1")), &arm64).unwrap();
+    assert_eq!(img.image().layers[0].diff_id, sha(&arm.tar));
+    let img = open_default(&oci_src(dir.path(), None)).unwrap();
+    assert_eq!(img.image().layers[0].diff_id, sha(&amd.tar));
+
+    // One tag on two images without platforms: name one by digest.
+    oci.write_index(vec![
+        tagged(m_amd.clone(), "v1"),
+        tagged(m_arm.clone(), "v1"),
+    ]);
+    match open_default(&oci_src(dir.path(), Some("v1")))
+        .err()
+        .unwrap()
+    {
+        Error::NotFound(m) => {
+            assert!(m.contains("2 images tagged \"v1\""), "{m}");
+            assert!(m.contains(m_arm["digest"].as_str().unwrap()), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A single-platform image for another platform than asked for.
+    oci.write_index(vec![tagged(m_arm.clone(), "arm")]);
+    match open_default(&oci_src(dir.path(), Some("arm")))
+        .err()
+        .unwrap()
+    {
+        Error::NotFound(m) => assert!(
+            m.contains("no linux/amd64 image") && m.contains("--platform linux/arm64/v8"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let img = open(&oci_src(dir.path(), Some("arm")), &arm64).unwrap();
     assert_eq!(img.image().layers[0].diff_id, sha(&arm.tar));
 }
 
