@@ -2,6 +2,7 @@
 //! once, extract or mount any stored image, and report what images share.
 
 mod build;
+mod docs;
 mod html;
 mod lifecycle;
 mod mount;
@@ -30,7 +31,13 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "puzzle", version, about, max_term_width = 100)]
+#[command(
+    name = "puzzle",
+    version = docs::short_version(),
+    long_version = docs::long_version(),
+    about,
+    max_term_width = 100
+)]
 struct Cli {
     /// Store directory [default: $PUZZLE_STORE, else $XDG_DATA_HOME/puzzle, else ~/.local/share/puzzle]
     #[arg(long, global = true, value_name = "DIR")]
@@ -62,6 +69,10 @@ enum Command {
     Verify(lifecycle::VerifyArgs),
     /// Delete what no image (tagged or in use) needs; rewrite sparse packs.
     Gc(lifecycle::GcArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completion(docs::CompletionArgs),
+    /// Print the man page (roff) on stdout, or write one page per command with --dir.
+    Man(docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +167,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn run(cli: &Cli) -> Result<u8> {
+    // Commands that need no store.
+    match &cli.command {
+        Command::Completion(args) => return docs::completion(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let root = store_dir(cli)?;
     let progress = Progress::new(cli.no_progress);
     match &cli.command {
@@ -168,6 +185,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Umount(args) => mount::umount(args),
         Command::Verify(args) => lifecycle::verify(&root, args, &progress),
         Command::Gc(args) => lifecycle::gc(&root, args, &progress),
+        Command::Completion(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }
 

@@ -11,6 +11,7 @@ mod concurrent;
 mod corpus;
 mod crash;
 mod diskfull;
+mod docs;
 mod lifecycle;
 mod mount;
 mod stats;
