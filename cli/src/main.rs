@@ -231,19 +231,26 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
         Err(puzzle_store::Error::NotAStore(_)) if args.json => return Ok(exit::OK),
         Err(e) => return Err(e.into()),
     };
-    let refs = store.images()?;
+    let names: Vec<String> = store.images()?.into_iter().map(|r| r.name).collect();
+    // Sizes as `stats` computes them over every image of the store: UNIQUE
+    // is what only this image holds.
+    let (opened, report) = if names.is_empty() {
+        (Vec::new(), Default::default())
+    } else {
+        stats::load(&store, &names)?
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(4);
     if !args.json {
         writeln!(
             out,
-            "{:<40} {:<19} {:>10} {:>6}",
-            "NAME", "MANIFEST", "METADATA", "PACKS"
+            "{:<width$}  {:<19}  {:>10}  {:>10}  {:>10}  {:>5}",
+            "NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"
         )?;
     }
-    for r in refs {
-        let m = image::read_manifest(&store, &r.manifest.digest)
-            .with_context(|| format!("reading image {}", r.name))?;
+    for (img, s) in opened.iter().zip(&report.images) {
+        let m = &img.manifest;
         let meta = m.metadata().expect("checked by read_manifest");
         let packs = m.packs().count();
         let pack_bytes: u64 = m.packs().map(|p| p.size).sum();
@@ -251,23 +258,29 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
             let line = Envelope::new(
                 "image",
                 serde_json::json!({
-                    "name": r.name,
-                    "manifest": r.manifest.digest.to_string(),
+                    "name": img.name,
+                    "manifest": img.manifest_digest.to_string(),
                     "metadata": meta.digest.to_string(),
                     "metadata_bytes": meta.size,
                     "packs": packs,
                     "pack_bytes": pack_bytes,
                     "config": m.config.digest.to_string(),
+                    "files": s.files,
+                    "logical_bytes": s.logical_bytes,
+                    "unique_bytes": s.unique_bytes,
+                    "unique_stored_bytes": s.unique_stored_bytes,
                 }),
             );
             serde_json::to_writer(&mut out, &line)?;
             writeln!(out)?;
         } else {
-            let short = &r.manifest.digest.hex()[..12];
+            let short = &img.manifest_digest.hex()[..12];
             writeln!(
                 out,
-                "{:<40} sha256:{short} {:>10} {:>6}",
-                r.name,
+                "{:<width$}  sha256:{short}  {:>10}  {:>10}  {:>10}  {:>5}",
+                img.name,
+                output::bytes(s.logical_bytes),
+                output::bytes(s.unique_stored_bytes),
                 output::bytes(meta.size),
                 packs
             )?;

@@ -81,6 +81,10 @@ pub struct ImageLine {
     pub packs: usize,
     pub pack_bytes: u64,
     pub config: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    pub unique_bytes: u64,
+    pub unique_stored_bytes: u64,
 }
 
 pub fn build(store: &Path, source: &str, tag: &str) -> BuildSummary {
