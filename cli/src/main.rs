@@ -195,10 +195,15 @@ fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> R
     let (img, _pin) = image::open_pinned(&store, &args.name)
         .with_context(|| format!("opening image {}", args.name))?;
     let started = std::time::Instant::now();
-    let spinner = progress.spinner(&format!("extracting {}", args.name));
-    let stats = puzzle_store::extract::extract(&store, &img.meta, &args.dir)
+    // The bar's total is the image's logical size: what extract writes.
+    let (_, total) = puzzle_store::stats::logical_size(&img.meta)?;
+    let bar = progress.bar(&format!("extracting {}", args.name), total);
+    let stats =
+        puzzle_store::extract::extract_with_progress(&store, &img.meta, &args.dir, &mut |n| {
+            bar.set_position(n)
+        })
         .with_context(|| format!("extracting {} into {}", args.name, args.dir.display()))?;
-    drop(spinner);
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         output::print_json(&Envelope::new(

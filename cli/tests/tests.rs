@@ -14,5 +14,6 @@ mod diskfull;
 mod docs;
 mod lifecycle;
 mod mount;
+mod progress;
 mod stats;
 mod synthetic;

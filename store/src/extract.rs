@@ -99,6 +99,18 @@ fn prepare_target(target: &Path) -> Result<()> {
 
 /// Extracts the image whose metadata is `meta` into `target`.
 pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result<ExtractStats> {
+    extract_with_progress(store, meta, target, &mut |_| {})
+}
+
+/// [`extract`], calling `progress` with the file-content bytes written so
+/// far as they grow; they end at the image's logical size
+/// ([`crate::stats::logical_size`]).
+pub fn extract_with_progress(
+    store: &Store,
+    meta: &MetaBlob<Vec<u8>>,
+    target: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExtractStats> {
     prepare_target(target)?;
     let mut cx = Extractor {
         meta,
@@ -108,6 +120,7 @@ pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result
         stats: ExtractStats::default(),
         is_root: rustix::process::geteuid().is_root(),
         visited: vec![false; meta.inode_count() as usize],
+        progress,
     };
     let root = meta.root()?;
     cx.visited[0] = true;
@@ -149,7 +162,7 @@ pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result
     Ok(cx.stats)
 }
 
-struct Extractor<'a> {
+struct Extractor<'a, 'p> {
     meta: &'a MetaBlob<Vec<u8>>,
     cache: ChunkCache<'a>,
     links: HashMap<u32, PathBuf>,
@@ -157,9 +170,10 @@ struct Extractor<'a> {
     stats: ExtractStats,
     is_root: bool,
     visited: Vec<bool>,
+    progress: &'p mut dyn FnMut(u64),
 }
 
-impl Extractor<'_> {
+impl Extractor<'_, '_> {
     fn entry(&mut self, ino: &InodeRec, path: &Path) -> Result<()> {
         if ino.nlink > 1 {
             if let Some(first) = self.links.get(&ino.ino) {
@@ -224,6 +238,7 @@ impl Extractor<'_> {
                 })?;
             w.write_all(slice).at(path)?;
             written += slice.len() as u64;
+            (self.progress)(self.stats.bytes + written);
         }
         w.flush().at(path)?;
         if written != ino.size {
