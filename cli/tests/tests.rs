@@ -10,6 +10,7 @@ mod basics;
 mod concurrent;
 mod corpus;
 mod crash;
+mod demo;
 mod diskfull;
 mod docs;
 mod lifecycle;
