@@ -236,13 +236,21 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
         Err(puzzle_store::Error::NotAStore(_)) if args.json => return Ok(exit::OK),
         Err(e) => return Err(e.into()),
     };
-    let names: Vec<String> = store.images()?.into_iter().map(|r| r.name).collect();
+    let refs = store.images()?;
+    let names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
     // Sizes as `stats` computes them over every image of the store: UNIQUE
-    // is what only this image holds.
-    let (opened, report) = if names.is_empty() {
-        (Vec::new(), Default::default())
+    // is what only this image holds. A damaged image leaves every UNIQUE
+    // unknown (its chunks are), so the list comes without sizes then.
+    let sized = if names.is_empty() {
+        None
     } else {
-        stats::load(&store, &names)?
+        match stats::load(&store, &names) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                eprintln!("puzzle: warning: no sizes (run `puzzle verify`): {e:#}");
+                None
+            }
+        }
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -254,8 +262,19 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
             "NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"
         )?;
     }
-    for (img, s) in opened.iter().zip(&report.images) {
-        let m = &img.manifest;
+    for (i, r) in refs.iter().enumerate() {
+        let (digest, m, s) = match &sized {
+            Some((opened, report)) => (
+                opened[i].manifest_digest,
+                opened[i].manifest.clone(),
+                Some(&report.images[i]),
+            ),
+            None => {
+                let m = image::read_manifest(&store, &r.manifest.digest)
+                    .with_context(|| format!("reading image {}", r.name))?;
+                (r.manifest.digest, m, None)
+            }
+        };
         let meta = m.metadata().expect("checked by read_manifest");
         let packs = m.packs().count();
         let pack_bytes: u64 = m.packs().map(|p| p.size).sum();
@@ -263,29 +282,32 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
             let line = Envelope::new(
                 "image",
                 serde_json::json!({
-                    "name": img.name,
-                    "manifest": img.manifest_digest.to_string(),
+                    "name": r.name,
+                    "manifest": digest.to_string(),
                     "metadata": meta.digest.to_string(),
                     "metadata_bytes": meta.size,
                     "packs": packs,
                     "pack_bytes": pack_bytes,
                     "config": m.config.digest.to_string(),
-                    "files": s.files,
-                    "logical_bytes": s.logical_bytes,
-                    "unique_bytes": s.unique_bytes,
-                    "unique_stored_bytes": s.unique_stored_bytes,
+                    "files": s.map(|s| s.files),
+                    "logical_bytes": s.map(|s| s.logical_bytes),
+                    "unique_bytes": s.map(|s| s.unique_bytes),
+                    "unique_stored_bytes": s.map(|s| s.unique_stored_bytes),
                 }),
             );
             serde_json::to_writer(&mut out, &line)?;
             writeln!(out)?;
         } else {
-            let short = &img.manifest_digest.hex()[..12];
+            let short = &digest.hex()[..12];
+            let size = |f: fn(&puzzle_store::stats::ImageStats) -> u64| {
+                s.map_or_else(|| "-".to_string(), |s| output::bytes(f(s)))
+            };
             writeln!(
                 out,
                 "{:<width$}  sha256:{short}  {:>10}  {:>10}  {:>10}  {:>5}",
-                img.name,
-                output::bytes(s.logical_bytes),
-                output::bytes(s.unique_stored_bytes),
+                r.name,
+                size(|s| s.logical_bytes),
+                size(|s| s.unique_stored_bytes),
                 output::bytes(meta.size),
                 packs
             )?;

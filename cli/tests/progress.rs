@@ -74,7 +74,7 @@ fn build_and_extract_draw_bars_with_totals_on_a_terminal() {
     }
 
     // Extract's bar runs to the image's logical size (`images` SIZE).
-    let logical = images(&store)[0].logical_bytes;
+    let logical = images(&store)[0].logical_bytes.expect("sizes");
     let target = tmp.path().join("rootfs");
     let out = on_a_terminal(&store, &format!("extract d {}", target.display()));
     assert!(out.contains("extracted d"), "{out}");
