@@ -199,7 +199,7 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
                         // The blob's size is in the manifest: a bar with a
                         // total, advanced by the compressed bytes consumed.
                         let label = format!("layer {}/{layer_count}: reading", li.index + 1);
-                        let bar = progress.bar(&label, read_bar_len(li));
+                        let bar = progress.bar(&label, li.size);
                         let res = read_layer(src.as_ref(), li, tmp_dir, stop, &bar, &live, index);
                         bar.finish_and_clear();
                         res
@@ -428,12 +428,6 @@ fn read_layer(
     };
     let stats = reader.finish()?;
     Ok((spooled, stats, known.into_layers()))
-}
-
-/// The length of a layer's reading bar: the blob's size from the manifest,
-/// which the bar's position (compressed bytes consumed) reaches at the end.
-fn read_bar_len(li: &LayerInfo) -> u64 {
-    li.size
 }
 
 /// A layer reader that fails once `stop` is set and moves `bar` to the

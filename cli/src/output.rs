@@ -94,7 +94,8 @@ impl Progress {
         pb
     }
 
-    /// A byte counter with no known total.
+    /// A byte counter with no known total (its message lines up with the
+    /// bars' messages).
     pub fn counter(&self, msg: &str) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
@@ -103,7 +104,7 @@ impl Progress {
             .multi
             .add(ProgressBar::no_length().with_finish(ProgressFinish::AndClear));
         pb.set_style(
-            ProgressStyle::with_template("{spinner} {msg:40!} {bytes:>10} {bytes_per_sec:>12}")
+            ProgressStyle::with_template("{spinner} {msg:26!} {bytes:>10} {bytes_per_sec:>12}")
                 .expect("valid template"),
         );
         pb.set_message(msg.to_string());
