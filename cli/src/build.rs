@@ -22,7 +22,9 @@ use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 use puzzle_chunker::ChunkParams;
 use puzzle_oci::layer::{self, LiveSpool};
-use puzzle_oci::source::{self, ImageSource, LayerInfo, LayerStats, Platform, SourceRef};
+use puzzle_oci::source::{
+    self, ImageSource, LayerInfo, LayerReader, LayerStats, Platform, SourceRef,
+};
 use puzzle_store::index::ChunkIndex;
 use puzzle_store::known::{KnownFiles, StoredChunks};
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
@@ -227,7 +229,6 @@ fn convert(
         .map(|_| bounded::<Arc<LiveSpool>>(1))
         .collect();
     let next = AtomicUsize::new(0);
-    let reading = progress.counter(&format!("reading {} layer(s)", to_read.len()));
     let tmp_dir = store.tmp_dir();
     let mut stored = StoredChunks::new(&store, &index);
     let result = std::thread::scope(|scope| -> Result<()> {
@@ -240,7 +241,8 @@ fn convert(
         for _ in 0..READERS.min(to_read.len()) {
             let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
             let (slots, lives) = (&slots, &lives);
-            let (to_read, tmp_dir, reading, index) = (&to_read, &tmp_dir, &reading, &index);
+            let (to_read, tmp_dir, index) = (&to_read, &tmp_dir, &index);
+            let layer_count = img.layers.len();
             let interrupted = &**interrupted;
             scope.spawn(move || {
                 while token_rx.recv().is_ok() {
@@ -256,15 +258,22 @@ fn convert(
                     // A panic is reported through the slot, so the chunking
                     // thread never waits for a layer that will not come.
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read_layer(
+                        let li = to_read[k];
+                        // The blob's size is in the manifest: a bar with a
+                        // total, advanced by the compressed bytes consumed.
+                        let label = format!("layer {}/{layer_count}: reading", li.index + 1);
+                        let bar = progress.bar(&label, li.size);
+                        let res = read_layer(
                             src.as_ref(),
-                            to_read[k],
+                            li,
                             tmp_dir,
                             [stop, interrupted],
-                            reading,
+                            &bar,
                             &live,
                             index,
-                        )
+                        );
+                        bar.finish_and_clear();
+                        res
                     }))
                     .unwrap_or_else(|_| {
                         Err(puzzle_oci::Error::Invalid(
@@ -372,7 +381,6 @@ fn convert(
         stop.store(true, Ordering::SeqCst);
         chunked
     });
-    reading.finish_and_clear();
     result?;
     // The last point to stop at: from here the image is committed.
     if interrupted.load(Ordering::SeqCst) {
@@ -491,39 +499,42 @@ fn read_layer(
 ) -> SpoolResult {
     let mut known = KnownFiles::new(index);
     let mut reader = src.open_layer(li)?;
-    let mut last = 0;
     let spooled = {
         let mut r = Stoppable {
             inner: &mut reader,
             stop,
+            bar,
+            shown: 0,
         };
-        layer::spool_live(
-            &mut r,
-            tmp_dir,
-            &mut |n| {
-                bar.inc(n - last);
-                last = n;
-            },
-            live,
-            Some(&mut known),
-        )?
+        layer::spool_live(&mut r, tmp_dir, &mut |_| {}, live, Some(&mut known))?
     };
     let stats = reader.finish()?;
     Ok((spooled, stats, known.into_layers()))
 }
 
-/// A reader that fails once either of `stop` is set.
-struct Stoppable<'a, R> {
-    inner: R,
+/// A layer reader that fails once either of `stop` is set and moves `bar` to the
+/// compressed bytes consumed so far.
+struct Stoppable<'a> {
+    inner: &'a mut LayerReader,
     stop: [&'a AtomicBool; 2],
+    bar: &'a ProgressBar,
+    /// The position last given to `bar` (it moves a block at a time, while
+    /// the tar parser reads in small pieces).
+    shown: u64,
 }
 
-impl<R: Read> Read for Stoppable<'_, R> {
+impl Read for Stoppable<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.stop.iter().any(|s| s.load(Ordering::Relaxed)) {
             return Err(std::io::Error::other("build stopped"));
         }
-        self.inner.read(buf)
+        let n = self.inner.read(buf)?;
+        let done = self.inner.compressed_read();
+        if done != self.shown {
+            self.shown = done;
+            self.bar.set_position(done);
+        }
+        Ok(n)
     }
 }
 

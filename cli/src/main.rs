@@ -2,6 +2,7 @@
 //! once, extract or mount any stored image, and report what images share.
 
 mod build;
+mod docs;
 mod html;
 mod lifecycle;
 mod mount;
@@ -32,7 +33,13 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "puzzle", version, about, max_term_width = 100)]
+#[command(
+    name = "puzzle",
+    version = docs::short_version(),
+    long_version = docs::long_version(),
+    about,
+    max_term_width = 100
+)]
 struct Cli {
     /// Store directory [default: $PUZZLE_STORE, else $XDG_DATA_HOME/puzzle, else ~/.local/share/puzzle]
     #[arg(long, global = true, value_name = "DIR")]
@@ -66,6 +73,10 @@ enum Command {
     Verify(lifecycle::VerifyArgs),
     /// Delete what no image (tagged or in use) needs; rewrite sparse packs.
     Gc(lifecycle::GcArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completion(docs::CompletionArgs),
+    /// Print the man page (roff) on stdout, or write one page per command with --dir.
+    Man(docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +267,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn run(cli: &Cli) -> Result<u8> {
+    // Commands that need no store.
+    match &cli.command {
+        Command::Completion(args) => return docs::completion(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let root = store_dir(cli)?;
     let progress = Progress::new(cli.no_progress);
     match &cli.command {
@@ -269,6 +286,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Umount(args) => mount::umount(args),
         Command::Verify(args) => lifecycle::verify(&root, args, &progress),
         Command::Gc(args) => lifecycle::gc(&root, args, &progress),
+        Command::Completion(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }
 
@@ -298,13 +316,17 @@ fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> R
         .with_context(|| format!("opening image {}", args.name))?;
     warn_unpinned(&store, &args.name, &pin);
     let started = std::time::Instant::now();
-    let spinner = progress.spinner(&format!("extracting {}", args.name));
+    // The bar's total is the image's logical size: what extract writes.
+    let (_, total) = puzzle_store::stats::logical_size(&img.meta)?;
+    let bar = progress.bar(&format!("extracting {}", args.name), total);
     let opts = ExtractOptions {
         keep_partial: args.keep_partial,
         cancel: Some(&interrupted),
     };
-    let res = puzzle_store::extract::extract_with(&store, &img.meta, &args.dir, &opts);
-    drop(spinner);
+    let res = puzzle_store::extract::extract_with(&store, &img.meta, &args.dir, &opts, &mut |n| {
+        bar.set_position(n)
+    });
+    bar.finish_and_clear();
     let stats = match res {
         Ok(stats) => stats,
         Err(failed) => {
@@ -399,18 +421,44 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
         Err(e) => return Err(e.into()),
     };
     let refs = store.images()?;
+    let names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
+    // Sizes as `stats` computes them over every image of the store: UNIQUE
+    // is what only this image holds. A damaged image leaves every UNIQUE
+    // unknown (its chunks are), so the list comes without sizes then.
+    let sized = if names.is_empty() {
+        None
+    } else {
+        match stats::load(&store, &names) {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                eprintln!("puzzle: warning: no sizes (run `puzzle verify`): {e:#}");
+                None
+            }
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(4);
     if !args.json {
         writeln!(
             out,
-            "{:<40} {:<19} {:>10} {:>6}",
-            "NAME", "MANIFEST", "METADATA", "PACKS"
+            "{:<width$}  {:<19}  {:>10}  {:>10}  {:>10}  {:>5}",
+            "NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"
         )?;
     }
-    for r in refs {
-        let m = image::read_manifest(&store, &r.manifest.digest)
-            .with_context(|| format!("reading image {}", r.name))?;
+    for (i, r) in refs.iter().enumerate() {
+        let (digest, m, s) = match &sized {
+            Some((opened, report)) => (
+                opened[i].manifest_digest,
+                opened[i].manifest.clone(),
+                Some(&report.images[i]),
+            ),
+            None => {
+                let m = image::read_manifest(&store, &r.manifest.digest)
+                    .with_context(|| format!("reading image {}", r.name))?;
+                (r.manifest.digest, m, None)
+            }
+        };
         let meta = m.metadata().expect("checked by read_manifest");
         let packs = m.packs().count();
         let pack_bytes: u64 = m.packs().map(|p| p.size).sum();
@@ -419,22 +467,31 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
                 "image",
                 serde_json::json!({
                     "name": r.name,
-                    "manifest": r.manifest.digest.to_string(),
+                    "manifest": digest.to_string(),
                     "metadata": meta.digest.to_string(),
                     "metadata_bytes": meta.size,
                     "packs": packs,
                     "pack_bytes": pack_bytes,
                     "config": m.config.digest.to_string(),
+                    "files": s.map(|s| s.files),
+                    "logical_bytes": s.map(|s| s.logical_bytes),
+                    "unique_bytes": s.map(|s| s.unique_bytes),
+                    "unique_stored_bytes": s.map(|s| s.unique_stored_bytes),
                 }),
             );
             serde_json::to_writer(&mut out, &line)?;
             writeln!(out)?;
         } else {
-            let short = &r.manifest.digest.hex()[..12];
+            let short = &digest.hex()[..12];
+            let size = |f: fn(&puzzle_store::stats::ImageStats) -> u64| {
+                s.map_or_else(|| "-".to_string(), |s| output::bytes(f(s)))
+            };
             writeln!(
                 out,
-                "{:<40} sha256:{short} {:>10} {:>6}",
+                "{:<width$}  sha256:{short}  {:>10}  {:>10}  {:>10}  {:>5}",
                 r.name,
+                size(|s| s.logical_bytes),
+                size(|s| s.unique_stored_bytes),
                 output::bytes(meta.size),
                 packs
             )?;

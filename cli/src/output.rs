@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressFinish, ProgressStyle};
 use serde::Serialize;
 
 /// Version of the `--json` line schema (README.md "Output"; docs/STATS.md for `stats` and `diff`).
@@ -84,15 +84,20 @@ impl Progress {
         }
     }
 
-    /// A byte-count bar; hidden when progress is off.
+    /// A byte-count bar towards a known total, with percent, rate and ETA;
+    /// hidden when progress is off.
     pub fn bar(&self, msg: &str, len: u64) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let pb = self.multi.add(ProgressBar::new(len));
+        // Cleared also when dropped unfinished (an error): the message
+        // follows on a clean line.
+        let pb = self
+            .multi
+            .add(ProgressBar::new(len).with_finish(ProgressFinish::AndClear));
         pb.set_style(
             ProgressStyle::with_template(
-                "{msg:40!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+                "{msg:28!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {percent:>3}% {bytes_per_sec:>12} {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -102,14 +107,17 @@ impl Progress {
         pb
     }
 
-    /// A byte counter with no known total.
+    /// A byte counter with no known total (its message lines up with the
+    /// bars' messages).
     pub fn counter(&self, msg: &str) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();
         }
-        let pb = self.multi.add(ProgressBar::no_length());
+        let pb = self
+            .multi
+            .add(ProgressBar::no_length().with_finish(ProgressFinish::AndClear));
         pb.set_style(
-            ProgressStyle::with_template("{spinner} {msg:40!} {bytes:>10} {bytes_per_sec:>12}")
+            ProgressStyle::with_template("{spinner} {msg:26!} {bytes:>10} {bytes_per_sec:>12}")
                 .expect("valid template"),
         );
         pb.set_message(msg.to_string());

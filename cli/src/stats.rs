@@ -55,20 +55,7 @@ pub fn run(root: &Path, args: &StatsArgs) -> Result<u8> {
         n.retain(|x| seen.insert(x.clone()));
         n
     };
-    let mut opened: Vec<Image> = Vec::with_capacity(names.len());
-    for n in &names {
-        opened.push(image::open(&store, n).with_context(|| format!("opening image {n}"))?);
-    }
-    let mut packs = HashMap::new();
-    for img in &opened {
-        for p in img.meta.packs()? {
-            if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(p) {
-                e.insert(stats::pack_size(&store, &p)?);
-            }
-        }
-    }
-    let inputs: Vec<Input<'_, Vec<u8>>> = opened.iter().map(|i| input(&i.name, i)).collect();
-    let report = stats::compute(&inputs, &packs).context("computing the report")?;
+    let (_opened, report) = load(&store, &names)?;
 
     let diff = match &args.diff {
         Some(ab) => {
@@ -109,6 +96,27 @@ pub fn run(root: &Path, args: &StatsArgs) -> Result<u8> {
         eprintln!("wrote {}", path.display());
     }
     Ok(exit::OK)
+}
+
+/// Opens the images `names` and computes the report over them: "other
+/// images" are the other images of `names`. Reads only metadata blobs and
+/// pack trailers. The report's images are in the order of `names`.
+pub fn load(store: &Store, names: &[String]) -> Result<(Vec<Image>, Report)> {
+    let mut opened: Vec<Image> = Vec::with_capacity(names.len());
+    for n in names {
+        opened.push(image::open(store, n).with_context(|| format!("opening image {n}"))?);
+    }
+    let mut packs = HashMap::new();
+    for img in &opened {
+        for p in img.meta.packs()? {
+            if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(p) {
+                e.insert(stats::pack_size(store, &p)?);
+            }
+        }
+    }
+    let inputs: Vec<Input<'_, Vec<u8>>> = opened.iter().map(|i| input(&i.name, i)).collect();
+    let report = stats::compute(&inputs, &packs).context("computing the report")?;
+    Ok((opened, report))
 }
 
 /// `a / b`, or `None` when `b` is 0.

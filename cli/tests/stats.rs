@@ -254,6 +254,107 @@ fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
     [a, b].concat()
 }
 
+/// `images` shows each image's logical size and the stored bytes only it
+/// holds, the figures `stats` gives over the whole store.
+#[test]
+fn images_show_size_and_what_only_each_image_holds() {
+    let syn = synthetic();
+    let f01 = zlen(&cat(&p(), &cat(&q(), &r_())));
+    let (c1, c2, c3) = (
+        f01 - f01 * 9000 / 13000,
+        zlen(&cat(&q(), &s_())),
+        zlen(&q()),
+    );
+    type Sizes = (String, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+    let listed: Vec<Sizes> = images(&syn.store)
+        .into_iter()
+        .map(|i| {
+            (
+                i.name,
+                i.files,
+                i.logical_bytes,
+                i.unique_bytes,
+                i.unique_stored_bytes,
+            )
+        })
+        .collect();
+    let expect = [
+        ("one", 3, 13000, 4000, c1),
+        ("three", 3, 15000, 3000, c3),
+        ("two", 3, 13000, 4000, c2),
+    ];
+    let expect: Vec<_> = expect
+        .iter()
+        .map(|e| (e.0.to_string(), Some(e.1), Some(e.2), Some(e.3), Some(e.4)))
+        .collect();
+    assert_eq!(listed, expect);
+    let (s, _) = stats_json(&syn.store, &[]);
+    for (i, e) in s.images.iter().zip(&expect) {
+        assert_eq!(
+            (Some(i.logical_bytes), Some(i.unique_stored_bytes)),
+            (e.2, e.4)
+        );
+    }
+
+    // The table: NAME MANIFEST SIZE UNIQUE METADATA PACKS, sizes in binary units.
+    let human = ok(puzzle(&syn.store).arg("images")).stdout;
+    let rows: Vec<Vec<&str>> = human
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"],
+        "{human}"
+    );
+    let kib = |n: u64| format!("{:.1} KiB", n as f64 / 1024.0);
+    for (row, e) in rows[1..].iter().zip(&expect) {
+        assert_eq!(row[0], e.0, "{human}");
+        assert_eq!(row[2..4].join(" "), kib(e.2.unwrap()), "{human}");
+        assert_eq!(row[4..6].join(" "), kib(e.4.unwrap()), "{human}");
+    }
+    assert_eq!(rows.len(), 4, "{human}");
+
+    // An image whose metadata blob is gone: every image is still listed,
+    // without sizes (UNIQUE depends on every image's chunks), and a warning.
+    let three = images(&syn.store)
+        .into_iter()
+        .find(|i| i.name == "three")
+        .unwrap();
+    let hex = three.metadata.trim_start_matches("sha256:");
+    std::fs::remove_file(syn.store.join("blobs/sha256").join(hex)).unwrap();
+    let r = ok(puzzle(&syn.store).arg("images"));
+    assert!(
+        r.stderr.contains("puzzle: warning: no sizes"),
+        "{}",
+        r.stderr
+    );
+    let rows: Vec<Vec<&str>> = r
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(names, ["one", "three", "two"], "{}", r.stdout);
+    assert!(
+        rows.iter().all(|r| r[2] == "-" && r[3] == "-"),
+        "{}",
+        r.stdout
+    );
+    for i in images(&syn.store) {
+        assert_eq!(
+            (
+                i.files,
+                i.logical_bytes,
+                i.unique_bytes,
+                i.unique_stored_bytes
+            ),
+            (None, None, None, None)
+        );
+    }
+}
+
 #[test]
 fn synthetic_store_figures_are_exact() {
     let syn = synthetic();

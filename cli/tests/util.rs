@@ -81,6 +81,11 @@ pub struct ImageLine {
     pub packs: usize,
     pub pack_bytes: u64,
     pub config: String,
+    /// The sizes are null when some image of the store cannot be read.
+    pub files: Option<u64>,
+    pub logical_bytes: Option<u64>,
+    pub unique_bytes: Option<u64>,
+    pub unique_stored_bytes: Option<u64>,
 }
 
 pub fn build(store: &Path, source: &str, tag: &str) -> BuildSummary {

@@ -211,17 +211,20 @@ fn remove_tree(path: &Path) -> Result<()> {
 /// Extracts the image whose metadata is `meta` into `target`; on failure,
 /// removes what it wrote.
 pub fn extract(store: &Store, meta: &MetaBlob<Vec<u8>>, target: &Path) -> Result<ExtractStats> {
-    extract_with(store, meta, target, &ExtractOptions::default()).map_err(|e| e.error)
+    extract_with(store, meta, target, &ExtractOptions::default(), &mut |_| {}).map_err(|e| e.error)
 }
 
 /// Extracts the image whose metadata is `meta` into `target` (created if
 /// missing, else an empty directory). On failure, what was written is
-/// removed unless `opts.keep_partial`; the error says which.
+/// removed unless `opts.keep_partial`; the error says which. `progress` is
+/// called with the file-content bytes written so far as they grow; they end
+/// at the image's logical size ([`crate::stats::logical_size`]).
 pub fn extract_with(
     store: &Store,
     meta: &MetaBlob<Vec<u8>>,
     target: &Path,
     opts: &ExtractOptions<'_>,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<ExtractStats, Box<ExtractError>> {
     let prepared = prepare_target(target).map_err(|error| {
         Box::new(ExtractError {
@@ -229,7 +232,7 @@ pub fn extract_with(
             partial: Partial::Nothing,
         })
     })?;
-    extract_into(store, meta, target, opts.cancel).map_err(|error| {
+    extract_into(store, meta, target, opts.cancel, progress).map_err(|error| {
         let partial = if opts.keep_partial {
             Partial::Kept
         } else {
@@ -247,6 +250,7 @@ fn extract_into(
     meta: &MetaBlob<Vec<u8>>,
     target: &Path,
     cancel: Option<&AtomicBool>,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<ExtractStats> {
     let mut cx = Extractor {
         meta,
@@ -257,6 +261,7 @@ fn extract_into(
         is_root: rustix::process::geteuid().is_root(),
         visited: vec![false; meta.inode_count() as usize],
         cancel,
+        progress,
     };
     let root = meta.root()?;
     cx.visited[0] = true;
@@ -299,7 +304,7 @@ fn extract_into(
     Ok(cx.stats)
 }
 
-struct Extractor<'a> {
+struct Extractor<'a, 'p> {
     meta: &'a MetaBlob<Vec<u8>>,
     cache: ChunkCache<'a>,
     links: HashMap<u32, PathBuf>,
@@ -308,9 +313,10 @@ struct Extractor<'a> {
     is_root: bool,
     visited: Vec<bool>,
     cancel: Option<&'a AtomicBool>,
+    progress: &'p mut dyn FnMut(u64),
 }
 
-impl Extractor<'_> {
+impl Extractor<'_, '_> {
     fn check_cancel(&self) -> Result<()> {
         match self.cancel {
             Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted),
@@ -383,6 +389,7 @@ impl Extractor<'_> {
                 })?;
             w.write_all(slice).at(path)?;
             written += slice.len() as u64;
+            (self.progress)(self.stats.bytes + written);
         }
         w.flush().at(path)?;
         if written != ino.size {

@@ -78,6 +78,21 @@ pub fn pack_size(store: &Store, d: &BlobDigest) -> Result<PackSize> {
     })
 }
 
+/// An image's regular-file inodes (a hard-linked file counts once) and the
+/// sum of their sizes: [`ImageStats::files`] and [`ImageStats::logical_bytes`]
+/// of one image, without the rest of the report. What an extract writes.
+pub fn logical_size<B: AsRef<[u8]>>(m: &MetaBlob<B>) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    for ino in 0..m.inode_count() {
+        let rec = m.inode(ino as u32)?;
+        if rec.kind == Kind::File {
+            files += 1;
+            bytes += rec.size;
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Figures for one image. "Other images" are the other images of the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageStats {
@@ -661,6 +676,8 @@ mod tests {
         let r = compute(&inputs, &packs).unwrap();
         let (ia, ib) = (&r.images[0], &r.images[1]);
         assert_eq!((ia.files, ia.logical_bytes, ia.chunks), (3, 4005, 3));
+        assert_eq!(logical_size(&ma).unwrap(), (3, 4005));
+        assert_eq!(logical_size(&mb).unwrap(), (ib.files, ib.logical_bytes));
         assert_eq!(
             (ia.chunk_bytes, ia.unique_bytes, ia.shared_bytes),
             (4005, 5, 4000)
