@@ -202,3 +202,27 @@ fn building_again_repairs_a_damaged_metadata_blob_or_pack() {
     let r = ok(puzzle(&store).arg("verify"));
     assert!(r.stderr.contains(" 0 problem(s)"), "{}", r.stderr);
 }
+
+#[test]
+fn stats_on_a_damaged_pack_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, _) = images(t);
+    let store = t.join("store");
+    build(&store, &a, "a");
+    let m = manifest(&store, "a");
+    let pack = blob(&store, &m["layers"][1]["digest"]);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let n = bytes.len();
+    bytes[n - 32] ^= 0xff; // the trailer's magic
+    std::fs::write(&pack, &bytes).unwrap();
+    let r = run(puzzle(&store).arg("stats"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let name = m["layers"][1]["digest"].as_str().unwrap();
+    assert!(
+        r.stderr
+            .contains(&format!("corrupt pack trailer of pack {name}: bad magic")),
+        "{}",
+        r.stderr
+    );
+}

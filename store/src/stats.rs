@@ -70,7 +70,13 @@ pub fn pack_size(store: &Store, d: &BlobDigest) -> Result<PackSize> {
     if len >= T as u64 {
         f.read_exact_at(&mut trailer, len - T as u64).at(&path)?;
     }
-    let t = crate::pack::parse_trailer(&trailer, len)?;
+    let t = crate::pack::parse_trailer(&trailer, len).map_err(|e| match e {
+        Error::Corrupt { what, why } => Error::Corrupt {
+            what: format!("{what} of pack {d}"),
+            why,
+        },
+        e => e,
+    })?;
     Ok(PackSize {
         blob_bytes: len,
         frame_bytes: t.index_offset,
