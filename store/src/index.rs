@@ -206,8 +206,14 @@ impl ChunkIndex {
         Ok(out)
     }
 
+    /// How many chunks are indexed (a full scan: O(chunks)).
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// True when no chunk is indexed (cheap, unlike [`Self::chunk_count`]).
+    pub fn has_no_chunks(&self) -> bool {
+        self.chunks.is_empty()
     }
 
     pub fn layer(&self, diff_id: &str) -> Result<Option<Vec<u8>>> {

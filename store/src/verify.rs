@@ -304,7 +304,7 @@ pub fn open_index(
             Err(e) => Some(IndexRepair::Unreadable(
                 e.to_string().trim_end_matches(" backtrace ()").to_string(),
             )),
-            Ok(index) if index.chunk_count() == 0 && has_pack(store)? => {
+            Ok(index) if index.has_no_chunks() && has_pack(store)? => {
                 drop(index);
                 Some(IndexRepair::Empty)
             }
@@ -340,7 +340,7 @@ pub struct PackCheck {
 /// caller holds the writer lock.
 pub fn check_packs(store: &Store, index: &ChunkIndex) -> Result<PackCheck> {
     let mut known = index.sound_packs()?;
-    if known.is_empty() && index.chunk_count() > 0 {
+    if known.is_empty() && !index.has_no_chunks() {
         let packs: BTreeSet<BlobDigest> = index
             .chunk_entries()?
             .into_iter()
