@@ -77,28 +77,69 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
-    /// Opens the store at `root`, creating it with these settings if the
-    /// directory is new or empty.
+    /// Opens the store at `root`, creating it with these settings (the
+    /// defaults for those not given) if the directory is new or empty. An
+    /// existing store keeps its own: a setting given that differs is refused.
     pub fn open_or_create(&self, root: &Path) -> Result<Store> {
-        let d = ChunkParams::default();
+        let existing = match Store::open(root) {
+            Err(puzzle_store::Error::NotAStore(_)) => None,
+            r => Some(r?),
+        };
+        let base = existing.as_ref().map_or_else(
+            || StoreConfig::new(ChunkParams::default(), DEFAULT_ZSTD_LEVEL),
+            |s| s.config().clone(),
+        );
+        let (p, level) = (base.params(), base.compression.level);
         let params = ChunkParams::new(
-            self.chunk_min.unwrap_or(d.min()),
-            self.chunk_avg.unwrap_or(d.avg()),
-            self.chunk_max.unwrap_or(d.max()),
+            self.chunk_min.unwrap_or(p.min()),
+            self.chunk_avg.unwrap_or(p.avg()),
+            self.chunk_max.unwrap_or(p.max()),
         )
         .map_err(|e| UsageError(format!("invalid chunk sizes: {e}")))?;
-        let config = StoreConfig::new(params, self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL));
-        let given = self.chunk_min.is_some()
-            || self.chunk_avg.is_some()
-            || self.chunk_max.is_some()
-            || self.zstd_level.is_some();
-        if !given {
-            match Store::open(root) {
-                Err(puzzle_store::Error::NotAStore(_)) => {}
-                r => return Ok(r?),
-            }
+        let level = self.zstd_level.unwrap_or(level);
+        let Some(store) = existing else {
+            return Ok(Store::open_or_create(
+                root,
+                &StoreConfig::new(params, level),
+            )?);
+        };
+        let differ: Vec<String> = [
+            (
+                "--chunk-min",
+                self.chunk_min.map(i64::from),
+                i64::from(p.min()),
+            ),
+            (
+                "--chunk-avg",
+                self.chunk_avg.map(i64::from),
+                i64::from(p.avg()),
+            ),
+            (
+                "--chunk-max",
+                self.chunk_max.map(i64::from),
+                i64::from(p.max()),
+            ),
+            (
+                "--zstd-level",
+                self.zstd_level.map(i64::from),
+                i64::from(base.compression.level),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given, has)| {
+            given
+                .filter(|g| *g != has)
+                .map(|g| format!("{flag} {g} (the store has {has})"))
+        })
+        .collect();
+        if !differ.is_empty() {
+            bail!(
+                "store {} was created with other settings: {}; leave these options out to use the store's own",
+                root.display(),
+                differ.join(", ")
+            );
         }
-        Ok(Store::open_or_create(root, &config)?)
+        Ok(store)
     }
 }
 
@@ -314,8 +355,7 @@ fn convert(
                             .1
                             .recv()
                             .expect("a reader sends every layer it takes");
-                        let label =
-                            format!("layer {}/{}: chunking", li.index + 1, img.layers.len());
+                        let label = format!("layer {}/{}: chunked", li.index + 1, img.layers.len());
                         let bar = progress.counter(&label);
                         let streamed = live
                             .chunk(params, &mut writer, &mut |n| bar.set_position(n))

@@ -194,17 +194,6 @@ fn main() -> ExitCode {
                 let _ = output::print_json(&output::error_record(&format!("{e:#}"), code));
             }
             eprintln!("puzzle: error: {e:#}");
-            let unusable = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<puzzle_store::Error>(),
-                    Some(puzzle_store::Error::Unusable { .. })
-                )
-            });
-            if code == exit::NO_STORE && !unusable {
-                eprintln!(
-                    "puzzle: hint: pass --store DIR or set PUZZLE_STORE to use another store"
-                );
-            }
             ExitCode::from(code)
         }
     }

@@ -46,10 +46,11 @@ pub struct MountArgs {
     /// Let users other than the one mounting read the mount (FUSE allow_other).
     #[arg(long)]
     allow_other: bool,
-    /// Internal: this process is the daemon started by --daemon.
-    #[arg(long, hide = true)]
-    daemon_child: bool,
 }
+
+/// Set in the environment of the daemon that `--daemon` starts (not a flag,
+/// so that completion scripts and the man page do not offer it).
+const DAEMON_CHILD: &str = "PUZZLE_MOUNT_DAEMON_CHILD";
 
 #[derive(Args, Debug)]
 pub struct UmountArgs {
@@ -193,7 +194,8 @@ fn check_mount_point(dir: &Path, nonempty: bool) -> Result<()> {
 pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     let dir = absolute(&args.dir)?;
     check_mount_point(&dir, args.nonempty)?;
-    if args.daemon && !args.daemon_child {
+    let daemon_child = std::env::var_os(DAEMON_CHILD).is_some();
+    if args.daemon && !daemon_child {
         return spawn_daemon(root, args, &dir);
     }
     let sink = Arc::new(Sink(Mutex::new(Box::new(std::io::stderr()))));
@@ -220,7 +222,7 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     let mounted = puzzle_fuse::mount(fs, &dir, &opts)
         .with_context(|| format!("mounting {} on {}", args.name, dir.display()))?;
     sink.line(&format!("mounted {} at {}", args.name, dir.display()));
-    if args.daemon_child {
+    if daemon_child {
         let out: Box<dyn Write + Send> = match &args.log {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
@@ -254,7 +256,7 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
         .arg("mount")
         .arg(&args.name)
         .arg(dir)
-        .arg("--daemon-child")
+        .arg("--daemon")
         .arg("--cache-mb")
         .arg(args.cache_mb.to_string())
         .arg("--threads")
@@ -268,7 +270,8 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
     if args.nonempty {
         cmd.arg("--nonempty");
     }
-    cmd.stdin(Stdio::null())
+    cmd.env(DAEMON_CHILD, "1")
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .current_dir("/")

@@ -97,7 +97,8 @@ impl Progress {
             .add(ProgressBar::new(len).with_finish(ProgressFinish::AndClear));
         pb.set_style(
             ProgressStyle::with_template(
-                "{msg:28!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {percent:>3}% {bytes_per_sec:>12} {eta}",
+                // Fits 80 columns: the bar takes what the terminal has left.
+                "{msg:20!} [{wide_bar}] {bytes:>9}/{total_bytes:<9} {percent:>3}% {bytes_per_sec:>10} {eta:>3}",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -117,7 +118,7 @@ impl Progress {
             .multi
             .add(ProgressBar::no_length().with_finish(ProgressFinish::AndClear));
         pb.set_style(
-            ProgressStyle::with_template("{spinner} {msg:26!} {bytes:>10} {bytes_per_sec:>12}")
+            ProgressStyle::with_template("{spinner} {msg:18!} {bytes:>10} {bytes_per_sec:>12}")
                 .expect("valid template"),
         );
         pb.set_message(msg.to_string());

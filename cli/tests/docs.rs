@@ -14,7 +14,8 @@ fn bin() -> Command {
 }
 
 /// The subcommands every completion script and man page must name.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
+    "init",
     "build",
     "extract",
     "images",
@@ -83,11 +84,19 @@ fn bash_completion_parses_and_names_every_command() {
             "`puzzle <TAB>` does not offer {c}: {words:?}"
         );
     }
-    for shell in ["zsh", "fish"] {
-        let r = ok(bin().args(["completion", shell]));
-        for c in COMMANDS {
-            assert!(r.stdout.contains(c), "{shell}: no {c}");
-        }
+    // Each shell names every command as a command (not just somewhere).
+    let zsh = ok(bin().args(["completion", "zsh"])).stdout;
+    let fish = ok(bin().args(["completion", "fish"])).stdout;
+    for c in COMMANDS {
+        assert!(zsh.contains(&format!("\n'{c}:")), "zsh: no command {c}");
+        assert!(
+            fish.contains(&format!("__fish_puzzle_needs_command\" -f -a \"{c}\"")),
+            "fish: no command {c}"
+        );
+    }
+    // Internal plumbing is not offered.
+    for script in [&r.stdout, &zsh, &fish] {
+        assert!(!script.contains("daemon-child"), "{script}");
     }
     let r = run(bin().args(["completion", "tcsh"]));
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -98,7 +107,10 @@ fn man_pages_are_roff_for_every_command() {
     let r = ok(bin().arg("man"));
     assert!(r.stdout.contains(".TH puzzle 1"), "{}", r.stdout);
     for c in COMMANDS {
-        assert!(r.stdout.contains(c), "the top page does not name {c}");
+        assert!(
+            r.stdout.contains(&format!("puzzle\\-{c}(1)")),
+            "the top page does not name puzzle-{c}(1)"
+        );
     }
     if have_quietly("man") {
         let dir = tempfile::tempdir().unwrap();

@@ -124,9 +124,21 @@ fn non_empty_directory_or_file_is_not_made_a_store() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 
-    // An empty directory (a fresh volume, say) is fine, and so is `init`.
+    // A file named lock does not make a directory a store.
+    std::fs::write(other.join("lock"), b"").unwrap();
+    let line = refused(puzzle(&other).args(["build", &src, "--tag", "x"]));
+    assert!(
+        line.contains("is not empty and not a puzzle store"),
+        "{line}"
+    );
+    // A store path below a file.
+    let line = refused(puzzle(&other.join("notes.txt/sub")).arg("images"));
+    assert!(line.contains("is not a directory"), "{line}");
+
+    // An empty directory (a fresh volume's root, with its lost+found) is
+    // fine, and so is `init`.
     let empty = t.join("empty");
-    std::fs::create_dir(&empty).unwrap();
+    std::fs::create_dir_all(empty.join("lost+found")).unwrap();
     build(&empty, &src, "x");
     let fresh = t.join("fresh");
     let r = ok(puzzle(&fresh).args(["init", "--chunk-avg", "16384", "--chunk-min", "4096"]));
@@ -136,7 +148,21 @@ fn non_empty_directory_or_file_is_not_made_a_store() {
     build(&fresh, &src, "x");
     let r = run(puzzle(&fresh).args(["build", &src, "--tag", "y", "--zstd-level", "9"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("refusing to mix"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "puzzle: error: store {} was created with other settings: --zstd-level 9 (the store \
+             has 3); leave these options out to use the store's own",
+            fresh.display()
+        )
+    );
+    // The store's own settings, given again, are accepted.
+    build_with(
+        &fresh,
+        &src,
+        "z",
+        &["--chunk-avg", "16384", "--zstd-level", "3"],
+    );
 }
 
 #[test]
@@ -183,6 +209,19 @@ fn lost_puzzle_json_keeps_every_tag_and_is_recovered() {
     assert_eq!(names, ["a:1", "b:1"]);
     ok(puzzle(&store).arg("verify"));
     build(&store, &a, "c:1");
+    // A damaged puzzle.json is refused the same way and recovered the same way.
+    std::fs::write(store.join("puzzle.json"), b"").unwrap();
+    let line = refused(puzzle(&store).arg("images"));
+    assert_eq!(
+        line,
+        format!(
+            "puzzle: error: {0}/puzzle.json is damaged: restore it from the store's manifests \
+             with `puzzle init --recover {0}`",
+            store.display()
+        )
+    );
+    ok(puzzle(&store).args(["init", "--recover"]));
+    assert_eq!(std::fs::read(store.join("puzzle.json")).unwrap(), config);
     // Nothing to recover in a store that has its config.
     let r = run(puzzle(&store).args(["init", "--recover"]));
     assert_eq!(r.code, 4, "{}", r.stderr);
@@ -272,4 +311,40 @@ fn reading_commands_work_on_a_read_only_store() {
         m.umount();
     }
     assert_eq!(snapshot(&store), before, "nothing written to the store");
+}
+
+#[test]
+fn another_user_reads_a_store_they_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        assert!(!require_tools(), "this test needs root (to run as nobody)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = t.join("store");
+    let src = tiny(&t.join("src"), "one", b"hello\n");
+    build(&store, &src, "x:1");
+    let out = t.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_puzzle"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--no-progress")
+            .args(args)
+            .env_remove("PUZZLE_STORE");
+        c
+    };
+    let r = ok(&mut nobody(&["images", "--json"]));
+    assert!(r.stdout.contains("\"x:1\""), "{}", r.stdout);
+    ok(&mut nobody(&["stats"]));
+    ok(&mut nobody(&["verify"]));
+    let r = ok(nobody(&["extract", "x:1"]).arg(out.join("tree")));
+    assert!(r.stderr.contains("is not pinned"), "{}", r.stderr);
+    assert_eq!(std::fs::read(out.join("tree/hello")).unwrap(), b"hello\n");
 }

@@ -34,13 +34,25 @@ pub(crate) enum DirState {
     Unusable(Unusable),
 }
 
-/// Entries an interrupted `init_layout` may leave (besides `lock`).
-const INIT_LEFTOVERS: [&str; 6] = ["lock", "blobs", "tmp", "index", "oci-layout", "index.json"];
+/// What a store holds besides `puzzle.json`: a directory with anything else
+/// is not one of ours.
+const STORE_ENTRIES: [&str; 7] = [
+    "lock",
+    "blobs",
+    "tmp",
+    "index",
+    "oci-layout",
+    "index.json",
+    "pins",
+];
 
 pub(crate) fn classify(root: &Path) -> Result<DirState> {
     let md = match fs::metadata(root) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Ok(DirState::Unusable(Unusable::NotADirectory))
+        }
         Err(e) => return Err(e).at(root),
     };
     if !md.is_dir() {
@@ -51,24 +63,32 @@ pub(crate) fn classify(root: &Path) -> Result<DirState> {
     }
     let mut names = Vec::new();
     for e in fs::read_dir(root).at(root)? {
-        names.push(e.at(root)?.file_name());
+        let name = e.at(root)?.file_name();
+        // The empty lost+found of a fresh ext4 volume's root is not content.
+        if name == "lost+found" && !non_empty(&root.join(&name))? {
+            continue;
+        }
+        names.push(name);
     }
     if names.is_empty() {
         return Ok(DirState::Empty);
     }
     let has = |n: &str| names.iter().any(|x| x == n);
-    let ours = has("lock") || non_empty(&root.join("index"))?;
-    if !ours {
-        return Ok(DirState::Unusable(if has("oci-layout") {
-            Unusable::ForeignLayout
-        } else {
-            Unusable::NotEmpty
-        }));
+    let only_ours = names.iter().all(|n| STORE_ENTRIES.iter().any(|l| n == *l));
+    let foreign = if has("oci-layout") {
+        Unusable::ForeignLayout
+    } else {
+        Unusable::NotEmpty
+    };
+    let index_used = non_empty(&root.join("index"))?;
+    if !only_ours || (!has("lock") && !index_used) {
+        // Something else, or no sign of puzzle: another tool's directory
+        // (an empty OCI layout included).
+        return Ok(DirState::Unusable(foreign));
     }
-    let only_leftovers = names.iter().all(|n| INIT_LEFTOVERS.iter().any(|l| n == *l));
-    if only_leftovers
+    if !index_used
+        && !has("pins")
         && !non_empty(&root.join("blobs/sha256"))?
-        && !non_empty(&root.join("index"))?
         && index_is_empty(root)?
     {
         return Ok(DirState::Empty);
@@ -127,7 +147,13 @@ pub fn recover_config(root: &Path) -> Result<Recovered> {
     };
     match classify(root)? {
         DirState::Unusable(Unusable::ConfigLost) => {}
-        DirState::Store => return Err(unusable(Unusable::HasConfig)),
+        DirState::Store => match crate::layout::Store::open(root) {
+            Err(Error::Unusable {
+                why: Unusable::ConfigDamaged,
+                ..
+            }) => {}
+            _ => return Err(unusable(Unusable::HasConfig)),
+        },
         DirState::Missing | DirState::Empty => return Err(Error::NotAStore(root.to_path_buf())),
         DirState::Unusable(why) => return Err(unusable(why)),
     }
@@ -300,6 +326,21 @@ mod tests {
         assert_eq!(
             classify(&p("umoci")).unwrap(),
             DirState::Unusable(Unusable::ForeignLayout)
+        );
+        // A fresh volume's root with its lost+found is empty.
+        fs::create_dir_all(p("vol/lost+found")).unwrap();
+        assert_eq!(classify(&p("vol")).unwrap(), DirState::Empty);
+        // A file named lock among other files is not a sign of a store.
+        fs::create_dir_all(p("locky")).unwrap();
+        fs::write(p("locky/lock"), b"").unwrap();
+        fs::write(p("locky/notes"), b"").unwrap();
+        assert_eq!(
+            classify(&p("locky")).unwrap(),
+            DirState::Unusable(Unusable::NotEmpty)
+        );
+        assert_eq!(
+            classify(&p("file/sub")).unwrap(),
+            DirState::Unusable(Unusable::NotADirectory)
         );
         fs::create_dir_all(p("other")).unwrap();
         fs::write(p("other/notes.txt"), b"x").unwrap();

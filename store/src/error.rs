@@ -14,7 +14,10 @@ use puzzle_chunker::ChunkId;
 pub enum Error {
     #[error("{}", show_os_path(path))]
     Io { path: PathBuf, source: io::Error },
-    #[error("{0} is not a puzzle store (no puzzle.json); build an image into it first")]
+    #[error(
+        "no puzzle store at {}: build an image into it, `puzzle init` it, or pass --store DIR (or set PUZZLE_STORE) to use another",
+        show_os_path(.0)
+    )]
     NotAStore(PathBuf),
     #[error("store {path}: {msg}")]
     BadStore { path: PathBuf, msg: String },
@@ -69,6 +72,8 @@ pub enum Unusable {
     ConfigLost,
     /// A directory with other contents.
     NotEmpty,
+    /// `puzzle.json` is there but does not parse.
+    ConfigDamaged,
     /// `puzzle.json` is there: nothing to recover.
     HasConfig,
 }
@@ -85,6 +90,10 @@ fn unusable_message(path: &std::path::Path, why: Unusable) -> String {
         ),
         Unusable::ConfigLost => format!(
             "{p} is a puzzle store missing its puzzle.json: \
+             restore it from the store's manifests with `puzzle init --recover {p}`"
+        ),
+        Unusable::ConfigDamaged => format!(
+            "{p}/puzzle.json is damaged: \
              restore it from the store's manifests with `puzzle init --recover {p}`"
         ),
         Unusable::NotEmpty => format!(

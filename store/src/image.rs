@@ -126,6 +126,14 @@ pub fn read_manifest(store: &Store, digest: &BlobDigest) -> Result<Manifest> {
             });
         }
     }
+    if version.is_none() && manifest.metadata().is_none() {
+        return Err(Error::CorruptBlob {
+            digest: digest.to_string(),
+            why: "not a puzzle image (another tool copied a plain image into the store?); \
+                  `puzzle rm` its tag to drop it"
+                .to_string(),
+        });
+    }
     if version.map(String::as_str) != Some(&FORMAT_VERSION.to_string())
         || manifest.metadata().is_none()
     {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::create::{self, DirState};
 use crate::digest::BlobDigest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, Unusable};
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME};
 
 /// Version of the on-disk format (packs, metadata blobs, manifests). See docs/FORMAT.md.
@@ -202,9 +202,9 @@ impl Store {
                 })
             }
         };
-        let json = |source| Error::Json {
-            what: cfg_path.display().to_string(),
-            source,
+        let json = |_| Error::Unusable {
+            path: root.to_path_buf(),
+            why: Unusable::ConfigDamaged,
         };
         // The version first: another version's config may have other fields.
         #[derive(Deserialize)]
@@ -248,7 +248,10 @@ impl Store {
     pub fn open_or_create(root: &Path, config: &StoreConfig) -> Result<Store> {
         let mut state = create::classify(root)?;
         if state == DirState::Missing {
-            fs::create_dir_all(root).at(root)?;
+            fs::create_dir_all(root).map_err(|e| Error::BadStore {
+                path: root.to_path_buf(),
+                msg: format!("cannot create it: {e}"),
+            })?;
             state = DirState::Empty;
         }
         if state == DirState::Empty {
@@ -624,6 +627,7 @@ impl Store {
         let dir = self.tmp_dir();
         tempfile::Builder::new()
             .prefix("blob-")
+            .permissions(readable_by_all())
             .tempfile_in(&dir)
             .at(&dir)
     }
@@ -840,6 +844,7 @@ fn open_lock(path: &Path, exclusive: bool) -> Result<File> {
 pub(crate) fn write_file_atomic(root: &Path, name: &str, bytes: &[u8], tmp: &Path) -> Result<()> {
     let mut f = tempfile::Builder::new()
         .prefix(".tmp-")
+        .permissions(readable_by_all())
         .tempfile_in(tmp)
         .at(tmp)?;
     f.write_all(bytes).at(f.path())?;
@@ -850,6 +855,14 @@ pub(crate) fn write_file_atomic(root: &Path, name: &str, bytes: &[u8], tmp: &Pat
         source: e.error,
     })?;
     sync_dir(root)
+}
+
+/// The mode of every file the store keeps (0644 less the umask): other
+/// users may read a store they cannot write (a shared cache), as for the
+/// directories; temp files would otherwise be 0600.
+fn readable_by_all() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o644)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
