@@ -14,6 +14,11 @@
 #   DEMO_READ      the file read through the mount
 #                  (default /usr/local/lib/python3.11/dist-packages/django/__init__.py)
 set -euo pipefail
+# Paths given relative to where the demo was started, before moving to the repo.
+abs() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+[ -z "${PUZZLE_CORPUS:-}" ] || PUZZLE_CORPUS=$(abs "$PUZZLE_CORPUS")
+[ -z "${PUZZLE_BIN:-}" ] || PUZZLE_BIN=$(abs "$PUZZLE_BIN")
+[ -z "${DEMO_DIR:-}" ] || DEMO_DIR=$(abs "$DEMO_DIR")
 cd "$(dirname "$0")/.."
 if [ -z "${PUZZLE_CORPUS:-}" ]; then
     scripts/setup.sh

@@ -191,7 +191,11 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
         // Everything this build wrote is gone by now: its unfinished packs
         // with the writer, its spools and temp files with their handles.
         Err(_) if interrupted.load(Ordering::SeqCst) => {
-            eprintln!("interrupted, nothing stored");
+            let msg = "interrupted, nothing stored";
+            if args.json {
+                output::print_json(&output::error_record(msg, exit::INTERRUPTED))?;
+            }
+            eprintln!("{msg}");
             Ok(exit::INTERRUPTED)
         }
         r => r,

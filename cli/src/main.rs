@@ -328,10 +328,14 @@ fn extract(root: &std::path::Path, args: &ExtractArgs, progress: &Progress) -> R
                 Partial::NotRemoved(e) => format!("removing the partial tree failed: {e}"),
             };
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-                match partial {
-                    Partial::Nothing => eprintln!("interrupted, nothing written"),
-                    _ => eprintln!("interrupted, {what}"),
+                let msg = match partial {
+                    Partial::Nothing => "interrupted, nothing written".to_string(),
+                    _ => format!("interrupted, {what}"),
+                };
+                if args.json {
+                    output::print_json(&output::error_record(&msg, exit::INTERRUPTED))?;
                 }
+                eprintln!("{msg}");
                 return Ok(exit::INTERRUPTED);
             }
             let what = if what.is_empty() {

@@ -130,13 +130,19 @@ fn mount_at(dir: &Path) -> Result<Option<MountEntry>> {
 }
 
 /// `dir` made absolute without touching a possibly dead mount under it.
-fn absolute(dir: &Path) -> Result<PathBuf> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    let name = dir.file_name().context("the mount point has no name")?;
-    let parent = match parent {
+/// `path` made absolute without resolving its last component (a stale
+/// mount point cannot be looked at); `.` and `..` are resolved whole.
+/// `what` names it in errors ("mount point", "log file").
+fn absolute(path: &Path, what: &str) -> Result<PathBuf> {
+    let Some(name) = path.file_name() else {
+        return path
+            .canonicalize()
+            .with_context(|| format!("{what} {}", path.display()));
+    };
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(p) => p
             .canonicalize()
-            .with_context(|| format!("mount point {}", dir.display()))?,
+            .with_context(|| format!("{what} {}: its directory {}", path.display(), p.display()))?,
         None => std::env::current_dir()?,
     };
     Ok(parent.join(name))
@@ -159,7 +165,10 @@ fn check_mount_point(dir: &Path, nonempty: bool) -> Result<()> {
     match std::fs::metadata(dir) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(stale_hint(dir)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mount point {} does not exist", dir.display())
+            bail!(
+                "mount point {} does not exist; create it first",
+                dir.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("mount point {}", dir.display())),
         Ok(m) if !m.is_dir() => bail!("mount point {} is not a directory", dir.display()),
@@ -192,7 +201,7 @@ fn check_mount_point(dir: &Path, nonempty: bool) -> Result<()> {
 }
 
 pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
-    let dir = absolute(&args.dir)?;
+    let dir = absolute(&args.dir, "mount point")?;
     check_mount_point(&dir, args.nonempty)?;
     let daemon_child = std::env::var_os(DAEMON_CHILD).is_some();
     if args.daemon && !daemon_child {
@@ -262,7 +271,7 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
         .arg("--threads")
         .arg(args.threads.to_string());
     if let Some(l) = &args.log {
-        cmd.arg("--log").arg(absolute(l)?);
+        cmd.arg("--log").arg(absolute(l, "log file")?);
     }
     if args.allow_other {
         cmd.arg("--allow-other");
@@ -304,7 +313,7 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
 }
 
 pub fn umount(args: &UmountArgs) -> Result<u8> {
-    let dir = absolute(&args.dir)?;
+    let dir = absolute(&args.dir, "mount point")?;
     let Some(m) = mount_at(&dir)? else {
         bail!("{} is not a mount point", dir.display());
     };

@@ -494,7 +494,11 @@ fn json_commands_report_failures_as_error_records() {
             .arg(t.join("out")),
         3,
     );
-    assert_eq!(m, "opening image two: image \"two\" not found in the store");
+    assert_eq!(
+        m,
+        "opening image two: image \"two\" not found in the store; `puzzle images` lists the \
+         stored images"
+    );
     json_fails(puzzle(&store).args(["stats", "two", "--json"]), 3);
     json_fails(
         puzzle(&store).args(["build", &format!("{src}x"), "--tag", "x", "--json"]),

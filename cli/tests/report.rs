@@ -217,9 +217,12 @@ fn interrupted_build_stores_nothing() {
     let blobs_before = blob_names(&store);
     let tmp_dir = store.join("tmp").canonicalize().unwrap();
     for sig in ["-INT", "-TERM"] {
+        // With --json (the TERM run) the failure is also a JSON error record.
+        let json = sig == "-TERM";
         let b = Proc::new(
             puzzle(&store)
                 .args(["build", &src("python3"), "--tag", "python3"])
+                .args(json.then_some("--json"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         );
@@ -234,7 +237,15 @@ fn interrupted_build_stores_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{sig}: {stderr}");
         assert_eq!(stderr, "interrupted, nothing stored\n", "{sig}");
-        assert!(out.stdout.is_empty(), "{sig}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if json {
+            assert_eq!(
+                stdout,
+                "{\"type\":\"error\",\"schema\":1,\"data\":{\"message\":\"interrupted, nothing stored\",\"code\":130}}\n"
+            );
+        } else {
+            assert!(stdout.is_empty(), "{sig}: {stdout}");
+        }
         assert!(
             took < Duration::from_secs(5),
             "{sig}: stopped after {took:?}"

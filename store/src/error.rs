@@ -23,7 +23,7 @@ pub enum Error {
     BadStore { path: PathBuf, msg: String },
     #[error("store uses chunk parameters {stored}, refusing to mix with {requested}")]
     ParamsMismatch { stored: String, requested: String },
-    #[error("image {0:?} not found in the store")]
+    #[error("image {0:?} not found in the store; `puzzle images` lists the stored images")]
     ImageNotFound(String),
     /// Stopped on request (a signal), before anything was kept.
     #[error("interrupted")]

@@ -138,7 +138,7 @@ fn prepare_target(target: &Path) -> Result<Prepared> {
             if fs::read_dir(target).at(target)?.next().is_some() {
                 return Err(Error::Target {
                     path: target.into(),
-                    why: "is not empty".into(),
+                    why: "is not empty; give a new or empty directory".into(),
                 });
             }
             Ok(Prepared::Existing(m))
