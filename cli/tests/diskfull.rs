@@ -59,7 +59,7 @@ fn build_out_of_space_fails_clearly_and_the_store_stays_usable() {
     let r = run(puzzle(&store).args(["build", &src, "--tag", "django"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("No space left on device") && r.stderr.contains("building django"),
+        r.stderr.contains("no space left on device") && r.stderr.contains("building django"),
         "unclear error: {}",
         r.stderr
     );
@@ -74,5 +74,127 @@ fn build_out_of_space_fails_clearly_and_the_store_stays_usable() {
     ok(puzzle(&store).args(["rm", "small"]));
     ok(puzzle(&store).args(["gc"]));
     build(&store, &small, "small2");
+    verify_ok(&store);
+}
+
+/// Bytes free on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// Fills the filesystem holding `dir` to the last byte with `dir/filler`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("filler"))
+        .unwrap();
+    for step in [1 << 20, 4096, 1] {
+        let buf = vec![0x5a; step];
+        while f.write_all(&buf).and_then(|()| f.flush()).is_ok() {}
+    }
+    assert_eq!(free_bytes(dir), 0, "the disk is not full");
+}
+
+/// The sled snapshots left unfinished in the store's index.
+fn unfinished_snapshots(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".generating"))
+        .collect()
+}
+
+/// Issue 17: on a 100 %-full disk `rm` and `gc` free space, a build fails
+/// in one line that says how much more it needs and what to do, and no
+/// command leaves the index needing a repair.
+#[test]
+fn issue_17_a_full_disk_never_needs_a_repair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let Some(_fs) = Tmpfs::mount(&t.join("fs"), "48m") else {
+        assert!(!require_tools(), "cannot mount a tmpfs (root needed)");
+        eprintln!("note: cannot mount a tmpfs; skipping");
+        return;
+    };
+    let fs = t.join("fs");
+    let store = fs.join("store");
+    // Random contents do not compress: each image's pack is its file's size.
+    let image = |name: &str, seed: u64, len: usize| {
+        let layout = t.join(name);
+        Image::new()
+            .layer(
+                &[Entry::file(format!("{name}.bin"), pseudo_random(seed, len))],
+                Compression::Gzip,
+            )
+            .write_oci_layout(&layout, name)
+            .unwrap();
+        format!("oci:{}:{name}", layout.display())
+    };
+    let (a, b) = (image("a", 1, 8 << 20), image("b", 2, 8 << 20));
+    build(&store, &a, "a");
+    build(&store, &b, "b");
+    fill(&fs);
+
+    // A build on the full disk: one line, with what it needs and what to do.
+    let big = image("big", 3, 12 << 20);
+    let r = run(puzzle(&store).args(["build", &big, "--tag", "big"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("puzzle: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let e = errors[0];
+    for want in [
+        "building big",
+        "no space left on device",
+        "more is needed",
+        "puzzle gc",
+        "build again",
+    ] {
+        assert!(e.contains(want), "{want:?} missing from: {e}");
+    }
+    assert!(unfinished_snapshots(&store).is_empty());
+    verify_ok(&store);
+
+    // The disk is still full: rm and gc work and give space back.
+    fill(&fs);
+    ok(puzzle(&store).args(["rm", "a"]));
+    let r = ok(puzzle(&store).args(["gc", "--json"]));
+    let line: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let freed = line["data"]["freed_bytes"].as_i64().unwrap();
+    assert!(freed >= 8 << 20, "gc freed {freed} bytes");
+    assert!(free_bytes(&fs) >= 7 << 20, "{} free", free_bytes(&fs));
+    assert!(unfinished_snapshots(&store).is_empty());
+    verify_ok(&store);
+
+    // The index opens with no repair, and a build fits again.
+    let c = image("c", 4, 2 << 20);
+    let r = ok(puzzle(&store).args(["build", &c, "--tag", "c"]));
+    assert!(
+        !r.stderr.contains("rebuilding"),
+        "the index needed a repair: {}",
+        r.stderr
+    );
+    let names: Vec<String> = images(&store).into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["b", "c"]);
+    for (name, seed, len) in [("b", 2, 8 << 20), ("c", 4, 2 << 20)] {
+        let x = t.join(format!("x-{name}"));
+        extract(&store, name, &x);
+        let got = std::fs::read(x.join(format!("{name}.bin"))).unwrap();
+        assert!(
+            got == pseudo_random(seed, len),
+            "{name} extracts other bytes"
+        );
+    }
     verify_ok(&store);
 }
