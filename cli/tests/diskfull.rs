@@ -198,3 +198,53 @@ fn issue_17_a_full_disk_never_needs_a_repair() {
     }
     verify_ok(&store);
 }
+
+/// Issue 17: on a full disk, gc deletes what no image needs before it
+/// repacks, so the repack has room even when it needs more than the
+/// store's reserve.
+#[test]
+fn issue_17_gc_on_a_full_disk_frees_before_it_repacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let Some(_fs) = Tmpfs::mount(&t.join("fs"), "64m") else {
+        assert!(!require_tools(), "cannot mount a tmpfs (root needed)");
+        eprintln!("note: cannot mount a tmpfs; skipping");
+        return;
+    };
+    let fs = t.join("fs");
+    let store = fs.join("store");
+    let image = |name: &str, files: &[(&str, u64, usize)]| {
+        let layout = t.join(name);
+        let entries: Vec<Entry> = files
+            .iter()
+            .map(|(f, seed, len)| Entry::file(*f, pseudo_random(*seed, *len)))
+            .collect();
+        Image::new()
+            .layer(&entries, Compression::Gzip)
+            .write_oci_layout(&layout, name)
+            .unwrap();
+        format!("oci:{}:{name}", layout.display())
+    };
+    // y uses the first 10 MiB of x's 24 MiB pack: once x is gone that pack
+    // is sparse, and its live chunks (more than the reserve) are moved.
+    let x = image("x", &[("a.bin", 10, 10 << 20), ("b.bin", 11, 14 << 20)]);
+    let y = image("y", &[("a.bin", 10, 10 << 20)]);
+    let z = image("z", &[("z.bin", 12, 10 << 20)]);
+    build(&store, &x, "x");
+    let reused = build(&store, &y, "y");
+    assert!(reused.reused_chunk_bytes > 9 << 20, "{reused:?}");
+    build(&store, &z, "z");
+    fill(&fs);
+    ok(puzzle(&store).args(["rm", "x", "z"]));
+    let r = ok(puzzle(&store).args(["gc", "--json"]));
+    let line: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let d = &line["data"];
+    assert_eq!(d["packs_repacked"], 1, "{d}");
+    assert_eq!(d["images_rewritten"], 1, "{d}");
+    assert!(d["freed_bytes"].as_i64().unwrap() > 20 << 20, "{d}");
+    verify_ok(&store);
+    let out = t.join("out");
+    extract(&store, "y", &out);
+    let got = std::fs::read(out.join("a.bin")).unwrap();
+    assert!(got == pseudo_random(10, 10 << 20), "y extracts other bytes");
+}
