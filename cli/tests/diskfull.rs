@@ -141,6 +141,9 @@ fn issue_17_a_full_disk_never_needs_a_repair() {
     let (a, b) = (image("a", 1, 8 << 20), image("b", 2, 8 << 20));
     build(&store, &a, "a");
     build(&store, &b, "b");
+    // An empty lock file has no block to write the PID into: the lock must
+    // still be taken on the full disk.
+    std::fs::write(store.join("lock"), b"").unwrap();
     fill(&fs);
 
     // A build on the full disk: one line, with what it needs and what to do.
@@ -185,6 +188,24 @@ fn issue_17_a_full_disk_never_needs_a_repair() {
         "the index needed a repair: {}",
         r.stderr
     );
+
+    // With no reserve left and no byte free, the index cannot open (sled
+    // writes a snapshot first): that fails as such, starts no rebuild, and
+    // leaves nothing that needs one once space is back.
+    std::fs::remove_file(store.join("reserve")).unwrap();
+    fill(&fs);
+    let r = run(puzzle(&store).arg("verify"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No space left on device") && !r.stderr.contains("rebuilding"),
+        "{}",
+        r.stderr
+    );
+    assert!(unfinished_snapshots(&store).is_empty());
+    std::fs::remove_file(fs.join("filler")).unwrap();
+    let r = ok(puzzle(&store).arg("verify"));
+    assert!(!r.stderr.contains("rebuilding"), "{}", r.stderr);
+
     let names: Vec<String> = images(&store).into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["b", "c"]);
     for (name, seed, len) in [("b", 2, 8 << 20), ("c", 4, 2 << 20)] {
