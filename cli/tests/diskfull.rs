@@ -1,6 +1,8 @@
-//! A build that runs out of disk space fails with a clear error and leaves a
-//! store that verifies and keeps working. Needs root (mounts a 40 MiB tmpfs);
-//! skipped otherwise unless PUZZLE_REQUIRE_TOOLS is set.
+//! A full disk: a build that runs out of space fails with a clear error and
+//! leaves a store that verifies and keeps working; on a disk filled to
+//! 100 %, `rm` and `gc` free space and no command leaves the index needing
+//! a repair (issue 17). Needs root (mounts small tmpfs filesystems, 40 to
+//! 64 MiB); skipped otherwise unless PUZZLE_REQUIRE_TOOLS is set.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
