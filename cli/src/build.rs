@@ -206,13 +206,8 @@ fn out_of_space(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<puzzle_store::Error>()
             .is_some_and(puzzle_store::Error::is_out_of_space)
-            || c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-                    || matches!(
-                        io.kind(),
-                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                    )
-            })
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(puzzle_store::layout::is_out_of_space_io)
     })
 }
 

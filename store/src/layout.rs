@@ -145,8 +145,8 @@ impl Pin {
 }
 
 /// Holds the store's writer lock until dropped. Dropping it first puts
-/// the store's `reserve` back if it is missing and the disk has room for
-/// it (see [`RESERVE_BYTES`]).
+/// the store's `reserve` back if it is missing, as large as the disk
+/// allows up to [`RESERVE_BYTES`].
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
@@ -849,7 +849,7 @@ pub(crate) fn is_read_only(e: &std::io::Error) -> bool {
 }
 
 /// Whether an I/O error means the disk (or the user's quota) is full.
-pub(crate) fn is_out_of_space_io(e: &std::io::Error) -> bool {
+pub fn is_out_of_space_io(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
         || matches!(
             e.kind(),
