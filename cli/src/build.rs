@@ -187,7 +187,8 @@ pub struct Summary {
 /// anything (exit [`exit::INTERRUPTED`]), a second one ends the process at once.
 pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
     let interrupted = crate::interrupt_flag()?;
-    match convert(root, args, progress, &interrupted) {
+    let mut room = Room::default();
+    match convert(root, args, progress, &interrupted, &mut room) {
         // Everything this build wrote is gone by now: its unfinished packs
         // with the writer, its spools and temp files with their handles.
         Err(_) if interrupted.load(Ordering::SeqCst) => {
@@ -198,8 +199,61 @@ pub fn run(root: &Path, args: &BuildArgs, progress: &Progress) -> Result<u8> {
             eprintln!("{msg}");
             Ok(exit::INTERRUPTED)
         }
+        Err(e) if out_of_space(&e) => Err(anyhow::anyhow!(
+            "building {} from {}: {}",
+            args.tag,
+            args.source,
+            room.advice(root)
+        )),
         r => r,
     }
+}
+
+/// What a build knew about the space it needed, for the message when the
+/// disk fills up.
+#[derive(Debug, Default)]
+struct Room {
+    /// Bytes free on the store's filesystem once the lock was taken.
+    free: Option<u64>,
+    /// Compressed size of the layers the build converts: its new packs come
+    /// to about that much (benches/SIZE.md: about 0.94x of gzip layers).
+    packs: Option<u64>,
+}
+
+impl Room {
+    /// One line: how much more space the build needed (an estimate) and
+    /// what to do. Everything it wrote is gone again by now.
+    fn advice(&self, root: &Path) -> String {
+        let what_to_do =
+            "free space (`puzzle rm` images no longer needed, then `puzzle gc`) and build again";
+        let store = root.display();
+        match (self.free, self.packs) {
+            (Some(free), Some(packs)) if packs > free => format!(
+                "no space left on device in {store}: about {} more is needed \
+                 (new packs take about {}, the compressed size of the layers to convert, and {} was free); {what_to_do}",
+                output::bytes(packs - free),
+                output::bytes(packs),
+                output::bytes(free),
+            ),
+            (Some(free), Some(packs)) => format!(
+                "no space left on device in {store}: more than the {} free is needed \
+                 (about {} of new packs, and layer contents are spooled uncompressed in tmp/ while converted); {what_to_do}",
+                output::bytes(free),
+                output::bytes(packs),
+            ),
+            _ => format!("no space left on device in {store}; {what_to_do}"),
+        }
+    }
+}
+
+/// Whether `e` comes from a full disk (or quota).
+fn out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<puzzle_store::Error>()
+            .is_some_and(puzzle_store::Error::is_out_of_space)
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(puzzle_store::layout::is_out_of_space_io)
+    })
 }
 
 fn convert(
@@ -207,6 +261,7 @@ fn convert(
     args: &BuildArgs,
     progress: &Progress,
     interrupted: &Arc<AtomicBool>,
+    room: &mut Room,
 ) -> Result<u8> {
     let started = Instant::now();
     let usage = |e: &dyn std::fmt::Display| UsageError(e.to_string());
@@ -218,7 +273,11 @@ fn convert(
     let img = src.image();
     let store = args.settings.open_or_create(root)?;
     let params = store.config().params();
-    let lock = crate::lock_store(&store, Some(interrupted), false)?;
+    // Until the layers to convert are known: all of them.
+    room.packs = Some(img.layers.iter().map(|li| li.size).sum());
+    // A build never takes the store's reserve: that is for `rm` and `gc`.
+    let lock = crate::lock_store(&store, Some(interrupted), false, false)?;
+    room.free = store.free_bytes();
     let index = crate::lifecycle::open_index(&store, progress)?;
     let packs = puzzle_store::verify::check_packs(&store, &index).context("checking packs")?;
     for (d, why) in &packs.damaged {
@@ -256,6 +315,8 @@ fn convert(
             }
         }
     }
+
+    room.packs = Some(to_read.iter().map(|li| li.size).sum());
 
     // Layers are read (decompressed, verified, spooled) on a reader thread, a
     // few ahead of the one being chunked, so both cores stay busy. They are

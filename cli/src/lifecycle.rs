@@ -53,7 +53,7 @@ pub fn verify(root: &Path, args: &VerifyArgs, progress: &Progress) -> Result<u8>
         return verify_read_only(&store, args, progress, started);
     }
     // The index can be opened by one process only: take the writer lock.
-    let _lock = crate::lock_store(&store, None, false)?;
+    let _lock = crate::lock_store(&store, None, false, true)?;
     if args.rebuild_index {
         let spinner = progress.spinner("rebuilding the index from packs");
         let r = verify::rebuild_index(&store).context("rebuilding the index")?;
@@ -233,7 +233,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
     let store = Store::open(root)?;
     // Temp files left by a crashed writer are removed with the lock (a dry
     // run only measures them): they count in what gc frees.
-    let lock = crate::lock_store(&store, None, args.dry_run)?;
+    let lock = crate::lock_store(&store, None, args.dry_run, true)?;
     let tmp = lock.tmp();
     let index = open_index(&store, progress)?;
     let spinner = progress.spinner("collecting garbage");

@@ -496,10 +496,12 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
 
 /// Takes the store's writer lock; says on stderr whom it waits for when
 /// another process holds it for a while. `cancel` stops the wait.
+/// `use_reserve`: see [`puzzle_store::layout::LockOptions::use_reserve`].
 pub fn lock_store(
     store: &Store,
     cancel: Option<&std::sync::atomic::AtomicBool>,
     keep_tmp: bool,
+    use_reserve: bool,
 ) -> Result<puzzle_store::layout::StoreLock> {
     if !store.is_writable() {
         bail!(
@@ -516,13 +518,22 @@ pub fn lock_store(
         keep_tmp,
         on_wait: Some(&mut on_wait),
         cancel,
+        use_reserve,
     })?;
+    if let Some(free) = lock.released_reserve() {
+        eprintln!(
+            "puzzle: warning: the disk holding the store is almost full ({} free): \
+             this command uses the store's {} reserve",
+            output::bytes(free),
+            output::bytes(puzzle_store::layout::RESERVE_BYTES)
+        );
+    }
     Ok(lock)
 }
 
 fn rm(root: &std::path::Path, args: &RmArgs) -> Result<u8> {
     let store = Store::open(root)?;
-    let _lock = lock_store(&store, None, false)?;
+    let _lock = lock_store(&store, None, false, true)?;
     let mut code = exit::OK;
     for name in &args.names {
         match store.remove_tag(name) {

@@ -636,6 +636,16 @@ fn spool_to(
                 let n = copy_hashing(&mut entry, to, &mut buf, Some(&mut hasher)).map_err(|e| {
                     match Error::from_io(e) {
                         Ok(inner) => inner,
+                        // Writing the spool failed, not reading the layer:
+                        // kept as an I/O error so a full disk is recognised.
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                            ) =>
+                        {
+                            spool_err(e)
+                        }
                         Err(e) => entry_err(&path, format!("reading contents: {e}")),
                     }
                 })?;

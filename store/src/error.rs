@@ -106,6 +106,20 @@ fn unusable_message(path: &std::path::Path, why: Unusable) -> String {
     }
 }
 
+impl Error {
+    /// Whether this failed because the disk (or the user's quota) is full.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => crate::layout::is_out_of_space_io(source),
+            Error::Index {
+                source: sled::Error::Io(e),
+                ..
+            } => crate::layout::is_out_of_space_io(e),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `e` and each of its causes, `: `-separated: the one-line message of an

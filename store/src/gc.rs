@@ -21,6 +21,10 @@
 //!    outlives a chunk it names;
 //! 7. only then every blob no root reaches is deleted.
 //!
+//! Unless nothing is to be repacked, this runs twice: first with no pack
+//! sparse, which deletes every blob no root reaches and writes nothing
+//! but index entries (so a full disk gets room back first), then as above.
+//!
 //! Killed at any point, the store stays valid: until step 4 the old images
 //! are untouched; until step 7 nothing is deleted; the index never names a
 //! pack before it is durable or after it is deleted.
@@ -112,8 +116,32 @@ struct Root {
 }
 
 /// Runs gc; see the module docs. The caller holds the writer lock and has
-/// the index open.
+/// the index open. Blobs no root reaches are deleted in a first pass that
+/// writes nothing but index entries, before sparse packs are repacked: on a
+/// full disk, the space a repack needs comes from them.
 pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcReport> {
+    if opts.dry_run || opts.repack_below <= 0.0 {
+        return gc_pass(store, index, opts);
+    }
+    let first = gc_pass(
+        store,
+        index,
+        &GcOptions {
+            dry_run: false,
+            repack_below: 0.0,
+        },
+    )?;
+    let mut r = gc_pass(store, index, opts)?;
+    r.blobs_removed += first.blobs_removed;
+    r.bytes_removed += first.bytes_removed;
+    r.packs_removed += first.packs_removed;
+    r.chunks_removed += first.chunks_removed;
+    r.layer_records_removed += first.layer_records_removed;
+    Ok(r)
+}
+
+/// One gc run as the module docs describe it.
+fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcReport> {
     let images = store.images()?;
     let pins0 = store.pinned()?;
     let mut report = GcReport {

@@ -68,6 +68,7 @@ impl ChunkIndex {
     }
 
     pub(crate) fn open_at(path: PathBuf) -> Result<ChunkIndex> {
+        remove_unfinished_snapshots(&path)?;
         let db = sled::Config::new()
             .path(&path)
             // Keep the page cache small: peak RSS of a build must stay bounded.
@@ -75,9 +76,14 @@ impl ChunkIndex {
             // Writers flush when they commit; no background flusher.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| Error::Index {
-                path: path.clone(),
-                source,
+            .map_err(|source| {
+                // A snapshot that failed to write (a full disk) goes now, so
+                // the store is left as it was.
+                let _ = remove_unfinished_snapshots(&path);
+                Error::Index {
+                    path: path.clone(),
+                    source,
+                }
             })?;
         let err = |source| Error::Index {
             path: path.clone(),
@@ -319,6 +325,41 @@ impl ChunkIndex {
     }
 }
 
+/// Removes the `snap.*.generating` files in the sled directory `dir`. sled
+/// writes a snapshot there (when it opens a database that changed since
+/// its last snapshot) and renames it to `snap.*` once complete; one that
+/// failed, on a full disk, stays behind, and sled would take it for the
+/// newest snapshot and refuse to open ("Read corrupted data"). The previous
+/// snapshot and the log it was made from are intact, so removing it loses
+/// nothing.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    for e in rd {
+        let e = e.at(dir)?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = e.path();
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io { path, source: e })
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Copies the directory tree `from` to `to` (files and directories only).
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).at(to)?;
@@ -350,5 +391,35 @@ mod tests {
         };
         assert_eq!(decode_loc(&encode_loc(&loc)), Some(loc));
         assert_eq!(decode_loc(&[0; 48]), None);
+    }
+
+    /// Issue 17: a snapshot sled failed to write on a full disk (left empty
+    /// as `snap.*.generating`) made every later open fail with "Read
+    /// corrupted data at file offset None".
+    #[test]
+    fn an_unfinished_snapshot_does_not_stop_the_index_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let id = ChunkId::from_bytes([7; 32]);
+        {
+            let index = ChunkIndex::open_at(path.clone()).unwrap();
+            index.put_layer("sha256:x", b"record").unwrap();
+            index.flush().unwrap();
+        }
+        // Reopened after changes, sled writes a new snapshot: this is the
+        // name it would have had.
+        std::fs::write(path.join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
+        let index = ChunkIndex::open_at(path.clone()).unwrap();
+        assert_eq!(
+            index.layer("sha256:x").unwrap().as_deref(),
+            Some(&b"record"[..])
+        );
+        assert!(!index.has(&id).unwrap());
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".generating"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

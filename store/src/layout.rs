@@ -8,6 +8,7 @@
 //! STORE/index/              the sled database (a cache, rebuildable)
 //! STORE/tmp/                in-progress writes
 //! STORE/lock                advisory lock taken by writers; holds the holder's PID
+//! STORE/reserve             RESERVE_BYTES held back for writers on a full disk
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +33,11 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Largest JSON document (index.json, manifest, config) read from the store.
 pub const MAX_JSON: u64 = 16 << 20;
+/// Size of `reserve`, the space a writer gets back on a full disk: enough
+/// to open and flush the index and rewrite `index.json`, so that `rm` and
+/// `gc` work when the disk is full (docs/FORMAT.md, "Store layout").
+pub const RESERVE_BYTES: u64 = 8 << 20;
+const RESERVE_FILE: &str = "reserve";
 
 /// `puzzle.json`: what a store's bytes mean. A store refuses other parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,15 +144,33 @@ impl Pin {
     }
 }
 
-/// Holds the store's writer lock until dropped.
+/// Holds the store's writer lock until dropped. Dropping it first puts
+/// the store's `reserve` back if it is missing, as large as the disk
+/// allows up to [`RESERVE_BYTES`].
 #[derive(Debug)]
 pub struct StoreLock {
     _file: File,
+    root: PathBuf,
     waited: Duration,
     tmp: TmpFiles,
+    released: Option<u64>,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        // Best effort: without room, the next writer tries again.
+        let _ = restore_reserve(&self.root);
+    }
 }
 
 impl StoreLock {
+    /// The bytes free on the store's filesystem when the lock was taken,
+    /// if they were below [`RESERVE_BYTES`] and the store's `reserve` was
+    /// deleted to give this writer room.
+    pub fn released_reserve(&self) -> Option<u64> {
+        self.released
+    }
+
     /// How long taking the lock waited for another writer.
     pub fn waited(&self) -> Duration {
         self.waited
@@ -179,6 +203,11 @@ pub struct LockOptions<'a> {
     pub on_wait: Option<&'a mut dyn FnMut(Option<u32>)>,
     /// Waiting gives up with [`Error::Interrupted`] once this is set.
     pub cancel: Option<&'a AtomicBool>,
+    /// Delete the store's `reserve` when less than [`RESERVE_BYTES`] is
+    /// free, to have room on a full disk: for commands that free space or
+    /// only check (rm, gc, verify), never for one that adds data (a build
+    /// that used it could fill the disk with no reserve left for `rm`).
+    pub use_reserve: bool,
 }
 
 impl Store {
@@ -354,15 +383,41 @@ impl Store {
             std::thread::sleep(nap);
             nap = (nap * 2).min(Duration::from_millis(20));
         };
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0))
-            .at(&path)?;
+        // Written over the previous PID before the file is cut to length,
+        // so no new block is needed on a full disk; the PID is only
+        // informative, so a disk with no room at all does not stop us.
+        let pid = format!("{}\n", std::process::id());
+        match file
+            .write_all_at(pid.as_bytes(), 0)
+            .and_then(|()| file.set_len(pid.len() as u64))
+        {
+            Err(e) if !is_out_of_space_io(&e) => return Err(Error::Io { path, source: e }),
+            _ => {}
+        }
         let tmp = self.clean_tmp(opts.keep_tmp)?;
+        // On a (nearly) full disk, the reserve gives this writer room to
+        // open the index and rewrite index.json; it comes back when the
+        // lock is dropped, if there is room for it then.
+        let reserve = self.root.join(RESERVE_FILE);
+        let released = match self.free_bytes() {
+            Some(free) if opts.use_reserve && free < RESERVE_BYTES && reserve.exists() => {
+                fs::remove_file(&reserve).at(&reserve)?;
+                Some(free)
+            }
+            _ => None,
+        };
         Ok(StoreLock {
             _file: file,
+            root: self.root.clone(),
             waited,
             tmp,
+            released,
         })
+    }
+
+    /// Bytes free to this process on the store's filesystem, if known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.root)
     }
 
     /// Measures `tmp/` and, unless `keep`, empties it.
@@ -795,6 +850,56 @@ pub(crate) fn is_read_only(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EROFS | libc::EACCES | libc::EPERM)
     )
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full.
+pub fn is_out_of_space_io(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+}
+
+/// Bytes free to this process on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Puts `root/reserve` back if it is missing: [`RESERVE_BYTES`], or what
+/// the disk has left if that is less (allocated, not sparse). Made in
+/// `tmp/` and renamed, so a reserve cut short is never in place (the caller
+/// holds the writer lock).
+fn restore_reserve(root: &Path) -> std::io::Result<()> {
+    let dest = root.join(RESERVE_FILE);
+    if dest.exists() {
+        return Ok(());
+    }
+    let len = free_bytes(root).unwrap_or(0).min(RESERVE_BYTES) & !0xfff;
+    if len == 0 {
+        return Ok(());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("reserve-")
+        .tempfile_in(root.join("tmp"))?;
+    match rustix::fs::fallocate(tmp.as_file(), rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+            // Written out where fallocate is not supported.
+            let zeros = vec![0u8; 64 << 10];
+            let mut f = tmp.as_file();
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64);
+                f.write_all(&zeros[..n as usize])?;
+                left -= n;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tmp.persist(&dest).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The PID the writer lock's holder recorded in `path`, if any.

@@ -300,6 +300,8 @@ pub fn open_index(
         has_pack(store)?.then_some(IndexRepair::Missing)
     } else {
         match ChunkIndex::open(store) {
+            // A full disk is not damage: rebuilding would need room too.
+            Err(e) if e.is_out_of_space() => return Err(e),
             // sled's messages end with an empty " backtrace ()".
             Err(e) => Some(IndexRepair::Unreadable(
                 e.to_string().trim_end_matches(" backtrace ()").to_string(),
