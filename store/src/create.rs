@@ -36,8 +36,9 @@ pub(crate) enum DirState {
 
 /// What a store holds besides `puzzle.json`: a directory with anything else
 /// is not one of ours.
-const STORE_ENTRIES: [&str; 7] = [
+const STORE_ENTRIES: [&str; 8] = [
     "lock",
+    "reserve",
     "blobs",
     "tmp",
     "index",
@@ -314,6 +315,7 @@ mod tests {
             fs::create_dir_all(p(d)).unwrap();
         }
         fs::write(p("half/lock"), b"").unwrap();
+        fs::write(p("half/reserve"), b"").unwrap();
         assert_eq!(classify(&p("half")).unwrap(), DirState::Empty);
         // Another tool's empty layout: no lock, so not ours.
         fs::create_dir_all(p("umoci/blobs/sha256")).unwrap();
