@@ -2,6 +2,7 @@
 //!
 //! - [`layout::Store`]: the store root, an OCI image layout (`index.json`,
 //!   `blobs/sha256/`) plus `puzzle.json`, `index/` and `tmp/`.
+//! - [`lock`]: the writer lock, pins, and the space reserve for a full disk.
 //! - [`create`]: which directories a store may be created in; restoring a
 //!   lost `puzzle.json` from the manifests.
 //! - [`pack`]: packs of independent zstd frames with a trailing index of chunks.
@@ -33,6 +34,7 @@ pub mod image;
 pub mod index;
 pub mod known;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod meta;
 pub mod mmap;
