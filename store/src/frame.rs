@@ -78,11 +78,70 @@ impl Grouper {
     }
 }
 
+/// Frames of at least this many raw bytes get an anonymous mapping of their
+/// own instead of a heap allocation (glibc's default mmap threshold).
+const MAP_FROM: usize = 128 << 10;
+
+/// The bytes of a decompressed frame.
+///
+/// A mount keeps a cache of ~1 MiB frames that several threads allocate and
+/// free in no particular order. From the heap, glibc serves them out of its
+/// arenas once a freed mapping has raised its mmap threshold, and the holes
+/// they leave stay resident: a daemon with a 16 MiB cache grew past 110 MB
+/// (benches/RESULTS.md, "Mount daemon memory"). A mapping of its own goes
+/// back to the kernel, all of it, when the frame is dropped.
+enum Raw {
+    Heap(Vec<u8>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl Raw {
+    /// `len` zero bytes, mapped if large (from the heap if mapping fails).
+    fn zeroed(len: usize) -> Raw {
+        if len >= MAP_FROM {
+            // populate: fault the pages in with one call; they are written next.
+            if let Ok(map) = memmap2::MmapOptions::new().len(len).populate().map_anon() {
+                return Raw::Mapped(map);
+            }
+        }
+        Raw::Heap(vec![0; len])
+    }
+}
+
+impl Deref for Raw {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Raw::Heap(v) => v,
+            Raw::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Raw::Heap(v) => v,
+            Raw::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Raw::Heap(_) => "heap",
+            Raw::Mapped(_) => "mapped",
+        };
+        write!(f, "{} bytes ({kind})", self.len())
+    }
+}
+
 /// A decompressed frame. Each chunk handed out is checked against its id
 /// once; later reads of it are served without hashing again.
 #[derive(Debug)]
 pub struct Frame {
-    raw: Vec<u8>,
+    raw: Raw,
     /// Chunks already checked: (offset in the frame, length, id).
     checked: Mutex<HashSet<(u32, u32, ChunkId)>>,
 }
@@ -91,14 +150,30 @@ impl Frame {
     /// A frame from its decompressed bytes.
     pub fn new(raw: Vec<u8>) -> Self {
         Frame {
-            raw,
+            raw: Raw::Heap(raw),
             checked: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Reads and decompresses the frame holding chunk `id` at `loc`.
+    /// Reads and decompresses the frame holding chunk `id` at `loc`; a large
+    /// frame is decompressed straight into a mapping of its own.
     pub fn read(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Frame> {
-        Ok(Frame::new(pack::read_frame(file, id, loc)?))
+        pack::check_loc(id, loc)?;
+        // The compressed bytes, up to a few hundred KiB, are mapped too:
+        // a heap buffer of that size fragments the arenas the same way.
+        let mut compressed = Raw::zeroed(loc.clen as usize);
+        pack::read_compressed_frame(file, id, loc, &mut compressed)?;
+        let mut raw = Raw::zeroed(loc.frame_rlen as usize);
+        pack::decompress_frame_into(&compressed, &mut raw, id, &loc.pack)?;
+        Ok(Frame {
+            raw,
+            checked: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Whether the bytes are in a mapping of their own (not the heap).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.raw, Raw::Mapped(_))
     }
 
     /// Raw bytes held.
