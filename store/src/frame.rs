@@ -78,33 +78,80 @@ impl Grouper {
     }
 }
 
-/// Frames of at least this many raw bytes get an anonymous mapping of their
-/// own instead of a heap allocation (glibc's default mmap threshold).
+/// Buffers of at least this many bytes are anonymous mappings instead of
+/// heap allocations (glibc's default mmap threshold).
 const MAP_FROM: usize = 128 << 10;
 
-/// The bytes of a decompressed frame.
+/// Size of the recycled mappings: a frame of the default target, or the
+/// compressed bytes of one (zstd's bound for 1 MiB is 1 MiB + 4 KiB).
+const CLASS: usize = DEFAULT_FRAME_TARGET as usize + (64 << 10);
+
+/// Idle mappings of [`CLASS`] kept for reuse, process-wide. Each is
+/// resident (it was written), so this much memory stays held: 4.25 MiB.
+const IDLE: usize = 4;
+
+static POOL: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
+
+/// The bytes of a frame, compressed or decompressed.
 ///
 /// A mount keeps a cache of ~1 MiB frames that several threads allocate and
 /// free in no particular order. From the heap, glibc serves them out of its
-/// arenas once a freed mapping has raised its mmap threshold, and the holes
-/// they leave stay resident: a daemon with a 16 MiB cache grew past 110 MB
-/// (benches/RESULTS.md, "Mount daemon memory"). A mapping of its own goes
-/// back to the kernel, all of it, when the frame is dropped.
+/// per-thread arenas once a freed mapping has raised its mmap threshold, and
+/// the holes they leave stay resident: a daemon with a 16 MiB cache grew
+/// past 110 MB (benches/RESULTS.md, "Mount daemon memory"). A mapping goes
+/// back to the kernel whole when dropped; a fresh one costs page faults, so
+/// a few idle ones of the common size are kept and reused ([`IDLE`]).
 enum Raw {
     Heap(Vec<u8>),
-    Mapped(memmap2::MmapMut),
+    /// A mapping and how much of it is used.
+    Mapped(Option<memmap2::MmapMut>, usize),
 }
 
 impl Raw {
-    /// `len` zero bytes, mapped if large (from the heap if mapping fails).
-    fn zeroed(len: usize) -> Raw {
+    /// A buffer of `len` bytes whose contents the caller overwrites (a
+    /// reused mapping still holds an earlier frame's bytes).
+    fn for_len(len: usize) -> Raw {
         if len >= MAP_FROM {
+            let size = if len <= CLASS { CLASS } else { len };
+            let reused = if size == CLASS {
+                POOL.lock().unwrap_or_else(|p| p.into_inner()).pop()
+            } else {
+                None
+            };
             // populate: fault the pages in with one call; they are written next.
-            if let Ok(map) = memmap2::MmapOptions::new().len(len).populate().map_anon() {
-                return Raw::Mapped(map);
+            let map = reused.or_else(|| {
+                memmap2::MmapOptions::new()
+                    .len(size)
+                    .populate()
+                    .map_anon()
+                    .ok()
+            });
+            if let Some(map) = map {
+                return Raw::Mapped(Some(map), len);
             }
         }
         Raw::Heap(vec![0; len])
+    }
+
+    /// Bytes of memory held, used or not.
+    fn held(&self) -> usize {
+        match self {
+            Raw::Heap(v) => v.capacity(),
+            Raw::Mapped(m, _) => m.as_ref().map_or(0, |m| m.len()),
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Raw::Mapped(m, _) = self {
+            if m.as_ref().is_some_and(|m| m.len() == CLASS) {
+                let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < IDLE {
+                    pool.extend(m.take());
+                }
+            }
+        }
     }
 }
 
@@ -113,7 +160,7 @@ impl Deref for Raw {
     fn deref(&self) -> &[u8] {
         match self {
             Raw::Heap(v) => v,
-            Raw::Mapped(m) => m,
+            Raw::Mapped(m, len) => m.as_ref().map_or(&[], |m| &m[..*len]),
         }
     }
 }
@@ -122,7 +169,7 @@ impl std::ops::DerefMut for Raw {
     fn deref_mut(&mut self) -> &mut [u8] {
         match self {
             Raw::Heap(v) => v,
-            Raw::Mapped(m) => m,
+            Raw::Mapped(m, len) => m.as_mut().map_or(&mut [], |m| &mut m[..*len]),
         }
     }
 }
@@ -131,7 +178,7 @@ impl std::fmt::Debug for Raw {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
             Raw::Heap(_) => "heap",
-            Raw::Mapped(_) => "mapped",
+            Raw::Mapped(..) => "mapped",
         };
         write!(f, "{} bytes ({kind})", self.len())
     }
@@ -161,9 +208,9 @@ impl Frame {
         pack::check_loc(id, loc)?;
         // The compressed bytes, up to a few hundred KiB, are mapped too:
         // a heap buffer of that size fragments the arenas the same way.
-        let mut compressed = Raw::zeroed(loc.clen as usize);
+        let mut compressed = Raw::for_len(loc.clen as usize);
         pack::read_compressed_frame(file, id, loc, &mut compressed)?;
-        let mut raw = Raw::zeroed(loc.frame_rlen as usize);
+        let mut raw = Raw::for_len(loc.frame_rlen as usize);
         pack::decompress_frame_into(&compressed, &mut raw, id, &loc.pack)?;
         Ok(Frame {
             raw,
@@ -171,9 +218,15 @@ impl Frame {
         })
     }
 
-    /// Whether the bytes are in a mapping of their own (not the heap).
+    /// Whether the bytes are in a mapping (not the heap).
     pub fn is_mapped(&self) -> bool {
-        matches!(self.raw, Raw::Mapped(_))
+        matches!(self.raw, Raw::Mapped(..))
+    }
+
+    /// Bytes of memory the frame holds: at least [`Frame::len`], more when
+    /// it sits in a recycled mapping of the common size.
+    pub fn held(&self) -> usize {
+        self.raw.held()
     }
 
     /// Raw bytes held.
@@ -384,6 +437,48 @@ mod tests {
                 n += 1;
             }
             prop_assert_eq!(n, lens.len());
+        }
+    }
+
+    /// Frames read from a pack: a large one sits in a mapping of the common
+    /// size (reused after drop, stale bytes and all) and reads back right;
+    /// a small one is on the heap.
+    #[test]
+    fn read_frames_large_ones_mapped_and_reused() {
+        use std::io::Write;
+        let pack = BlobDigest::of(b"pack");
+        let mut file = tempfile::tempfile().unwrap();
+        let mut b = PackBuilder::default();
+        let mut cx = zstd::bulk::Compressor::new(3).unwrap();
+        let groups = [
+            vec![chunk(1, 700 << 10), chunk(2, 300 << 10)],
+            vec![chunk(3, 5000)],
+        ];
+        for g in &groups {
+            let mut gr = Grouper::new(DEFAULT_FRAME_TARGET);
+            for (id, d) in g {
+                assert!(gr.push(*id, d).is_none());
+            }
+            let group = gr.finish().unwrap();
+            let f = compress(&mut cx, &group).unwrap();
+            b.add_frame(f.len() as u32, &group.chunks);
+            file.write_all(&f).unwrap();
+        }
+        let entries = b.entries();
+        for round in 0..3 {
+            for (e, (id, d)) in entries.iter().zip(groups.iter().flatten()) {
+                let loc = e.loc(pack);
+                let f = Arc::new(Frame::read(&file, id, &loc).unwrap());
+                assert_eq!(&*f.chunk_bytes(id, &loc).unwrap(), &d[..], "round {round}");
+                if loc.frame_rlen as usize >= MAP_FROM {
+                    assert!(f.is_mapped());
+                    assert_eq!(f.held(), CLASS);
+                    assert_eq!(f.len(), 1000 << 10);
+                } else {
+                    assert!(!f.is_mapped());
+                    assert_eq!(f.held(), 5000);
+                }
+            }
         }
     }
 
