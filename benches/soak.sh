@@ -73,8 +73,10 @@ while time.monotonic() < end:
         finally:
             os.close(fd)
         n += 1
-    with open(out, "w") as f:
+    tmp = os.path.join(os.path.dirname(out), "." + os.path.basename(out))
+    with open(tmp, "w") as f:
         f.write(f"{n}\n")
+    os.replace(tmp, out)
 PY
 }
 for i in $(seq 1 "$READERS"); do reader "$i" & pids+=($!); done
