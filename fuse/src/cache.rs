@@ -29,8 +29,9 @@ struct Lru {
 }
 
 impl ChunkCache {
-    /// A cache holding at most `capacity` bytes of decompressed frames (at
-    /// least one frame is always kept, whatever its size).
+    /// A cache holding at most `capacity` bytes of decompressed frames,
+    /// counted as the memory they hold ([`Frame::held`]); at least one frame
+    /// is always kept, whatever its size.
     pub fn new(capacity: usize) -> Self {
         ChunkCache {
             inner: Mutex::new(Lru {
@@ -73,7 +74,7 @@ impl ChunkCache {
         let lru = &mut *g;
         lru.tick += 1;
         let tick = lru.tick;
-        let len = data.len();
+        let len = data.held();
         if let Some((_, last)) = lru.map.insert(id, (data, tick)) {
             lru.order.remove(&last);
         } else {
@@ -85,12 +86,12 @@ impl ChunkCache {
                 break;
             };
             if let Some((d, _)) = lru.map.remove(&old) {
-                lru.bytes -= d.len();
+                lru.bytes -= d.held();
             }
         }
     }
 
-    /// Bytes of decompressed frames held now.
+    /// Bytes of memory the cached frames hold now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }

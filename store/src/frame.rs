@@ -78,11 +78,117 @@ impl Grouper {
     }
 }
 
+/// Buffers of at least this many bytes are anonymous mappings instead of
+/// heap allocations (glibc's default mmap threshold).
+const MAP_FROM: usize = 128 << 10;
+
+/// Size of the recycled mappings: a frame of the default target, or the
+/// compressed bytes of one (zstd's bound for 1 MiB is 1 MiB + 4 KiB).
+const CLASS: usize = DEFAULT_FRAME_TARGET as usize + (64 << 10);
+
+/// Idle mappings of [`CLASS`] kept for reuse, process-wide. Each is
+/// resident (it was written), so this much memory stays held: 4.25 MiB.
+const IDLE: usize = 4;
+
+static POOL: Mutex<Vec<memmap2::MmapMut>> = Mutex::new(Vec::new());
+
+/// The bytes of a frame, compressed or decompressed.
+///
+/// A mount keeps a cache of ~1 MiB frames that several threads allocate and
+/// free in no particular order. From the heap, glibc serves them out of its
+/// per-thread arenas once a freed mapping has raised its mmap threshold, and
+/// the holes they leave stay resident: a daemon with a 16 MiB cache grew
+/// past 110 MB (benches/RESULTS.md, "Mount daemon memory"). A mapping goes
+/// back to the kernel whole when dropped; a fresh one costs page faults, so
+/// a few idle ones of the common size are kept and reused ([`IDLE`]).
+enum Raw {
+    Heap(Vec<u8>),
+    /// A mapping and how much of it is used.
+    Mapped(Option<memmap2::MmapMut>, usize),
+}
+
+impl Raw {
+    /// A buffer of `len` bytes whose contents the caller overwrites (a
+    /// reused mapping still holds an earlier frame's bytes).
+    fn for_len(len: usize) -> Raw {
+        if len >= MAP_FROM {
+            let size = if len <= CLASS { CLASS } else { len };
+            let reused = if size == CLASS {
+                POOL.lock().unwrap_or_else(|p| p.into_inner()).pop()
+            } else {
+                None
+            };
+            // populate: fault the pages in with one call; they are written next.
+            let map = reused.or_else(|| {
+                memmap2::MmapOptions::new()
+                    .len(size)
+                    .populate()
+                    .map_anon()
+                    .ok()
+            });
+            if let Some(map) = map {
+                return Raw::Mapped(Some(map), len);
+            }
+        }
+        Raw::Heap(vec![0; len])
+    }
+
+    /// Bytes of memory held, used or not.
+    fn held(&self) -> usize {
+        match self {
+            Raw::Heap(v) => v.capacity(),
+            Raw::Mapped(m, _) => m.as_ref().map_or(0, |m| m.len()),
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if let Raw::Mapped(m, _) = self {
+            if m.as_ref().is_some_and(|m| m.len() == CLASS) {
+                let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < IDLE {
+                    pool.extend(m.take());
+                }
+            }
+        }
+    }
+}
+
+impl Deref for Raw {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Raw::Heap(v) => v,
+            Raw::Mapped(m, len) => m.as_ref().map_or(&[], |m| &m[..*len]),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Raw::Heap(v) => v,
+            Raw::Mapped(m, len) => m.as_mut().map_or(&mut [], |m| &mut m[..*len]),
+        }
+    }
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Raw::Heap(_) => "heap",
+            Raw::Mapped(..) => "mapped",
+        };
+        write!(f, "{} bytes ({kind})", self.len())
+    }
+}
+
 /// A decompressed frame. Each chunk handed out is checked against its id
 /// once; later reads of it are served without hashing again.
 #[derive(Debug)]
 pub struct Frame {
-    raw: Vec<u8>,
+    raw: Raw,
     /// Chunks already checked: (offset in the frame, length, id).
     checked: Mutex<HashSet<(u32, u32, ChunkId)>>,
 }
@@ -91,14 +197,36 @@ impl Frame {
     /// A frame from its decompressed bytes.
     pub fn new(raw: Vec<u8>) -> Self {
         Frame {
-            raw,
+            raw: Raw::Heap(raw),
             checked: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Reads and decompresses the frame holding chunk `id` at `loc`.
+    /// Reads and decompresses the frame holding chunk `id` at `loc`; a large
+    /// frame is decompressed straight into a mapping of its own.
     pub fn read(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Frame> {
-        Ok(Frame::new(pack::read_frame(file, id, loc)?))
+        pack::check_loc(id, loc)?;
+        // The compressed bytes, up to a few hundred KiB, are mapped too:
+        // a heap buffer of that size fragments the arenas the same way.
+        let mut compressed = Raw::for_len(loc.clen as usize);
+        pack::read_compressed_frame(file, id, loc, &mut compressed)?;
+        let mut raw = Raw::for_len(loc.frame_rlen as usize);
+        pack::decompress_frame_into(&compressed, &mut raw, id, &loc.pack)?;
+        Ok(Frame {
+            raw,
+            checked: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Whether the bytes are in a mapping (not the heap).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.raw, Raw::Mapped(..))
+    }
+
+    /// Bytes of memory the frame holds: at least [`Frame::len`], more when
+    /// it sits in a recycled mapping of the common size.
+    pub fn held(&self) -> usize {
+        self.raw.held()
     }
 
     /// Raw bytes held.
@@ -309,6 +437,48 @@ mod tests {
                 n += 1;
             }
             prop_assert_eq!(n, lens.len());
+        }
+    }
+
+    /// Frames read from a pack: a large one sits in a mapping of the common
+    /// size (reused after drop, stale bytes and all) and reads back right;
+    /// a small one is on the heap.
+    #[test]
+    fn read_frames_large_ones_mapped_and_reused() {
+        use std::io::Write;
+        let pack = BlobDigest::of(b"pack");
+        let mut file = tempfile::tempfile().unwrap();
+        let mut b = PackBuilder::default();
+        let mut cx = zstd::bulk::Compressor::new(3).unwrap();
+        let groups = [
+            vec![chunk(1, 700 << 10), chunk(2, 300 << 10)],
+            vec![chunk(3, 5000)],
+        ];
+        for g in &groups {
+            let mut gr = Grouper::new(DEFAULT_FRAME_TARGET);
+            for (id, d) in g {
+                assert!(gr.push(*id, d).is_none());
+            }
+            let group = gr.finish().unwrap();
+            let f = compress(&mut cx, &group).unwrap();
+            b.add_frame(f.len() as u32, &group.chunks);
+            file.write_all(&f).unwrap();
+        }
+        let entries = b.entries();
+        for round in 0..3 {
+            for (e, (id, d)) in entries.iter().zip(groups.iter().flatten()) {
+                let loc = e.loc(pack);
+                let f = Arc::new(Frame::read(&file, id, &loc).unwrap());
+                assert_eq!(&*f.chunk_bytes(id, &loc).unwrap(), &d[..], "round {round}");
+                if loc.frame_rlen as usize >= MAP_FROM {
+                    assert!(f.is_mapped());
+                    assert_eq!(f.held(), CLASS);
+                    assert_eq!(f.len(), 1000 << 10);
+                } else {
+                    assert!(!f.is_mapped());
+                    assert_eq!(f.held(), 5000);
+                }
+            }
         }
     }
 

@@ -349,15 +349,34 @@ pub fn decompress_frame(
             "frame length {frame_rlen} is over the limit"
         )));
     }
-    let data = zstd::bulk::decompress(frame, frame_rlen as usize)
-        .map_err(|e| corrupt(format!("zstd: {e}")))?;
-    if data.len() != frame_rlen as usize {
-        return Err(corrupt(format!(
-            "frame gave {} bytes, want {frame_rlen}",
-            data.len()
-        )));
-    }
+    let mut data = vec![0u8; frame_rlen as usize];
+    decompress_frame_into(frame, &mut data, id, pack)?;
     Ok(data)
+}
+
+/// Decompresses a frame into `out`, which it must fill exactly.
+pub fn decompress_frame_into(
+    frame: &[u8],
+    out: &mut [u8],
+    id: &ChunkId,
+    pack: &BlobDigest,
+) -> Result<()> {
+    let corrupt = |why: String| Error::CorruptChunk {
+        id: *id,
+        pack: pack.to_string(),
+        why,
+    };
+    let want = out.len();
+    if want > MAX_FRAME_RAW as usize {
+        return Err(corrupt(format!("frame length {want} is over the limit")));
+    }
+    // A frame longer than `out` is an error here, not a truncation.
+    let n =
+        zstd::bulk::decompress_to_buffer(frame, out).map_err(|e| corrupt(format!("zstd: {e}")))?;
+    if n != want {
+        return Err(corrupt(format!("frame gave {n} bytes, want {want}")));
+    }
+    Ok(())
 }
 
 /// The chunk `id` at `loc` in the decompressed frame `raw`, checked against
@@ -388,19 +407,36 @@ pub fn chunk_in_frame<'r>(raw: &'r [u8], id: &ChunkId, loc: &ChunkLoc) -> Result
 
 /// Reads and decompresses the frame at `loc` from an open pack file.
 pub fn read_frame(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
+    check_loc(id, loc)?;
+    let mut frame = vec![0u8; loc.clen as usize];
+    read_compressed_frame(file, id, loc, &mut frame)?;
+    decompress_frame(&frame, loc.frame_rlen, id, &loc.pack)
+}
+
+/// [`ChunkLoc::check`] as the error reading chunk `id` gives: call it
+/// before allocating the frame's buffers.
+pub fn check_loc(id: &ChunkId, loc: &ChunkLoc) -> Result<()> {
     loc.check().map_err(|why| Error::CorruptChunk {
         id: *id,
         pack: loc.pack.to_string(),
         why,
-    })?;
-    let mut frame = vec![0u8; loc.clen as usize];
-    file.read_exact_at(&mut frame, loc.offset)
+    })
+}
+
+/// Reads the compressed bytes of the frame at `loc` into `frame` (`clen`
+/// bytes long; see [`check_loc`]).
+pub fn read_compressed_frame(
+    file: &File,
+    id: &ChunkId,
+    loc: &ChunkLoc,
+    frame: &mut [u8],
+) -> Result<()> {
+    file.read_exact_at(frame, loc.offset)
         .map_err(|e| Error::CorruptChunk {
             id: *id,
             pack: loc.pack.to_string(),
             why: format!("reading {} bytes at {}: {e}", loc.clen, loc.offset),
-        })?;
-    decompress_frame(&frame, loc.frame_rlen, id, &loc.pack)
+        })
 }
 
 /// Reads and verifies the chunk at `loc` from an open pack file (its whole
