@@ -339,3 +339,36 @@ fn corpus_images_export_as_extracted_in_any_store() {
     let b = corpus_manifest(&out, "django-5.0.8");
     assert_eq!(a.manifest, b);
 }
+
+/// A pack gone from the store: the export fails naming it and leaves no
+/// temp file in the destination.
+#[test]
+fn missing_pack_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    all_kinds_image().write_oci_layout(&src, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", src.display()), "all");
+    let m = manifest(&store, "all");
+    let pack = m["layers"][1]["digest"].as_str().unwrap()[7..].to_string();
+    std::fs::remove_file(store.join("blobs/sha256").join(&pack)).unwrap();
+    for squash in [false, true] {
+        let out = t.join(format!("out-{squash}"));
+        let mut cmd = puzzle(&store);
+        cmd.args(["export", "all"])
+            .arg(format!("oci:{}", out.display()));
+        if squash {
+            cmd.arg("--squash");
+        }
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(r.stderr.contains(&pack), "{}", r.stderr);
+        let leftovers: Vec<_> = std::fs::read_dir(out.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

@@ -26,7 +26,8 @@ use std::io::{Read as _, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use puzzle_chunker::ChunkId;
 use puzzle_store::extract::ChunkCache;
@@ -308,23 +309,7 @@ fn write_image(
     let mut layers = Vec::new();
     match known {
         Some(k) => {
-            let mut frames = FrameReader::new(store, 32 << 20);
-            let mut tree = Tree::new();
-            for layer in &k.layers {
-                let mut blob = LayerBlob::create(&blobs, opts.compression, level)?;
-                let mut chunk = |id: &ChunkId| -> Result<ChunkBytes> {
-                    let loc = k
-                        .locs
-                        .get(id)
-                        .ok_or(puzzle_store::Error::ChunkNotFound(*id))?;
-                    Ok(frames.chunk(id, loc)?)
-                };
-                write_layer(&mut blob, layer, &mut tree, &mut chunk, opts, &mut |n| {
-                    done += n;
-                    progress(done)
-                })?;
-                layers.push(blob.finish(&blobs)?);
-            }
+            layers = write_layers(store, k, &blobs, opts, level, progress)?;
         }
         None => {
             let mut blob = LayerBlob::create(&blobs, opts.compression, level)?;
@@ -490,34 +475,170 @@ fn meta_at(tree: &Tree, path: &[u8], target: &[u8]) -> Result<Meta> {
     Ok(tree.inodes[ino].meta.clone())
 }
 
-/// Writes one converted layer as a tar: links into lower layers first
-/// (their targets as the lower layers left them), then entries, opaque
-/// markers and whiteouts in path order, then links within the layer.
-/// `tree` is the image so far (it gives links their target's metadata, as a
-/// link header should carry); the layer is applied to it.
-fn write_layer(
-    blob: &mut LayerBlob,
-    layer: &Layer,
-    tree: &mut Tree,
-    chunk: &mut dyn FnMut(&ChunkId) -> Result<ChunkBytes>,
-    opts: &ExportOptions<'_>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<()> {
+/// The metadata a layer's link headers carry: their targets' (for links to
+/// lower layers, as the lower layers left them). Applies the layer to
+/// `tree`, the image so far.
+struct LinkMetas {
+    lower: Vec<Meta>,
+    inner: Vec<Meta>,
+}
+
+fn link_metas(layer: &Layer, tree: &mut Tree) -> Result<LinkMetas> {
     let mut lower = Vec::new();
     for e in &layer.entries {
         if let LayerEntry::LowerLink { path, target } = e {
-            lower.push((path, target, meta_at(tree, path, target)?));
+            lower.push(meta_at(tree, path, target)?);
         }
     }
     tree.apply(layer)?;
     let mut inner = Vec::new();
     for e in &layer.entries {
         if let LayerEntry::HardLink { path, target } = e {
-            inner.push((path, target, meta_at(tree, path, target)?));
+            inner.push(meta_at(tree, path, target)?);
         }
     }
-    for (path, target, meta) in &lower {
-        cancelled(opts)?;
+    Ok(LinkMetas { lower, inner })
+}
+
+/// Writes every known layer, on as many threads as there are cores (at
+/// most one per layer; the largest layers first). Each layer has its own
+/// frame cache (32 MiB). The first error stops the others.
+fn write_layers(
+    store: &Store,
+    k: &KnownLayers,
+    blobs: &Path,
+    opts: &ExportOptions<'_>,
+    level: i32,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<WrittenLayer>> {
+    // Link headers need the tree below each layer: settled first, in order.
+    let mut tree = Tree::new();
+    let mut metas = Vec::with_capacity(k.layers.len());
+    for layer in &k.layers {
+        metas.push(link_metas(layer, &mut tree)?);
+    }
+    drop(tree);
+    let mut order: Vec<usize> = (0..k.layers.len()).collect();
+    let size = |i: usize| -> u64 { k.layers[i].files().map(|f| f.0).sum() };
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(order.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Mutex<Option<Result<WrittenLayer>>>> =
+        k.layers.iter().map(|_| Mutex::new(None)).collect();
+    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (order, next, done, failed, results, metas) =
+                (&order, &next, &done, &failed, &results, &metas);
+            s.spawn(move || {
+                let mut frames = FrameReader::new(store, 32 << 20);
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = (|| {
+                        let mut blob = LayerBlob::create(blobs, opts.compression, level)?;
+                        let mut chunk = |id: &ChunkId| -> Result<ChunkBytes> {
+                            let loc = k
+                                .locs
+                                .get(id)
+                                .ok_or(puzzle_store::Error::ChunkNotFound(*id))?;
+                            Ok(frames.chunk(id, loc)?)
+                        };
+                        let check = || -> Result<()> {
+                            if failed.load(Ordering::Relaxed) {
+                                return Err(Error::Invalid("stopped: another layer failed".into()));
+                            }
+                            cancelled(opts)
+                        };
+                        write_layer(
+                            &mut blob,
+                            &k.layers[i],
+                            &metas[i],
+                            &mut chunk,
+                            &check,
+                            &mut |n| {
+                                done.fetch_add(n, Ordering::Relaxed);
+                            },
+                        )?;
+                        blob.finish(blobs)
+                    })();
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+                let _ = tx.send(());
+            });
+        }
+        drop(tx);
+        // Progress from this thread: the callback need not be shared.
+        let mut finished = 0;
+        while finished < workers {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(()) => finished += 1,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            progress(done.load(Ordering::Relaxed));
+        }
+    });
+    // The first error in layer order, but not one caused by another's.
+    let mut out = Vec::with_capacity(results.len());
+    let mut stopped = None;
+    for r in results {
+        match r.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(l)) => out.push(l),
+            Some(Err(Error::Invalid(m))) if m.starts_with("stopped: ") => stopped = Some(m),
+            Some(Err(e)) => return Err(e),
+            None => stopped = Some("stopped: another layer failed".into()),
+        }
+    }
+    match stopped {
+        Some(m) => Err(Error::Invalid(m)),
+        None => Ok(out),
+    }
+}
+
+/// Writes one converted layer as a tar: links into lower layers first
+/// (their targets as the lower layers left them), then entries, opaque
+/// markers and whiteouts in path order, then links within the layer.
+/// `check` is called before each entry (an error stops the layer).
+fn write_layer(
+    blob: &mut LayerBlob,
+    layer: &Layer,
+    metas: &LinkMetas,
+    chunk: &mut dyn FnMut(&ChunkId) -> Result<ChunkBytes>,
+    check: &dyn Fn() -> Result<()>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let lower = layer
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            LayerEntry::LowerLink { path, target } => Some((path, target)),
+            _ => None,
+        })
+        .zip(&metas.lower)
+        .map(|((p, t), m)| (p, t, m));
+    let inner: Vec<_> = layer
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            LayerEntry::HardLink { path, target } => Some((path, target)),
+            _ => None,
+        })
+        .zip(&metas.inner)
+        .map(|((p, t), m)| (p, t, m))
+        .collect();
+    for (path, target, meta) in lower {
+        check()?;
         blob.header(&head(path.to_vec(), HeadKind::Link(target), meta))?;
     }
     let mut items: Vec<(Vec<u8>, Item<'_>)> = Vec::with_capacity(layer.entries.len());
@@ -535,7 +656,7 @@ fn write_layer(
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, item) in &items {
-        cancelled(opts)?;
+        check()?;
         match item {
             Item::Opaque(d) => blob.header(&Head::marker(join(d, b".wh..wh..opq")))?,
             Item::Whiteout(w) => {
@@ -591,8 +712,8 @@ fn write_layer(
             },
         }
     }
-    for (path, target, meta) in &inner {
-        cancelled(opts)?;
+    for (path, target, meta) in inner {
+        check()?;
         blob.header(&head(path.to_vec(), HeadKind::Link(target), meta))?;
     }
     Ok(())
