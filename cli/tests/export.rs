@@ -124,6 +124,13 @@ fn all_kinds_export_unpacks_as_extracted_and_builds_back() {
     assert_eq!((squashed.layers, squashed.squashed), (1, true));
     check_diff_ids(&out, "all");
     check_diff_ids(&out, "flat");
+    // Blobs are readable by everyone, as other tools write them (under the
+    // usual umask 022), not 0600 like temp files.
+    for e in std::fs::read_dir(out.join("blobs/sha256")).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = e.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
 
     // The per-layer export carries the deletions as whiteouts.
     let names = layer_names(&out, "all");

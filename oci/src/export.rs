@@ -969,6 +969,7 @@ impl Layout {
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes)
@@ -1000,6 +1001,7 @@ fn archive(file: &Path, fill: impl FnOnce(&Layout) -> Result<Exported>) -> Resul
     let out = fill(&layout)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-archive-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(&parent)
         .map_err(|e| Error::io(&parent, e))?;
     let tmp_path = tmp.path().to_path_buf();

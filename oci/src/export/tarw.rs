@@ -279,6 +279,7 @@ impl LayerBlob {
     pub fn create(blobs: &Path, c: LayerCompression, level: i32) -> Result<LayerBlob> {
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-layer-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(blobs)
             .map_err(|e| Error::io(blobs, e))?;
         let tmp_path = tmp.path().to_path_buf();
