@@ -208,6 +208,27 @@ fn all_kinds_export_unpacks_as_extracted_and_builds_back() {
         .iter()
         .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"));
 
+    // Exporting again under a tag replaces that tag's manifest in index.json.
+    let (relevel, _) = export(
+        &store,
+        "all",
+        &format!("oci:{}:flat", out.display()),
+        &["--squash", "--level", "1"],
+    );
+    assert_ne!(relevel.manifest, squashed.manifest);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [per_layer.manifest.as_str(), relevel.manifest.as_str()]
+    );
+
     // The same stored image, exported from another store: the same digests.
     let out2 = t.join("out2");
     let (again, _) = export(
