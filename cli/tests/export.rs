@@ -400,3 +400,53 @@ fn missing_pack_fails_cleanly() {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+/// Links into a lower layer, written first in their layer's tar, whose
+/// parent directory is new in that layer, and whose target the layer then
+/// replaces: umoci applies the export as the store flattened it.
+#[test]
+fn lower_links_under_new_directories_apply_like_the_store() {
+    use puzzle_testkit::{Compression, Entry, Image};
+    if !have("umoci") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let img = Image::new()
+        .layer(
+            &[
+                Entry::file("a", "lower a\n").mode(0o640).owner(5, 6),
+                Entry::file("w", "whited out\n"),
+            ],
+            Compression::Gzip,
+        )
+        .layer(
+            &[
+                Entry::dir("new").mode(0o750),
+                Entry::hardlink("new/la", "a"),
+                Entry::hardlink("new/lw", "w"),
+                Entry::file("a", "upper a\n"),
+                Entry::whiteout("w"),
+            ],
+            Compression::Gzip,
+        );
+    let src = t.join("src");
+    img.write_oci_layout(&src, "l").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:l", src.display()), "l");
+    let x = t.join("x");
+    extract(&store, "l", &x);
+    assert_eq!(std::fs::read(x.join("new/la")).unwrap(), b"lower a\n");
+    assert_eq!(std::fs::read(x.join("new/lw")).unwrap(), b"whited out\n");
+    assert!(!x.join("w").exists());
+    let out = t.join("out");
+    let (s, _) = export(&store, "l", &format!("oci:{}:l", out.display()), &[]);
+    assert_eq!((s.layers, s.squashed), (2, false));
+    // The links come first, before their directory and the new `a`.
+    assert_eq!(
+        layer_names(&out, "l")[1],
+        ["new/la", "new/lw", ".wh.w", "a", "new/"]
+    );
+    let rootfs = umoci_unpack(&out, "l", &t.join("bundle")).unwrap();
+    assert_same_tree(&x, &rootfs);
+}
