@@ -3,6 +3,7 @@
 
 mod build;
 mod docs;
+mod export;
 mod html;
 mod lifecycle;
 mod mount;
@@ -59,6 +60,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Write a stored image's filesystem into a directory (created if missing, else must be empty).
     Extract(ExtractArgs),
+    /// Write a stored image back as a plain OCI image (tar+gzip layers) to oci:DIR[:TAG] or an archive.
+    Export(export::ExportArgs),
     /// List stored images.
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
@@ -268,6 +271,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Init(args) => init(args.dir.as_deref().unwrap_or(&root), args),
         Command::Build(args) => build::run(&root, args, &progress),
         Command::Extract(args) => extract(&root, args, &progress),
+        Command::Export(args) => export::run(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
         Command::Stats(args) => stats::run(&root, args),

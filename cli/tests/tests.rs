@@ -14,6 +14,7 @@ mod demo;
 mod diskfull;
 mod docs;
 mod errors;
+mod export;
 mod heal;
 mod lifecycle;
 mod mount;

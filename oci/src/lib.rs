@@ -5,11 +5,14 @@
 //!   reading layers as verified, decompressed tar streams ([`source::LayerReader`]).
 //! - [`layer`]: converting a layer tar into a [`puzzle_store::tree::Layer`]:
 //!   metadata apart, file contents chunked in sorted-path order.
+//! - [`export`]: writing a stored image back as a plain OCI image (tar+gzip
+//!   layers, one per original layer or one squashed).
 //!
 //! Everything read from outside is checked against its digest while it
 //! streams; errors name the file, blob or tar entry involved ([`Error`]).
 
 pub mod error;
+pub mod export;
 pub mod layer;
 pub mod source;
 
