@@ -87,7 +87,7 @@ pub fn run(root: &Path, args: &ExportArgs, progress: &Progress) -> Result<u8> {
         None
     } else {
         let loaded = if store.is_writable() {
-            lock = Some(crate::lock_store(&store, Some(&interrupted), false)?);
+            lock = Some(crate::lock_store(&store, Some(&interrupted), false, false)?);
             let index = crate::lifecycle::open_index(&store, progress)?;
             KnownLayers::load(&index, &img.meta.source()?)?
         } else {
