@@ -46,6 +46,12 @@ pub struct MountArgs {
     /// Let users other than the one mounting read the mount (FUSE allow_other).
     #[arg(long)]
     allow_other: bool,
+    /// Honour the image's setuid and setgid bits (mounts are nosuid by default); for a container root, as root.
+    #[arg(long)]
+    suid: bool,
+    /// Let the image's device nodes act as devices (mounts are nodev by default); for a container root, as root.
+    #[arg(long)]
+    dev: bool,
 }
 
 /// Set in the environment of the daemon that `--daemon` starts (not a flag,
@@ -222,6 +228,8 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         threads: args.threads.max(1),
         fsname: format!("puzzle:{}:{}", args.name, std::process::id()),
         allow_other: args.allow_other,
+        suid: args.suid,
+        dev: args.dev,
         ..MountOptions::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -275,6 +283,12 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
     }
     if args.allow_other {
         cmd.arg("--allow-other");
+    }
+    if args.suid {
+        cmd.arg("--suid");
+    }
+    if args.dev {
+        cmd.arg("--dev");
     }
     if args.nonempty {
         cmd.arg("--nonempty");

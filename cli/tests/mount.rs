@@ -633,3 +633,86 @@ fn issue17_daemon_memory_stays_within_cache_plus_a_fixed_amount() {
     );
     m.umount();
 }
+
+/// Runs `cmd`, returning its exit status and stdout.
+fn output_of(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn suid_and_dev_act_only_when_asked_and_df_shows_the_image() {
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A setuid-root copy of the host's `id`: run by nobody, it shows
+    // euid=0 only where setuid bits act. A /dev/null node: it opens only
+    // where device nodes act.
+    let id = std::fs::read("/usr/bin/id").unwrap();
+    let layout = t.join("layout");
+    Image::new()
+        .layer(
+            &[
+                Entry::dir("bin").mode(0o755),
+                Entry::file("bin/id", &id).mode(0o4755).owner(0, 0),
+                Entry::dir("dev").mode(0o755),
+                Entry::char_dev("dev/null", 1, 3).mode(0o666),
+            ],
+            Compression::Gzip,
+        )
+        .write_oci_layout(&layout, "s")
+        .unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:s", layout.display()), "s");
+    let as_nobody = |mnt: &Path| {
+        output_of(
+            Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(mnt.join("bin/id")),
+        )
+    };
+    let plain = Mount::new(&store, "s", &t.join("plain"), &["--allow-other"]);
+    let (ran, out) = as_nobody(&plain.dir);
+    assert!(
+        ran && out.contains("uid=65534") && !out.contains("euid=0"),
+        "{out}"
+    );
+    assert!(
+        std::fs::File::open(plain.dir.join("dev/null")).is_err(),
+        "nodev"
+    );
+
+    let suid = Mount::new(
+        &store,
+        "s",
+        &t.join("suid"),
+        &["--allow-other", "--suid", "--dev"],
+    );
+    let (ran, out) = as_nobody(&suid.dir);
+    assert!(ran && out.contains("euid=0(root)"), "{out}");
+    std::fs::File::open(suid.dir.join("dev/null")).expect("--dev: the node opens");
+
+    // df: the image's file contents in 4 KiB blocks, and its inodes (root,
+    // bin, bin/id, dev, dev/null).
+    let (ok_df, df) = output_of(
+        Command::new("df")
+            .args(["-B1", "--output=size,itotal"])
+            .arg(&suid.dir),
+    );
+    assert!(ok_df, "{df}");
+    let nums: Vec<u64> = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(nums, [(id.len() as u64).div_ceil(4096) * 4096, 5], "{df}");
+    drop((plain, suid));
+}

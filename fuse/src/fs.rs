@@ -42,6 +42,9 @@ pub struct ImageFs {
     /// The kernel opens files and directories without asking us, with
     /// keep_cache and cache_dir (FUSE_NO_OPEN_SUPPORT / NO_OPENDIR_SUPPORT).
     no_open: bool,
+    /// Blocks (4 KiB) of the image's file contents, for `statfs` (`df`);
+    /// counted on first use.
+    blocks: OnceLock<u64>,
     _pin: puzzle_store::layout::Pin,
 }
 
@@ -70,6 +73,7 @@ impl ImageFs {
             log,
             parents: Mutex::new(HashMap::new()),
             no_open: false,
+            blocks: OnceLock::new(),
             _pin: pin,
         })
     }
@@ -503,7 +507,13 @@ impl fuser::Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, self.meta.inode_count(), 0, 4096, 255, 4096);
+        // The image's size as `df` shows it: its file contents in 4 KiB
+        // blocks, and its inodes, none of them free (read-only).
+        let blocks = *self.blocks.get_or_init(|| {
+            puzzle_store::stats::logical_size(&self.meta)
+                .map_or(0, |(_, bytes)| bytes.div_ceil(4096))
+        });
+        reply.statfs(blocks, 0, 0, self.meta.inode_count(), 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

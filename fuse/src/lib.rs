@@ -99,6 +99,10 @@ pub struct MountOptions {
     pub fsname: String,
     /// Let other users than the mounting one in (`allow_other`).
     pub allow_other: bool,
+    /// Honour setuid and setgid bits (`suid`; the default is `nosuid`).
+    pub suid: bool,
+    /// Let device nodes act as devices (`dev`; the default is `nodev`).
+    pub dev: bool,
     /// Kernel readahead for the mount, in KiB (`/sys/class/bdi/*/read_ahead_kb`),
     /// set after mounting; 0 leaves the kernel default.
     pub read_ahead_kb: u32,
@@ -110,6 +114,8 @@ impl Default for MountOptions {
             threads: 4,
             fsname: "puzzle".into(),
             allow_other: false,
+            suid: false,
+            dev: false,
             read_ahead_kb: 1024,
         }
     }
@@ -183,6 +189,8 @@ pub fn mount(fs: ImageFs, dir: &Path, opts: &MountOptions) -> Result<Mounted, Er
         O::RO,
         O::DefaultPermissions,
         O::NoAtime,
+        if opts.suid { O::Suid } else { O::NoSuid },
+        if opts.dev { O::Dev } else { O::NoDev },
     ];
     if opts.allow_other {
         config.acl = fuser::SessionACL::All;
