@@ -129,23 +129,32 @@ fn emptied_or_garbled_index_is_rebuilt_by_the_next_command() {
     );
 }
 
-/// The manifest of the image tagged `tag` in a store, as JSON.
+/// The manifest of the image tagged `tag` in a store (an OCI layout), as JSON.
 fn manifest(store: &Path, tag: &str) -> serde_json::Value {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
-    let d = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = store
-        .join("blobs/sha256")
-        .join(d.trim_start_matches("sha256:"));
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    let d = corpus_manifest(store, tag);
+    serde_json::from_slice(&std::fs::read(blob(store, &d.into())).unwrap()).unwrap()
+}
+
+/// Image `a` of [`images`] built into `t/store`: the store, the source and
+/// the image's manifest.
+fn store_with_a(t: &Path) -> (std::path::PathBuf, String, serde_json::Value) {
+    let (a, _) = images(t);
+    let store = t.join("store");
+    build(&store, &a, "a");
+    let m = manifest(&store, "a");
+    (store, a, m)
+}
+
+/// Flips the bits `mask` of the byte at `at` (from the end when negative).
+fn flip(path: &Path, at: isize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = if at < 0 {
+        bytes.len() - at.unsigned_abs()
+    } else {
+        at as usize
+    };
+    bytes[i] ^= mask;
+    std::fs::write(path, &bytes).unwrap();
 }
 
 fn blob(store: &Path, digest: &serde_json::Value) -> std::path::PathBuf {
@@ -157,17 +166,11 @@ fn blob(store: &Path, digest: &serde_json::Value) -> std::path::PathBuf {
 fn building_again_repairs_a_damaged_metadata_blob_or_pack() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (a, _) = images(t);
-    let store = t.join("store");
-    build(&store, &a, "a");
-    let m = manifest(&store, "a");
+    let (store, a, m) = store_with_a(t);
 
     // One flipped byte in the metadata blob: the image cannot be opened
     // until a build writes the blob again.
-    let meta = blob(&store, &m["layers"][0]["digest"]);
-    let mut bytes = std::fs::read(&meta).unwrap();
-    bytes[40] ^= 1;
-    std::fs::write(&meta, &bytes).unwrap();
+    flip(&blob(&store, &m["layers"][0]["digest"]), 40, 1);
     let r = run(puzzle(&store).arg("extract").arg("a").arg(t.join("x1")));
     assert_eq!(r.code, 1, "{}", r.stderr);
     build(&store, &a, "a2");
@@ -207,15 +210,9 @@ fn building_again_repairs_a_damaged_metadata_blob_or_pack() {
 fn stats_on_a_damaged_pack_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (a, _) = images(t);
-    let store = t.join("store");
-    build(&store, &a, "a");
-    let m = manifest(&store, "a");
-    let pack = blob(&store, &m["layers"][1]["digest"]);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let n = bytes.len();
-    bytes[n - 32] ^= 0xff; // the trailer's magic
-    std::fs::write(&pack, &bytes).unwrap();
+    let (store, _, m) = store_with_a(t);
+    // The trailer's magic (the trailer is the pack's last 32 bytes).
+    flip(&blob(&store, &m["layers"][1]["digest"]), -32, 0xff);
     let r = run(puzzle(&store).arg("stats"));
     assert_eq!(r.code, 1, "{}", r.stderr);
     let name = m["layers"][1]["digest"].as_str().unwrap();

@@ -108,6 +108,23 @@ impl Drop for Mount {
     }
 }
 
+/// A store under `t` holding the all-kinds image, tagged `all`.
+fn all_kinds_store(t: &Path) -> PathBuf {
+    let layout = t.join("layout");
+    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    store
+}
+
+/// A new empty mount point under `t`, by its canonical path (as mountinfo
+/// shows it).
+fn mount_point(t: &Path) -> PathBuf {
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mnt.canonicalize().unwrap()
+}
+
 fn compare_mounted(store: &Path, tag: &str, expected: &Path, dir: &Path) {
     let mut m = Mount::new(store, tag, dir, &[]);
     assert_same_tree(expected, &m.dir);
@@ -255,10 +272,7 @@ fn mount_is_read_only_and_reports_errors_clearly() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = t.join("layout");
-    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
-    let store = t.join("store");
-    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let store = all_kinds_store(t);
     let mnt = t.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
 
@@ -316,13 +330,8 @@ fn foreground_mount_unmounts_on_signals() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = t.join("layout");
-    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
-    let store = t.join("store");
-    build(&store, &format!("oci:{}:all", layout.display()), "all");
-    let mnt = t.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mnt = mnt.canonicalize().unwrap();
+    let store = all_kinds_store(t);
+    let mnt = mount_point(t);
     for sig in ["-TERM", "-INT"] {
         let child = puzzle(&store)
             .arg("mount")
@@ -357,13 +366,8 @@ fn mount_refuses_a_non_empty_dir_unless_nonempty() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = t.join("layout");
-    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
-    let store = t.join("store");
-    build(&store, &format!("oci:{}:all", layout.display()), "all");
-    let mnt = t.join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mnt = mnt.canonicalize().unwrap();
+    let store = all_kinds_store(t);
+    let mnt = mount_point(t);
     std::fs::write(mnt.join("mine"), b"keep me").unwrap();
 
     let r = run(puzzle(&store)
@@ -401,10 +405,7 @@ fn lazy_umount_of_a_busy_mount_returns_at_once() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = t.join("layout");
-    all_kinds_image().write_oci_layout(&layout, "all").unwrap();
-    let store = t.join("store");
-    build(&store, &format!("oci:{}:all", layout.display()), "all");
+    let store = all_kinds_store(t);
     let mut m = Mount::new(&store, "all", &t.join("mnt"), &[]);
     let pid = m.pid.expect("daemon pid");
     let busy = std::fs::File::open(&m.dir).unwrap();
