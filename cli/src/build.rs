@@ -21,7 +21,7 @@ use clap::Args;
 use crossbeam_channel::bounded;
 use indicatif::ProgressBar;
 use puzzle_chunker::ChunkParams;
-use puzzle_oci::layer::{self, LiveSpool};
+use puzzle_oci::layer::{self, LiveSpool, SpoolMeter};
 use puzzle_oci::source::{
     self, ImageSource, LayerInfo, LayerReader, LayerStats, Platform, SourceRef,
 };
@@ -167,8 +167,12 @@ pub struct Summary {
     /// Uncompressed file-content bytes chunked.
     pub bytes_chunked: u64,
     /// File-content bytes written to the temporary spool (files whose
-    /// contents the store already holds are not spooled).
+    /// contents the store already holds are not spooled, or their space is
+    /// given back once they are found stored).
     pub bytes_spooled: u64,
+    /// The most spooled bytes on disk at once: the build's temporary disk
+    /// besides its new packs.
+    pub tmp_peak_bytes: u64,
     pub new_chunks: u64,
     pub new_chunk_bytes: u64,
     pub reused_chunks: u64,
@@ -237,7 +241,7 @@ impl Room {
             ),
             (Some(free), Some(packs)) => format!(
                 "no space left on device in {store}: more than the {} free is needed \
-                 (about {} of new packs, and layer contents are spooled uncompressed in tmp/ while converted); {what_to_do}",
+                 (about {} of new packs, and files the store does not hold yet are spooled uncompressed in tmp/ while their layer is converted); {what_to_do}",
                 output::bytes(free),
                 output::bytes(packs),
             ),
@@ -335,6 +339,7 @@ fn convert(
         .map(|_| bounded::<Arc<LiveSpool>>(1))
         .collect();
     let next = AtomicUsize::new(0);
+    let meter = Arc::new(SpoolMeter::default());
     let tmp_dir = store.tmp_dir();
     let mut stored = StoredChunks::new(&store, &index);
     let result = std::thread::scope(|scope| -> Result<()> {
@@ -346,6 +351,7 @@ fn convert(
         }
         for _ in 0..READERS.min(to_read.len()) {
             let (token_rx, src, next, stop) = (token_rx.clone(), &src, &next, &stop);
+            let meter = meter.clone();
             let (slots, lives) = (&slots, &lives);
             let (to_read, tmp_dir, index) = (&to_read, &tmp_dir, &index);
             let layer_count = img.layers.len();
@@ -359,8 +365,14 @@ fn convert(
                     {
                         return;
                     }
-                    let live = Arc::new(LiveSpool::new());
+                    let live = Arc::new(LiveSpool::metered(meter.clone()));
                     let _ = lives[k].0.send(live.clone());
+                    // After the chunking side gave up (see below), a layer
+                    // started meanwhile is not read: nobody would chunk it.
+                    if stop.load(Ordering::SeqCst) {
+                        live.end(false);
+                        return;
+                    }
                     // A panic is reported through the slot, so the chunking
                     // thread never waits for a layer that will not come.
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -482,8 +494,13 @@ fn convert(
             Ok(())
         })();
         // After an error, a reader still at work stops at its next read (the
-        // scope waits for it).
+        // scope waits for it), also one waiting for its layer to be chunked.
         stop.store(true, Ordering::SeqCst);
+        for (_, rx) in &lives {
+            if let Ok(live) = rx.try_recv() {
+                live.end(false);
+            }
+        }
         chunked
     });
     result?;
@@ -546,6 +563,7 @@ fn convert(
         .saturating_sub(lock.waited())
         .as_secs_f64();
     summary.peak_rss_bytes = peak_rss();
+    summary.tmp_peak_bytes = meter.peak();
     report(&summary, args.json)?;
     // Everything is durable and the process ends after this: leave the
     // flattened tree and the layers to the exit instead of freeing their

@@ -271,3 +271,106 @@ fn issue_17_gc_on_a_full_disk_frees_before_it_repacks() {
     let got = std::fs::read(out.join("a.bin")).unwrap();
     assert!(got == pseudo_random(10, 10 << 20), "y extracts other bytes");
 }
+
+/// `len` bytes repeating one pseudo-random 256 KiB block: a file the store
+/// holds in about a block of space, while a spool holds all of it.
+fn repeating(seed: u64, len: usize) -> Vec<u8> {
+    pseudo_random(seed, 256 << 10)
+        .into_iter()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+/// Issue 17: a build's temporary disk is bounded by the files the store
+/// does not hold, the file being read and a small constant, whatever the
+/// layer's size: a layer 2.7 times the free space, all of whose files but
+/// one small new one are stored, builds on a small tmpfs, read in sorted
+/// order (chunked as it is read) and in another order (chunked afterwards).
+/// Files above `layer::HOLD_FILE` (64 MiB) are spooled whatever the order.
+#[test]
+fn issue_17_a_layer_larger_than_the_free_space_builds_when_little_is_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let fs = t.join("fs");
+    let Some(_fs) = Tmpfs::mount(&fs, "1g") else {
+        assert!(!require_tools(), "cannot mount a tmpfs (root needed)");
+        eprintln!("note: cannot mount a tmpfs; skipping");
+        return;
+    };
+    const FILE: usize = 70 << 20;
+    let old: Vec<Entry> = (0..5u64)
+        .map(|i| Entry::file(format!("data/f{i}.bin"), repeating(i, FILE)))
+        .collect();
+    let new = Entry::file("data/g.txt", pseudo_random(99, 1 << 20));
+    let mut sorted = old.clone();
+    sorted.push(new.clone());
+    let mut shuffled = sorted.clone();
+    shuffled.reverse();
+    // In order up to a new file at the end: chunked live until then, after
+    // the stored files' space was given back, then chunked again reading
+    // them from the store.
+    let mut late = old.clone();
+    late.push(Entry::file("data/a.txt", pseudo_random(98, 1 << 20)));
+    let layout = |name: &str, entries: &[Entry]| {
+        let dir = t.join(name);
+        Image::new()
+            .layer(entries, Compression::Zstd)
+            .write_oci_layout(&dir, name)
+            .unwrap();
+        format!("oci:{}:{name}", dir.display())
+    };
+    let extra_late = late.last().unwrap().clone();
+    let (v1, sorted, shuffled, late) = (
+        layout("v1", &old),
+        layout("sorted", &sorted),
+        layout("shuffled", &shuffled),
+        layout("late", &late),
+    );
+    let store = fs.join("store");
+    build(&store, &v1, "v1");
+
+    // Shrink the tmpfs to what the store takes and 128 MiB: the 351 MiB
+    // layers cannot be spooled whole.
+    let used: u64 = {
+        let out = Command::new("du").args(["-sb"]).arg(&fs).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let size = used + (128 << 20);
+    ok(Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(&fs));
+    assert!(free_bytes(&fs) < 140 << 20, "free: {}", free_bytes(&fs));
+
+    for (src, tag) in [
+        (&sorted, "sorted"),
+        (&shuffled, "shuffled"),
+        (&late, "late"),
+    ] {
+        let s = build(&store, src, tag);
+        assert_eq!(s.layers_reused, 0, "{tag}: the layer is converted");
+        // One file spooled whole at a time, the reader at most LIVE_LAG
+        // (32 MiB) ahead of the chunker, and the new file.
+        let bound = (FILE as u64) + (32 << 20) + (2 << 20);
+        assert!(
+            s.tmp_peak_bytes <= bound && s.tmp_peak_bytes >= 1 << 20,
+            "{tag}: tmp_peak_bytes {} (bound {bound})",
+            s.tmp_peak_bytes
+        );
+        assert!(s.new_chunk_bytes < 8 << 20, "{tag}: {s:?}");
+    }
+    verify_ok(&store);
+    for (tag, extra) in [("shuffled", &new), ("late", &extra_late)] {
+        let x = t.join(format!("{tag}-rootfs"));
+        extract(&store, tag, &x);
+        for e in old.iter().chain([extra]) {
+            let path = String::from_utf8_lossy(&e.path);
+            let got = std::fs::read(x.join(&*path)).unwrap();
+            let puzzle_testkit::Kind::File(want) = &e.kind else {
+                unreachable!("files only")
+            };
+            assert!(got == *want, "{tag}: {path} differs");
+        }
+    }
+}

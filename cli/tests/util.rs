@@ -60,6 +60,7 @@ pub struct BuildSummary {
     pub bytes_uncompressed: u64,
     pub bytes_chunked: u64,
     pub bytes_spooled: u64,
+    pub tmp_peak_bytes: u64,
     pub new_chunks: u64,
     pub new_chunk_bytes: u64,
     pub reused_chunks: u64,

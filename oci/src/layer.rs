@@ -20,14 +20,15 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use puzzle_chunker::{ChunkId, ChunkParams, StreamChunker};
-use puzzle_store::known::{sampled, KnownFiles, StoredChunks};
+use puzzle_store::known::{KnownFiles, StoredChunks};
 use puzzle_store::tree::{
     normalize_path, split_parent, Extent, FileDigest, Layer, LayerEntry, Meta, Node,
 };
@@ -73,8 +74,13 @@ enum Source {
     /// At this offset of the spool file.
     Spool(u64),
     /// Already stored: the extents of a converted layer's file with the same
-    /// contents ([`KnownFiles`]); not spooled.
-    Stored(Vec<Extent>),
+    /// contents ([`KnownFiles`]). `at`: where it was spooled before it was
+    /// found stored (the space is given back, see [`SpoolOut::release`]);
+    /// `None` if it never was.
+    Stored {
+        at: Option<u64>,
+        extents: Vec<Extent>,
+    },
 }
 
 /// Where a path was defined in a layer's entries (indexes in tar order).
@@ -198,21 +204,150 @@ fn copy_hashing(
 /// by one block at a time.
 const SPOOL_BUF: usize = 1 << 20;
 
+/// Bytes of layer contents held in spool files at once, and the most held
+/// so far: the temporary disk a build takes besides its new packs.
+#[derive(Debug, Default)]
+pub struct SpoolMeter {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl SpoolMeter {
+    fn add(&self, n: u64) {
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn sub(&self, n: u64) {
+        self.now.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// The most bytes held at once so far.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Bytes held now.
+    pub fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// A spool file and the bytes of it that take disk space (written, less
+/// given back), counted in a [`SpoolMeter`] until the file goes.
+struct SpoolFile {
+    file: std::fs::File,
+    held: u64,
+    meter: Option<Arc<SpoolMeter>>,
+}
+
+impl SpoolFile {
+    fn grew(&mut self, n: u64) {
+        self.held += n;
+        if let Some(m) = &self.meter {
+            m.add(n);
+        }
+    }
+
+    fn shrank(&mut self, n: u64) {
+        let n = n.min(self.held);
+        self.held -= n;
+        if let Some(m) = &self.meter {
+            m.sub(n);
+        }
+    }
+
+    /// Gives back the disk space of bytes `off..off + len` by punching a hole
+    /// (ext4, xfs, btrfs and tmpfs can). Where the file system cannot, the
+    /// bytes stay, counted, until the spool goes.
+    fn punch(&mut self, off: u64, len: u64) {
+        use rustix::fs::{fallocate, FallocateFlags};
+        if len > 0
+            && fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                off,
+                len,
+            )
+            .is_ok()
+        {
+            self.shrank(len);
+        }
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        self.shrank(self.held);
+    }
+}
+
 /// The spool file behind a buffer; each block written is published to `live`.
 struct SpoolOut<'a> {
-    file: std::fs::File,
+    spool: SpoolFile,
     buf: Vec<u8>,
     /// Bytes written to the file.
     written: u64,
     live: Option<&'a LiveSpool>,
+    /// Spooled ranges (offset, length) of files found stored, whose space is
+    /// given back once nobody reads them again ([`SpoolOut::release`]).
+    stored: Vec<(u64, u64)>,
 }
 
 impl SpoolOut<'_> {
     fn write_through(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)?;
+        self.spool.file.write_all(data)?;
         self.written += data.len() as u64;
+        self.spool.grew(data.len() as u64);
         if let Some(live) = self.live {
             live.grew(self.written);
+            live.wait_room(self.written);
+        }
+        // As the chunking side moves on, while a big file is written.
+        self.release_read()
+    }
+
+    /// Where the next byte written goes.
+    fn pos(&self) -> u64 {
+        self.written + self.buf.len() as u64
+    }
+
+    /// Notes that the spooled bytes `off..off + len` are a file found
+    /// stored, and gives back what nobody reads again.
+    fn release(&mut self, off: u64, len: u64) -> io::Result<()> {
+        self.stored.push((off, len));
+        self.flush()?;
+        self.release_read()
+    }
+
+    /// Gives back the space of the ranges of files found stored that nobody
+    /// reads again, keeping the others. While the layer is chunked live, a
+    /// range is done once the chunking side read past it. Ranges ending the
+    /// spool are cut off (the next file is written there) where no reader
+    /// can see it; others become holes. Call with nothing buffered.
+    fn release_read(&mut self) -> io::Result<()> {
+        if self.stored.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(self.buf.is_empty());
+        let (read_to, gone_from) = match self.live {
+            Some(live) => live.reader_at(),
+            None => (u64::MAX, 0),
+        };
+        // From the end backwards, so neighbours ending the spool all go.
+        let mut ranges = std::mem::take(&mut self.stored);
+        ranges.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+        for (off, len) in ranges {
+            if off >= gone_from && off + len == self.written {
+                self.spool.file.set_len(off)?;
+                self.spool.file.seek(io::SeekFrom::Start(off))?;
+                self.written = off;
+                self.spool.shrank(len);
+            } else if off >= gone_from || off + len <= read_to {
+                self.spool.punch(off, len);
+            } else {
+                self.stored.push((off, len));
+            }
         }
         Ok(())
     }
@@ -260,11 +395,62 @@ struct LiveState {
     /// `Some(true)`: every byte is in and came in chunking order;
     /// `Some(false)`: abandoned, the spool is not the chunk stream.
     end: Option<bool>,
+    /// Bytes the chunking side has read.
+    read: u64,
+    /// The chunking side has stopped reading.
+    done: bool,
+    /// Counts the bytes the spool holds.
+    meter: Option<Arc<SpoolMeter>>,
 }
+
+/// Most bytes the reading side of a [`LiveSpool`] gets ahead of the chunking
+/// side: until they are chunked, spooled files the store holds cannot be
+/// given back, so this bounds the spool of a layer read in order (to its new
+/// files, the file being read, and this).
+pub const LIVE_LAG: u64 = 32 << 20;
 
 impl LiveSpool {
     pub fn new() -> LiveSpool {
         LiveSpool::default()
+    }
+
+    /// A live spool whose bytes on disk are counted in `meter`.
+    pub fn metered(meter: Arc<SpoolMeter>) -> LiveSpool {
+        let live = LiveSpool::default();
+        live.update(|st| st.meter = Some(meter));
+        live
+    }
+
+    fn meter(&self) -> Option<Arc<SpoolMeter>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .meter
+            .clone()
+    }
+
+    /// Waits while the reading side, having written `written` bytes, is more
+    /// than [`LIVE_LAG`] ahead of the chunking side (which is chunking).
+    fn wait_room(&self, written: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.end.is_none() && !st.done && written.saturating_sub(st.read) > LIVE_LAG {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// How far the chunking side has read, and from where on it reads
+    /// nothing ever again (0 once it stopped; where the spool was when it
+    /// was abandoned; `u64::MAX` while it may read anything written).
+    fn reader_at(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let gone_from = if st.done {
+            0
+        } else if st.end == Some(false) {
+            st.len
+        } else {
+            u64::MAX
+        };
+        (st.read, gone_from)
     }
 
     fn update(&self, f: impl FnOnce(&mut LiveState)) {
@@ -313,6 +499,15 @@ impl LiveSpool {
         writer: &mut ChunkWriter<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Option<Vec<(ChunkId, u32)>>> {
+        // However this returns, the reading side stops waiting for it and
+        // may give back what it spooled.
+        struct Done<'a>(&'a LiveSpool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.update(|st| st.done = true);
+            }
+        }
+        let _done = Done(self);
         let mut tail = LiveTail {
             live: self,
             pos: 0,
@@ -418,6 +613,8 @@ impl Read for LiveTail<'_> {
             ));
         }
         self.pos += n as u64;
+        let pos = self.pos;
+        self.live.update(|st| st.read = pos);
         Ok(n)
     }
 }
@@ -452,9 +649,12 @@ fn chunk_stream(
 
 /// A parsed layer whose file contents sit in a temp file.
 pub struct Spooled {
-    spool: std::fs::File,
+    spool: SpoolFile,
     /// Bytes in the spool file (superseded files included).
     spool_len: u64,
+    /// Ranges of files found stored whose space is given back once the
+    /// chunking side is done with them ([`Spooled::chunk`]).
+    unreleased: Vec<(u64, u64)>,
     entries: Vec<(Vec<u8>, Pending)>,
     whiteouts: Vec<Vec<u8>>,
     opaques: Vec<Vec<u8>>,
@@ -519,10 +719,15 @@ fn spool_to(
         live.start(spool_file.try_clone().map_err(spool_err)?);
     }
     let mut out = SpoolOut {
-        file: spool_file,
+        spool: SpoolFile {
+            file: spool_file,
+            held: 0,
+            meter: live.and_then(LiveSpool::meter),
+        },
         buf: Vec::with_capacity(SPOOL_BUF),
         written: 0,
         live,
+        stored: Vec::new(),
     };
     // The live spool while every entry so far came in sorted-path order, and
     // the last one's path.
@@ -531,8 +736,8 @@ fn spool_to(
     let mut buf = vec![0u8; COPY_BUF];
     // A file's bytes while it may turn out stored.
     let mut held: Vec<u8> = Vec::new();
-    // Sampled files spooled while the layer was chunked live.
-    let mut live_samples: Vec<(u64, FileDigest)> = Vec::new();
+    // Converted layers `known` had learned when files were last looked up.
+    let mut learned = 0;
     // File bytes read, and written to the spool.
     let (mut read, mut spooled) = (0u64, 0u64);
     // In tar order, every definition kept (later ones win at the end).
@@ -607,11 +812,6 @@ fn spool_to(
                 watch = None;
                 out.flush().map_err(spool_err)?;
                 live.end(false);
-                if let Some(k) = known.as_deref_mut() {
-                    for (size, digest) in live_samples.drain(..) {
-                        k.find(size, &digest)?;
-                    }
-                }
             } else {
                 sorted_up_to = Some(path.clone());
             }
@@ -620,7 +820,7 @@ fn spool_to(
         let pending = match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
-                let offset = spooled;
+                let offset = out.pos();
                 let mut hasher = blake3::Hasher::new();
                 // The live chunker reads every file from the spool.
                 let hold = watch.is_none()
@@ -661,25 +861,29 @@ fn spool_to(
                 read += n;
                 progress(read);
                 // Looked up also when spooled already: a sampled file makes
-                // its layer's files known for the rest of this one. While the
-                // layer is chunked live every file is spooled anyway: sampled
-                // ones wait until (if ever) the live pass is abandoned.
+                // its layer's files known for the rest of this one, and a
+                // spooled file found stored gives its space back.
                 let stored = match known.as_deref_mut() {
-                    Some(k) if watch.is_none() => k.find(size, &digest)?,
-                    Some(_) if sampled(size, &digest) => {
-                        live_samples.push((size, digest));
-                        None
-                    }
-                    _ => None,
+                    Some(k) => k.find(size, &digest)?.map(<[Extent]>::to_vec),
+                    None => None,
                 };
                 let source = match stored {
-                    Some(extents) if hold => Source::Stored(extents.to_vec()),
-                    _ => {
+                    Some(extents) if hold => Source::Stored { at: None, extents },
+                    stored => {
                         if hold {
                             out.write_all(&held).map_err(spool_err)?;
                         }
                         spooled += n;
-                        Source::Spool(offset)
+                        match stored {
+                            Some(extents) => {
+                                out.release(offset, n).map_err(spool_err)?;
+                                Source::Stored {
+                                    at: Some(offset),
+                                    extents,
+                                }
+                            }
+                            None => Source::Spool(offset),
+                        }
                     }
                 };
                 Pending::File {
@@ -794,10 +998,25 @@ fn spool_to(
             }
         }
         entries.push((path, pending));
+        if let Some(k) = known.as_deref() {
+            // A layer learned just now may hold files spooled before.
+            if k.learned() > learned {
+                learned = k.learned();
+                for (off, len) in found_stored(&mut entries, k) {
+                    out.release(off, len).map_err(spool_err)?;
+                }
+            }
+        }
     }
     drop(archive);
     out.flush().map_err(spool_err)?;
-    let (spool, spool_len) = (out.file, out.written);
+    out.release_read().map_err(spool_err)?;
+    let SpoolOut {
+        spool,
+        written: spool_len,
+        stored: unreleased,
+        ..
+    } = out;
 
     counts.spooled_bytes = spooled;
     let entries = settle_links(entries, &seen);
@@ -814,11 +1033,36 @@ fn spool_to(
     Ok(Spooled {
         spool,
         spool_len,
+        unreleased,
         entries,
         whiteouts,
         opaques,
         counts,
     })
+}
+
+/// Marks the spooled files of `entries` that `known` holds as stored;
+/// returns their spool ranges (offset, length).
+fn found_stored(entries: &mut [(Vec<u8>, Pending)], known: &KnownFiles<'_>) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    for (_, p) in entries {
+        if let Pending::File {
+            source: source @ Source::Spool(_),
+            size,
+            digest,
+            ..
+        } = p
+        {
+            if let (Source::Spool(off), Some(extents)) = (&source, known.lookup(*size, digest)) {
+                found.push((*off, *size));
+                *source = Source::Stored {
+                    at: Some(*off),
+                    extents: extents.to_vec(),
+                };
+            }
+        }
+    }
+    found
 }
 
 /// Keeps the last definition of each path, sorted by path, and settles hard
@@ -979,7 +1223,7 @@ impl Read for SpoolStream<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while let Some(&(source, size, digest)) = self.files.get(self.idx) {
             if self.pos == size {
-                if let Source::Stored(_) = source {
+                if let Source::Stored { .. } = source {
                     let got = std::mem::replace(&mut self.hasher, blake3::Hasher::new());
                     if got.finalize().as_bytes() != digest.as_bytes() {
                         return Err(stored_err("a file's extents do not give its contents"));
@@ -1002,7 +1246,7 @@ impl Read for SpoolStream<'_, '_> {
                     }
                     n
                 }
-                Source::Stored(extents) => {
+                Source::Stored { extents, .. } => {
                     let Some(e) = extents.get(self.ext) else {
                         return Err(stored_err("a file's extents are short"));
                     };
@@ -1048,12 +1292,16 @@ impl Spooled {
     /// files that were not spooled are read from the store through `stored`.
     /// `progress` is called with the bytes chunked so far.
     pub fn chunk(
-        self,
+        mut self,
         params: ChunkParams,
         writer: &mut ChunkWriter<'_>,
         stored: &mut StoredChunks<'_>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Layer> {
+        // The live chunking side is done with the spool by now.
+        for (off, len) in std::mem::take(&mut self.unreleased) {
+            self.spool.punch(off, len);
+        }
         let files: Vec<(&Source, u64, &FileDigest)> = self
             .entries
             .iter()
@@ -1068,7 +1316,7 @@ impl Spooled {
             })
             .collect();
         let mut stream = SpoolStream {
-            spool: &self.spool,
+            spool: &self.spool.file,
             files,
             stored,
             idx: 0,
@@ -1092,7 +1340,11 @@ impl Spooled {
         let mut at = 0u64;
         for (_, p) in &self.entries {
             if let Pending::File { source, size, .. } = p {
-                if !matches!(source, Source::Spool(off) if *off == at) {
+                let spooled_at = match source {
+                    Source::Spool(off) | Source::Stored { at: Some(off), .. } => Some(*off),
+                    Source::Stored { at: None, .. } => None,
+                };
+                if spooled_at != Some(at) {
                     return false;
                 }
                 at += size;

@@ -91,12 +91,22 @@ impl<'a> KnownFiles<'a> {
                 }
             }
         }
-        Ok(self
-            .files
+        Ok(self.lookup(size, digest))
+    }
+
+    /// [`KnownFiles::find`] among the layers learned so far, learning none.
+    pub fn lookup(&self, size: u64, digest: &FileDigest) -> Option<&[Extent]> {
+        self.files
             .get(digest)
             .and_then(|&(l, e)| self.layers[l].1.entries[e].file())
             .filter(|f| f.0 == size)
-            .map(|f| f.2))
+            .map(|f| f.2)
+    }
+
+    /// How many converted layers were learned so far: when it grows, files
+    /// looked up before may be known now.
+    pub fn learned(&self) -> usize {
+        self.layers.len()
     }
 
     fn learn(&mut self, diff_id: &str) -> Result<()> {
