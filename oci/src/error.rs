@@ -94,6 +94,19 @@ pub enum Error {
     /// Storing a converted layer failed.
     #[error(transparent)]
     Store(#[from] puzzle_store::Error),
+
+    /// Converting layer `number` (from 1, in the image) failed.
+    #[error("layer {number} ({digest})")]
+    Layer {
+        number: usize,
+        digest: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A build was stopped ([`crate::build::BuildOptions::cancel`]).
+    #[error("interrupted")]
+    Cancelled,
 }
 
 /// `Result` with this crate's [`Error`].
@@ -120,6 +133,16 @@ impl Error {
             }
         } else {
             Err(err)
+        }
+    }
+
+    /// Whether this comes from a full disk (or quota).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => puzzle_store::layout::is_out_of_space_io(source),
+            Error::Store(e) => e.is_out_of_space(),
+            Error::Layer { source, .. } => source.is_out_of_space(),
+            _ => false,
         }
     }
 
@@ -194,6 +217,16 @@ impl Error {
                 source: copy_io(source),
             },
             Error::Store(e) => Error::Invalid(format!("store: {}", puzzle_store::error::line(e))),
+            Error::Layer {
+                number,
+                digest,
+                source,
+            } => Error::Layer {
+                number: *number,
+                digest: digest.clone(),
+                source: Box::new(source.duplicate()),
+            },
+            Error::Cancelled => Error::Cancelled,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Everything read from outside is checked against its digest while it
 //! streams; errors name the file, blob or tar entry involved ([`Error`]).
 
+pub mod build;
 pub mod error;
 pub mod export;
 pub mod layer;
