@@ -222,7 +222,7 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         .with_context(|| format!("opening image {}", args.name))?;
     crate::warn_unpinned(&store, &args.name, &img.pin);
     let cache = Arc::new(ChunkCache::new(args.cache_mb.max(1) << 20));
-    let fs = ImageFs::new(&store, img, cache, log)
+    let fs = ImageFs::new(img, Arc::new(store.blob_reader()), cache, log)
         .with_context(|| format!("opening image {}", args.name))?;
     let opts = MountOptions {
         threads: args.threads.max(1),

@@ -1,9 +1,8 @@
 //! The `fuser::Filesystem` over one image. Every callback wraps an inner
 //! function returning `Result`, and errors become errno in `crate::errno`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,11 +12,12 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use puzzle_store::blobs::BlobRead;
 use puzzle_store::frame::{ChunkBytes, Frame};
 use puzzle_store::image::MappedImage;
 use puzzle_store::meta::{InodeRec, Kind, MetaBlob};
 use puzzle_store::mmap::Mapped;
-use puzzle_store::{BlobDigest, Store};
+use puzzle_store::BlobDigest;
 
 use crate::cache::{ChunkCache, FrameKey};
 use crate::{errno, Error, Log};
@@ -31,7 +31,10 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// One stored image, served read-only.
 pub struct ImageFs {
     meta: MetaBlob<Mapped>,
-    packs: Vec<(BlobDigest, std::path::PathBuf, OnceLock<File>)>,
+    /// The image's packs (chunks naming another pack are refused).
+    packs: HashSet<BlobDigest>,
+    /// Where pack bytes come from.
+    blobs: Arc<dyn BlobRead>,
     cache: Arc<ChunkCache>,
     log: Log,
     /// Parent of each directory the kernel has seen, for "..".
@@ -49,26 +52,23 @@ pub struct ImageFs {
 }
 
 impl ImageFs {
-    /// Serves `image` from `store`, pinning its manifest for as long as the
-    /// filesystem lives so gc leaves its blobs alone.
+    /// Serves `image`, reading its packs' bytes from `blobs` (a store's
+    /// [`puzzle_store::Store::blob_reader`]) and holding its pin for as long
+    /// as the filesystem lives so gc leaves its blobs alone.
     pub fn new(
-        store: &Store,
         image: MappedImage,
+        blobs: Arc<dyn BlobRead>,
         cache: Arc<ChunkCache>,
         log: Log,
     ) -> Result<Self> {
         let pin = image.pin;
-        let packs = image
-            .meta
-            .packs()?
-            .into_iter()
-            .map(|d| (d, store.blob_path(&d), OnceLock::new()))
-            .collect();
+        let packs = image.meta.packs()?.into_iter().collect();
         let no_xattrs = image.meta.xattr_total() == 0;
         Ok(ImageFs {
             no_xattrs,
             meta: image.meta,
             packs,
+            blobs,
             cache,
             log,
             parents: Mutex::new(HashMap::new()),
@@ -276,36 +276,13 @@ impl ImageFs {
     }
 
     fn load(&self, i: u32, rec: &puzzle_store::meta::ChunkRec) -> Result<Frame> {
-        let pack = self
-            .packs
-            .iter()
-            .find(|p| p.0 == rec.loc.pack)
-            .ok_or_else(|| {
-                Error::Store(puzzle_store::Error::Corrupt {
-                    what: "metadata blob".into(),
-                    why: format!("chunk {i} names an unlisted pack"),
-                })
-            })?;
-        let file = match pack.2.get() {
-            Some(f) => f,
-            None => {
-                let f = File::open(&pack.1).map_err(|e| {
-                    Error::Store(if e.kind() == std::io::ErrorKind::NotFound {
-                        puzzle_store::Error::BlobMissing {
-                            digest: pack.0.to_string(),
-                        }
-                    } else {
-                        puzzle_store::Error::Io {
-                            path: pack.1.clone(),
-                            source: e,
-                        }
-                    })
-                })?;
-                let _ = pack.2.set(f);
-                pack.2.get().ok_or(Error::Invalid)?
-            }
-        };
-        Ok(Frame::read(file, &rec.id, &rec.loc)?)
+        if !self.packs.contains(&rec.loc.pack) {
+            return Err(Error::Store(puzzle_store::Error::Corrupt {
+                what: "metadata blob".into(),
+                why: format!("chunk {i} names an unlisted pack"),
+            }));
+        }
+        Ok(Frame::read(self.blobs.as_ref(), &rec.id, &rec.loc)?)
     }
 
     fn xattr_inner(&self, ino: INodeNo, name: &OsStr, size: u32) -> Result<XattrReply> {

@@ -20,7 +20,7 @@
 //! let image = puzzle_store::image::open_mapped(&store, "app:1", true)?;
 //! let cache = Arc::new(ChunkCache::new(256 << 20));
 //! let log: puzzle_fuse::Log = Arc::new(|line: &str| eprintln!("{line}"));
-//! let fs = ImageFs::new(&store, image, cache, log)?;
+//! let fs = ImageFs::new(image, Arc::new(store.blob_reader()), cache, log)?;
 //! let mounted = mount(fs, "/mnt/app".as_ref(), &MountOptions::default())?;
 //! // ... serve until told to stop ...
 //! mounted.unmount()?;

@@ -16,16 +16,16 @@
 //! it is handed out.
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::File;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use puzzle_chunker::ChunkId;
 
+use crate::blobs::BlobRead;
 use crate::digest::BlobDigest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layout::Store;
-use crate::pack::{self, ChunkLoc, PackFiles};
+use crate::pack::{self, ChunkLoc};
 
 /// Raw bytes a frame collects before it is closed, by default.
 pub const DEFAULT_FRAME_TARGET: u32 = 1 << 20;
@@ -202,14 +202,25 @@ impl Frame {
         }
     }
 
-    /// Reads and decompresses the frame holding chunk `id` at `loc`; a large
-    /// frame is decompressed straight into a mapping of its own.
-    pub fn read(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Frame> {
+    /// Reads (from `source`) and decompresses the frame holding chunk `id`
+    /// at `loc`; a large frame is decompressed straight into a mapping of
+    /// its own.
+    pub fn read(source: &dyn BlobRead, id: &ChunkId, loc: &ChunkLoc) -> Result<Frame> {
         pack::check_loc(id, loc)?;
         // The compressed bytes, up to a few hundred KiB, are mapped too:
         // a heap buffer of that size fragments the arenas the same way.
         let mut compressed = Raw::for_len(loc.clen as usize);
-        pack::read_compressed_frame(file, id, loc, &mut compressed)?;
+        source
+            .read_at(&loc.pack, loc.offset, &mut compressed)
+            .map_err(|e| match e {
+                // A pack that ends early: the chunk it should hold is lost.
+                Error::CorruptBlob { why, .. } => Error::CorruptChunk {
+                    id: *id,
+                    pack: loc.pack.to_string(),
+                    why: format!("reading {} bytes at {}: {why}", loc.clen, loc.offset),
+                },
+                e => e,
+            })?;
         let mut raw = Raw::for_len(loc.frame_rlen as usize);
         pack::decompress_frame_into(&compressed, &mut raw, id, &loc.pack)?;
         Ok(Frame {
@@ -293,7 +304,10 @@ impl ChunkBytes {
 /// in raw bytes; the latest frame is always kept. The mount has its own
 /// cache, shared between threads.
 pub struct FrameReader<'a> {
-    packs: PackFiles<'a>,
+    source: Arc<dyn BlobRead>,
+    /// Readers made from a store borrow it in name, for callers to hold
+    /// it while they read.
+    store: std::marker::PhantomData<&'a Store>,
     /// Most recent first: (pack, frame offset), frame.
     recent: VecDeque<((BlobDigest, u64), Arc<Frame>)>,
     bytes: usize,
@@ -301,9 +315,16 @@ pub struct FrameReader<'a> {
 }
 
 impl<'a> FrameReader<'a> {
+    /// Reads the frames of `store`'s packs.
     pub fn new(store: &'a Store, capacity: usize) -> Self {
+        Self::with_source(Arc::new(store.blob_reader()), capacity)
+    }
+
+    /// Reads frames from `source`.
+    pub fn with_source(source: Arc<dyn BlobRead>, capacity: usize) -> Self {
         FrameReader {
-            packs: PackFiles::new(store),
+            source,
+            store: std::marker::PhantomData,
             recent: VecDeque::new(),
             bytes: 0,
             capacity,
@@ -321,7 +342,7 @@ impl<'a> FrameReader<'a> {
                 f
             }
             None => {
-                let f = Arc::new(self.packs.frame(id, loc)?);
+                let f = Arc::new(Frame::read(self.source.as_ref(), id, loc)?);
                 self.bytes += f.len();
                 self.recent.push_front((key, f.clone()));
                 while self.bytes > self.capacity && self.recent.len() > 1 {
@@ -447,7 +468,7 @@ mod tests {
     fn read_frames_large_ones_mapped_and_reused() {
         use std::io::Write;
         let pack = BlobDigest::of(b"pack");
-        let mut file = tempfile::tempfile().unwrap();
+        let mut file: Vec<u8> = Vec::new();
         let mut b = PackBuilder::default();
         let mut cx = zstd::bulk::Compressor::new(3).unwrap();
         let groups = [
@@ -465,10 +486,12 @@ mod tests {
             file.write_all(&f).unwrap();
         }
         let entries = b.entries();
+        let mut blobs = crate::blobs::MemBlobs::new();
+        blobs.insert(pack, file);
         for round in 0..3 {
             for (e, (id, d)) in entries.iter().zip(groups.iter().flatten()) {
                 let loc = e.loc(pack);
-                let f = Arc::new(Frame::read(&file, id, &loc).unwrap());
+                let f = Arc::new(Frame::read(&blobs, id, &loc).unwrap());
                 assert_eq!(&*f.chunk_bytes(id, &loc).unwrap(), &d[..], "round {round}");
                 if loc.frame_rlen as usize >= MAP_FROM {
                     assert!(f.is_mapped());

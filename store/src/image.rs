@@ -237,18 +237,7 @@ pub fn open_mapped(store: &Store, name: &str, verify: bool) -> Result<MappedImag
 /// is set, its digest.
 fn map_plain_metadata(store: &Store, md: &Descriptor, verify: bool) -> Result<crate::mmap::Mapped> {
     let path = store.blob_path(&md.digest);
-    let file = std::fs::File::open(&path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::BlobMissing {
-                digest: md.digest.to_string(),
-            }
-        } else {
-            Error::Io {
-                path: path.clone(),
-                source: e,
-            }
-        }
-    })?;
+    let file = store.open_blob(&md.digest)?;
     #[allow(unsafe_code)]
     // SAFETY: blobs are immutable once in `blobs/`: they are written under
     // `tmp/` and renamed in, never opened for writing again, and gc only

@@ -250,6 +250,17 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// Opens blob `d` to read it whole: [`Error::BlobMissing`] if it is not
+    /// there. Byte ranges of packs are read through [`Store::blob_reader`].
+    pub fn open_blob(&self, d: &BlobDigest) -> Result<File> {
+        crate::blobs::open_blob_file(&self.blob_path(d), d)
+    }
+
+    /// This store's blobs as a [`crate::blobs::BlobRead`] source.
+    pub fn blob_reader(&self) -> crate::blobs::LocalBlobs {
+        crate::blobs::LocalBlobs::new(self.root.join("blobs/sha256"))
+    }
+
     pub fn has_blob(&self, d: &BlobDigest) -> bool {
         self.blob_path(d).is_file()
     }

@@ -24,6 +24,7 @@
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
+pub mod blobs;
 pub mod create;
 pub mod digest;
 pub mod error;

@@ -507,40 +507,6 @@ impl PackWriter {
     }
 }
 
-/// Open pack files of one store, by digest.
-pub struct PackFiles<'a> {
-    store: &'a Store,
-    open: std::collections::HashMap<BlobDigest, File>,
-}
-
-impl<'a> PackFiles<'a> {
-    pub fn new(store: &'a Store) -> Self {
-        PackFiles {
-            store,
-            open: Default::default(),
-        }
-    }
-
-    /// The decompressed frame holding chunk `id` at `loc` (not yet checked
-    /// against `id`: see [`crate::frame::Frame::chunk`]).
-    pub fn frame(&mut self, id: &ChunkId, loc: &ChunkLoc) -> Result<crate::frame::Frame> {
-        if !self.open.contains_key(&loc.pack) {
-            let path = self.store.blob_path(&loc.pack);
-            let f = File::open(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::BlobMissing {
-                        digest: loc.pack.to_string(),
-                    }
-                } else {
-                    Error::Io { path, source: e }
-                }
-            })?;
-            self.open.insert(loc.pack, f);
-        }
-        crate::frame::Frame::read(&self.open[&loc.pack], id, loc)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

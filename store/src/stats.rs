@@ -55,15 +55,7 @@ pub struct PackSize {
 pub fn pack_size(store: &Store, d: &BlobDigest) -> Result<PackSize> {
     use std::os::unix::fs::FileExt;
     let path = store.blob_path(d);
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::BlobMissing {
-                digest: d.to_string(),
-            })
-        }
-        Err(e) => return Err(Error::Io { path, source: e }),
-    };
+    let f = store.open_blob(d)?;
     let len = f.metadata().at(&path)?.len();
     const T: usize = crate::pack::TRAILER_LEN;
     let mut trailer = [0u8; T];

@@ -14,12 +14,12 @@
 //! the images it affects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
 use std::io::Read;
 
 use puzzle_chunker::ChunkId;
 use sha2::{Digest as _, Sha256};
 
+use crate::blobs::BlobRead;
 use crate::digest::BlobDigest;
 use crate::error::{line, Error, Result};
 use crate::frame::Frame;
@@ -82,11 +82,10 @@ impl Checker<'_> {
 }
 
 fn load_pack(store: &Store, d: &BlobDigest) -> PackIndex {
-    let path = store.blob_path(d);
-    let mut f = match File::open(&path) {
+    let mut f = match store.open_blob(d) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(Error::BlobMissing { .. }) => return Err("missing".into()),
+        Err(e) => return Err(line(&e)),
     };
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -180,6 +179,7 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
     }
 
     c.report.packs = users.len();
+    let blobs = store.blob_reader();
     for (p, who) in &users {
         let idx = c.pack_index(p).clone();
         let idx = match idx {
@@ -203,14 +203,10 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
             }
         }
         if full {
-            let path = store.blob_path(p);
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) => {
-                    c.problem(format!("pack {p}"), who, line(&e));
-                    continue;
-                }
-            };
+            if let Err(e) = blobs.size(p) {
+                c.problem(format!("pack {p}"), who, line(&e));
+                continue;
+            }
             let mut entries: Vec<&PackEntry> = idx.values().collect();
             entries.sort_by_key(|e| (e.offset, e.at));
             // Each frame is decompressed once for all its chunks.
@@ -219,7 +215,7 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
                 c.report.chunks_hashed += 1;
                 let loc = e.loc(*p);
                 if frame.as_ref().is_none_or(|(at, _)| *at != e.offset) {
-                    let read = Frame::read(&f, &e.id, &loc).map_err(|e| line(&e));
+                    let read = Frame::read(&blobs, &e.id, &loc).map_err(|e| line(&e));
                     frame = Some((e.offset, read));
                 }
                 let checked = match &frame.as_ref().expect("just set").1 {
@@ -405,7 +401,9 @@ pub fn check_packs(store: &Store, index: &ChunkIndex) -> Result<PackCheck> {
 
 /// Whether pack `d` of `len` bytes has a trailer and chunk index that parse.
 fn trailer_sound(store: &Store, d: &BlobDigest, len: u64) -> bool {
-    File::open(store.blob_path(d)).is_ok_and(|f| pack::read_pack_index(&f, len).is_ok())
+    store
+        .open_blob(d)
+        .is_ok_and(|f| pack::read_pack_index(&f, len).is_ok())
 }
 
 /// Whether any blob ends with a pack trailer.
@@ -489,7 +487,7 @@ pub(crate) fn looks_like_pack(store: &Store, d: &BlobDigest, len: u64) -> bool {
     if len < TRAILER_LEN as u64 {
         return false;
     }
-    let Ok(f) = File::open(store.blob_path(d)) else {
+    let Ok(f) = store.open_blob(d) else {
         return false;
     };
     let mut t = [0u8; 8];
