@@ -3,10 +3,12 @@
 # (issue 17): a 2 GiB layer (v1) is built, then v2, the same tree with
 # NEW_MB of its files rewritten, as one layer in sorted order (chunked while
 # it is read) and in directory order (chunked after it is read). For each
-# binary and order: the peak of STORE/tmp on disk (du of allocated blocks,
-# sampled every 0.1 s; new packs are written there too before they move to
-# blobs/), the build's own tmp_peak_bytes where it reports one, wall time
-# and peak RSS from `build --json`.
+# binary and order: the peak of the disk the build takes (the scratch file
+# system's used bytes, sampled every 0.1 s, above what they were before the
+# build: spools, which are unnamed temp files, new packs and index growth),
+# the build's own tmp_peak_bytes where it reports one (spools only), wall
+# time and peak RSS from `build --json`. v1 is built once per binary; after
+# each v2 build, `rm` and `gc` take the store back to v1 alone.
 #
 #   benches/tmpdisk.sh BIN [BIN...]     # e.g. an old and a new target/debug/puzzle
 #
@@ -123,36 +125,38 @@ PY
   touch "$img/done"
 fi
 
-peak_du() { # DIR -> prints the peak of allocated bytes until killed
-  local dir=$1 peak=0 now
+used() { df --output=used -B1 "$fs" | tail -1 | tr -d ' '; }
+peak_used() { # BASE -> writes the peak of used bytes above BASE until killed
+  local base=$1 peak=0 now
   while :; do
-    now=$(du -s -B1 "$dir" 2>/dev/null | cut -f1) || now=0
-    [ "${now:-0}" -gt "$peak" ] && { peak=$now; echo "$peak" >"$WORK/peak"; }
+    now=$(( $(used) - base ))
+    [ "$now" -gt "$peak" ] && { peak=$now; echo "$peak" >"$WORK/peak"; }
     sleep 0.1
   done
 }
 
 : >"$WORK/results.jsonl"
-echo "| binary | v2 order | tmp/ peak (du) | tmp_peak_bytes | wall s | peak RSS | new chunk bytes |"
+echo "| binary | v2 order | disk peak above before | of it spools (tmp_peak_bytes) | stored | wall s | peak RSS |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 n=0
 for bin in "$@"; do
   n=$((n + 1))
+  store=$fs/s$n
+  "$bin" --store "$store" --no-progress build "oci:$img/oci-v1:t" --tag v1 >/dev/null 2>&1
   for order in sorted dirorder; do
     for run in $(seq "$RUNS"); do
-      store=$fs/s$n-$order-$run
-      "$bin" --store "$store" --no-progress build "oci:$img/oci-v1:t" --tag v1 >/dev/null
       sync
       echo 0 >"$WORK/peak"
-      mkdir -p "$store/tmp"
-      peak_du "$store/tmp" & sampler=$!
+      peak_used "$(used)" & sampler=$!
       json=$("$bin" --store "$store" --no-progress build "oci:$img/oci-v2-$order:t" --tag v2 --json)
       kill "$sampler"; wait "$sampler" 2>/dev/null || true; sampler=
       echo "$json" | jq -c --arg bin "$bin" --arg order "$order" --argjson du "$(cat "$WORK/peak")" \
         '{bin: $bin, order: $order, tmp_du_peak: $du} + .data' >>"$WORK/results.jsonl"
       echo "$json" | jq -r --arg bin "$bin" --arg order "$order" --argjson du "$(cat "$WORK/peak")" \
-        '.data | "| \($bin) | \($order) | \($du / 1048576 | floor) MiB | \(if .tmp_peak_bytes then "\(.tmp_peak_bytes / 1048576 | floor) MiB" else "-" end) | \(.seconds * 100 | round / 100) | \(.peak_rss_bytes / 1048576 | floor) MiB | \(.new_chunk_bytes / 1048576 | floor) MiB |"'
-      rm -rf "$store"
+        '.data | "| \($bin) | \($order) | \($du / 1048576 | floor) MiB | \(if .tmp_peak_bytes then "\(.tmp_peak_bytes / 1048576 | floor) MiB" else "-" end) | \(.stored_bytes / 1048576 | floor) MiB | \(.seconds * 100 | round / 100) | \(.peak_rss_bytes / 1048576 | floor) MiB |"'
+      "$bin" --store "$store" --no-progress rm v2 >/dev/null
+      "$bin" --store "$store" --no-progress gc >/dev/null
     done
   done
+  rm -rf "$store"
 done
