@@ -13,8 +13,9 @@
 //!    below `repack_below` of its frame bytes, and that no pinned manifest
 //!    uses, is *sparse*: its live chunks are decompressed, checked against
 //!    their BLAKE3 ids and compressed again, grouped into frames as a build
-//!    groups them, into new packs, written durably (a pack left with no
-//!    live chunk, every one kept elsewhere, is not rewritten, only left);
+//!    groups them, into new packs, written durably (a pack whose live
+//!    chunks all have their kept copy elsewhere is not rewritten: once the
+//!    images move off it no root reaches it, and step 7 deletes it);
 //! 2. the new packs go into the index, and every live chunk's index entry
 //!    names the copy kept (flushed);
 //! 3. every tagged image using a sparse pack or a copy not kept gets a new
