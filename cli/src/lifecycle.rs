@@ -217,6 +217,7 @@ struct GcSummary {
     tmp_bytes_removed: u64,
     images_rewritten: usize,
     layer_records_removed: usize,
+    duplicate_chunks_removed: u64,
     freed_bytes: i64,
     seconds: f64,
 }
@@ -266,6 +267,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         tmp_bytes_removed: tmp.bytes,
         images_rewritten: r.images_rewritten,
         layer_records_removed: r.layer_records_removed,
+        duplicate_chunks_removed: r.duplicate_chunks_removed,
         freed_bytes: r.freed() + tmp.bytes as i64,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -279,7 +281,8 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
     };
     eprintln!(
         "gc {verb} {} ({} blob(s) {freed}, {} of them packs; {} of temp files {freed}; \
-         chunks no image needs: {} {freed}, {} ({}) kept in packs at or above --repack-below {}); \
+         chunks no image needs: {} {freed}, {} ({}) kept in packs at or above --repack-below {}; \
+         duplicate copies of chunks: {} {freed}); \
          {} sparse pack(s) repacked into {} ({} chunks moved, {} image(s) rewritten); \
          {} image(s), {} pinned, in {:.2}s",
         output::bytes(s.freed_bytes.max(0) as u64),
@@ -290,6 +293,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         r.dead_chunks_kept,
         output::bytes(r.dead_bytes_kept),
         args.repack_below,
+        r.duplicate_chunks_removed,
         r.packs_repacked,
         r.packs_written,
         r.chunks_moved,

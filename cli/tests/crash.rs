@@ -174,3 +174,49 @@ fn gc_killed_anywhere_leaves_a_valid_store_and_reruns_identically() {
     }
     eprintln!("gc crash test: {n} kill points; uninterrupted gc took {full:?}");
 }
+
+/// Issue 17: gc giving up chunks stored twice (base's chunks in its own pack
+/// and again in python3's, two stores merged) killed anywhere leaves a
+/// valid store, and a re-run ends where an uninterrupted gc ends.
+#[test]
+fn gc_of_chunks_stored_twice_killed_anywhere_reruns_identically() {
+    let Some(corpus) = corpus() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = |tag: &str| format!("oci:{}:{tag}", corpus.display());
+    let template = t.join("template");
+    build(&template, &src("base"), "base");
+    build(&t.join("other"), &src("python3"), "python3");
+    merge_stores(&t.join("other"), &template);
+
+    let reference = t.join("ref");
+    copy_store(&template, &reference);
+    let full = timed(puzzle(&reference).args(["gc"]));
+    let want_blobs = blob_names(&reference);
+    assert!(pack_payload(&reference) < pack_payload(&template) * 2 / 3);
+
+    let mut rng = rng();
+    let n = points();
+    let store = t.join("s");
+    for _ in 0..n.div_ceil(2) {
+        copy_store(&template, &store);
+        for _ in 0..2 {
+            let delay = full.mul_f64(rng.unit() * 1.1);
+            kill_after(puzzle(&store).args(["gc"]), delay);
+            verify_ok(&store);
+            let names: Vec<String> = images(&store).into_iter().map(|i| i.name).collect();
+            assert_eq!(names, ["base", "python3"], "after a gc kill at {delay:?}");
+        }
+        ok(puzzle(&store).args(["gc"]));
+        verify_ok(&store);
+        assert_eq!(blob_names(&store), want_blobs, "re-run gc ends elsewhere");
+    }
+    for tag in ["base", "python3"] {
+        let x = t.join(tag);
+        extract(&store, tag, &x);
+        if let Some(rootfs) = umoci_rootfs(&corpus, tag) {
+            assert_same_tree(&rootfs, &x);
+        }
+    }
+    eprintln!("dedup gc crash test: {n} kill points; uninterrupted gc took {full:?}");
+}

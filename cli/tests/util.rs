@@ -208,3 +208,25 @@ pub fn umoci_rootfs(corpus: &Path, tag: &str) -> Option<PathBuf> {
     }
     Some(bundle.join("rootfs"))
 }
+
+/// Store `dst` with `src`'s blobs copied in and its tags added, the way an
+/// operator merges two stores, then `verify --rebuild-index` run on it.
+pub fn merge_stores(src: &Path, dst: &Path) {
+    for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("index.json")).unwrap()).unwrap()
+    };
+    let mut index = read(dst);
+    let theirs = read(src)["manifests"].as_array().unwrap().clone();
+    index["manifests"].as_array_mut().unwrap().extend(theirs);
+    std::fs::write(
+        dst.join("index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    let r = ok(puzzle(dst).args(["verify", "--rebuild-index"]));
+    assert!(r.stderr.contains(" 0 problem(s)"), "{}", r.stderr);
+}

@@ -3,16 +3,24 @@
 //! Roots are the manifests tagged in `index.json` plus every manifest pinned
 //! by a live process ([`Store::pinned`]). A blob is live if a root manifest
 //! names it (config, metadata blob, packs). A chunk is live if a root's
-//! metadata names it. Then, under the writer lock (the caller holds it):
+//! metadata names it. A chunk live in several packs (stored twice: a build
+//! ran against a lost index, or two stores were merged) keeps one copy in
+//! use, its canonical copy (chosen in the `copies` submodule; docs/FORMAT.md,
+//! "Garbage collection"); the others count as dead. Then, under the writer
+//! lock (the caller holds it):
 //!
 //! 1. a pack whose live bytes (each live chunk's share of its frame) are
 //!    below `repack_below` of its frame bytes, and that no pinned manifest
 //!    uses, is *sparse*: its live chunks are decompressed, checked against
 //!    their BLAKE3 ids and compressed again, grouped into frames as a build
-//!    groups them, into new packs, written durably;
-//! 2. the new packs go into the index (flushed);
-//! 3. every tagged image using a sparse pack gets a new metadata blob (its
-//!    chunk table pointing at the new places) and a new manifest;
+//!    groups them, into new packs, written durably (a pack whose live
+//!    chunks all have their kept copy elsewhere is not rewritten: once the
+//!    images move off it no root reaches it, and step 7 deletes it);
+//! 2. the new packs go into the index, and every live chunk's index entry
+//!    names the copy kept (flushed);
+//! 3. every tagged image using a sparse pack or a copy not kept gets a new
+//!    metadata blob (its chunk table pointing at the kept copies and the
+//!    new places) and a new manifest;
 //! 4. `index.json` is rewritten once, pointing those tags at the new manifests;
 //! 5. pins are read again: a manifest pinned since step 0 keeps its blobs;
 //! 6. layer records that would name a chunk no longer indexed are dropped,
@@ -21,9 +29,14 @@
 //!    outlives a chunk it names;
 //! 7. only then every blob no root reaches is deleted.
 //!
-//! Unless nothing is to be repacked, this runs twice: first with no pack
-//! sparse, which deletes every blob no root reaches and writes nothing
-//! but index entries (so a full disk gets room back first), then as above.
+//! Unless it is a dry run, this runs twice: first with no pack sparse and
+//! every copy kept, which deletes every blob no root reaches and writes
+//! nothing but index entries (so a full disk gets room back first), then
+//! as above.
+//!
+//! A pinned manifest reads the packs it names until it is unpinned: they
+//! are never repacked and always kept, and a copy in one of them is the
+//! canonical one, so other images move to it and the other copies go now.
 //!
 //! Killed at any point, the store stays valid: until step 4 the old images
 //! are untouched; until step 7 nothing is deleted; the index never names a
@@ -43,6 +56,8 @@ use crate::layout::Store;
 use crate::manifest::Descriptor;
 use crate::meta::MetaBlob;
 use crate::pack::{self, ChunkLoc, PackInfo, PackWriter, DEFAULT_PACK_TARGET};
+
+mod copies;
 
 /// Packs with less than this fraction of their frame bytes live are
 /// rewritten by default (docs/FORMAT.md, "Garbage collection").
@@ -89,8 +104,13 @@ pub struct GcReport {
     pub dead_chunks_kept: u64,
     /// Their share of the packs' compressed bytes.
     pub dead_bytes_kept: u64,
+    /// Tagged images given new metadata because chunks they use moved
+    /// (repacked, or another copy of them kept).
     pub images_rewritten: usize,
     pub layer_records_removed: usize,
+    /// Copies of chunks stored twice that images no longer use and whose
+    /// pack is deleted or repacked (another copy is kept).
+    pub duplicate_chunks_removed: u64,
 }
 
 impl GcReport {
@@ -117,11 +137,12 @@ struct Root {
 
 /// Runs gc; see the module docs. The caller holds the writer lock and has
 /// the index open. Blobs no root reaches are deleted in a first pass that
-/// writes nothing but index entries, before sparse packs are repacked: on a
-/// full disk, the space a repack needs comes from them.
+/// writes nothing but index entries, before chunks stored twice are given up
+/// and sparse packs repacked: on a full disk, the space those need comes
+/// from them.
 pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcReport> {
-    if opts.dry_run || opts.repack_below <= 0.0 {
-        return gc_pass(store, index, opts);
+    if opts.dry_run {
+        return gc_pass(store, index, opts, true);
     }
     let first = gc_pass(
         store,
@@ -130,8 +151,9 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
             dry_run: false,
             repack_below: 0.0,
         },
+        false,
     )?;
-    let mut r = gc_pass(store, index, opts)?;
+    let mut r = gc_pass(store, index, opts, true)?;
     r.blobs_removed += first.blobs_removed;
     r.bytes_removed += first.bytes_removed;
     r.packs_removed += first.packs_removed;
@@ -140,8 +162,23 @@ pub fn gc(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepor
     Ok(r)
 }
 
-/// One gc run as the module docs describe it.
-fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcReport> {
+/// Whether `moves` says any chunk of `meta` moves.
+fn moves_any(
+    meta: &MetaBlob<Vec<u8>>,
+    mut moves: impl FnMut(&ChunkId, &ChunkLoc) -> bool,
+) -> Result<bool> {
+    for i in 0..meta.chunk_count() {
+        let rec = meta.chunk(i as u32)?;
+        if moves(&rec.id, &rec.loc) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// One gc run as the module docs describe it; `dedup` gives up the copies
+/// of chunks stored twice other than the canonical one (`copies`).
+fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions, dedup: bool) -> Result<GcReport> {
     let images = store.images()?;
     let pins0 = store.pinned()?;
     let mut report = GcReport {
@@ -201,10 +238,35 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepo
         }
     }
 
-    // Sparse packs.
+    // One copy of each chunk stored twice stays in use; the others count
+    // as dead, so `net` is what each pack holds that images will use.
+    let canon = if dedup {
+        copies::canonical(&live, &pinned_packs)
+    } else {
+        HashMap::new()
+    };
+    let net: copies::Live = live
+        .iter()
+        .map(|(p, chunks)| {
+            let used = chunks
+                .iter()
+                .filter(|(id, loc)| canon.get(id).is_none_or(|c| c == *loc))
+                .map(|(id, loc)| (*id, *loc))
+                .collect();
+            (*p, used)
+        })
+        .collect();
+
+    // Sparse packs, and packs left with nothing in use (every live chunk in
+    // them has its canonical copy elsewhere).
     let mut sparse: BTreeSet<BlobDigest> = BTreeSet::new();
-    for (p, chunks) in &live {
+    let mut emptied: BTreeSet<BlobDigest> = BTreeSet::new();
+    for (p, chunks) in &net {
         if pinned_packs.contains(p) {
+            continue;
+        }
+        if chunks.is_empty() {
+            emptied.insert(*p);
             continue;
         }
         let path = store.blob_path(p);
@@ -233,55 +295,80 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepo
     }
     report.packs_repacked = sparse.len();
 
-    let mut moved_manifests: BTreeMap<BlobDigest, Descriptor> = BTreeMap::new();
-    if !sparse.is_empty() {
-        // Copy live chunks of sparse packs, in image-name then chunk-table order.
-        let mut moved: HashMap<ChunkId, ChunkLoc> = HashMap::new();
-        let mut order: Vec<(ChunkId, ChunkLoc)> = Vec::new();
-        for r in &roots {
-            for i in 0..r.meta.chunk_count() {
-                let rec = r.meta.chunk(i as u32)?;
-                if sparse.contains(&rec.loc.pack) && !moved.contains_key(&rec.id) {
-                    moved.insert(rec.id, rec.loc);
-                    order.push((rec.id, rec.loc));
-                }
+    // Where each chunk an image uses is now, and where it is to be (moved
+    // later if that is a sparse pack).
+    let target = |id: &ChunkId, loc: &ChunkLoc| canon.get(id).copied().unwrap_or(*loc);
+    let mut rewrite: Vec<&Root> = Vec::new();
+    for r in roots.iter().filter(|r| r.name.is_some()) {
+        if moves_any(&r.meta, |id, loc| {
+            let t = target(id, loc);
+            t != *loc || sparse.contains(&t.pack)
+        })? {
+            rewrite.push(r);
+        }
+    }
+    report.images_rewritten = rewrite.len();
+
+    // Copy the canonical copies of live chunks of sparse packs, in
+    // image-name then chunk-table order.
+    let mut moved: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+    let mut order: Vec<(ChunkId, ChunkLoc)> = Vec::new();
+    for r in &roots {
+        for i in 0..r.meta.chunk_count() {
+            let rec = r.meta.chunk(i as u32)?;
+            let t = target(&rec.id, &rec.loc);
+            if sparse.contains(&t.pack) && !moved.contains_key(&rec.id) {
+                moved.insert(rec.id, t);
+                order.push((rec.id, t));
             }
         }
-        report.chunks_moved = order.len() as u64;
-        if opts.dry_run {
-            report.bytes_written = order.iter().map(|(_, l)| l.stored_share()).sum();
-        } else {
-            let new_packs = copy_chunks(store, &order)?;
-            for p in &new_packs {
-                for e in &p.entries {
-                    moved.insert(e.id, e.loc(p.digest));
-                }
-                index.add_pack(p)?;
-                report.bytes_written += p.size;
+    }
+    report.chunks_moved = order.len() as u64;
+
+    let mut moved_manifests: BTreeMap<BlobDigest, Descriptor> = BTreeMap::new();
+    if opts.dry_run {
+        report.bytes_written = order.iter().map(|(_, l)| l.stored_share()).sum();
+    } else if dedup {
+        let new_packs = copy_chunks(store, &order)?;
+        for p in &new_packs {
+            for e in &p.entries {
+                moved.insert(e.id, e.loc(p.digest));
             }
-            report.packs_written = new_packs.len();
-            index.flush()?;
-            // New metadata and manifests for tagged images using sparse packs.
-            for r in &roots {
-                if r.name.is_none() || moved_manifests.contains_key(&r.manifest) {
-                    continue;
-                }
-                let uses = r.meta.packs()?.iter().any(|p| sparse.contains(p));
-                if !uses {
-                    continue;
-                }
-                let bytes = r.meta.relocate(|rec| {
-                    Ok(if sparse.contains(&rec.loc.pack) {
-                        moved[&rec.id]
-                    } else {
-                        rec.loc
-                    })
-                })?;
-                let (desc, md, _) = write_image(store, &bytes, r.config.clone(), None)?;
-                report.bytes_written += desc.size + md.size;
-                moved_manifests.insert(r.manifest, desc);
+            index.add_pack(p)?;
+            report.bytes_written += p.size;
+        }
+        report.packs_written = new_packs.len();
+        let place = |id: &ChunkId, loc: &ChunkLoc| {
+            let t = target(id, loc);
+            if sparse.contains(&t.pack) {
+                moved[id]
+            } else {
+                t
             }
-            report.images_rewritten = moved_manifests.len();
+        };
+        // The index names the copy images use (future builds reuse it).
+        let used: HashMap<ChunkId, ChunkLoc> = net
+            .values()
+            .flat_map(|chunks| chunks.iter())
+            .map(|(id, loc)| (*id, place(id, loc)))
+            .collect();
+        for (id, loc) in index.chunk_entries()? {
+            if let Some(u) = used.get(&id).filter(|u| **u != loc) {
+                index.set_chunk(&id, u)?;
+            }
+        }
+        index.flush()?;
+        // New metadata and manifests for tagged images moving off a copy.
+        for r in rewrite {
+            if moved_manifests.contains_key(&r.manifest) {
+                continue;
+            }
+            let bytes = r.meta.relocate(|rec| Ok(place(&rec.id, &rec.loc)))?;
+            let (desc, md, _) = write_image(store, &bytes, r.config.clone(), None)?;
+            report.bytes_written += desc.size + md.size;
+            moved_manifests.insert(r.manifest, desc);
+        }
+        if !moved_manifests.is_empty() {
             store.retarget(&moved_manifests)?;
         }
     }
@@ -306,9 +393,9 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepo
         }
     }
     if opts.dry_run {
-        // Nothing was rewritten: count sparse packs as gone (their live
-        // chunks were counted as written above).
-        for p in &sparse {
+        // Nothing was rewritten: count sparse and emptied packs as gone
+        // (the live chunks of sparse ones were counted as written above).
+        for p in sparse.iter().chain(&emptied) {
             if !pins1
                 .iter()
                 .any(|m| closure(store, m).is_ok_and(|c| c.contains(p)))
@@ -348,6 +435,17 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepo
         }
     }
     report.chunks_removed = gone.iter().filter(|id| !still_held.contains(id)).count() as u64;
+    // Copies given up whose pack goes (those in packs that stay were
+    // counted in `dead_chunks_kept`).
+    for (p, chunks) in &live {
+        if !keep.contains(p) {
+            let used = &net[p];
+            report.duplicate_chunks_removed += chunks
+                .keys()
+                .filter(|id| canon.contains_key(*id) && !used.contains_key(*id))
+                .count() as u64;
+        }
+    }
     if opts.dry_run {
         return Ok(report);
     }
@@ -356,7 +454,7 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions) -> Result<GcRepo
     // across a crash between the two flushes.
     // Chunks of the packs that stay (re-added below if their index entry
     // named a pack that goes).
-    let kept: Vec<(&ChunkId, &ChunkLoc)> = live
+    let kept: Vec<(&ChunkId, &ChunkLoc)> = net
         .iter()
         .filter(|(p, _)| keep.contains(*p))
         .flat_map(|(_, chunks)| chunks.iter())

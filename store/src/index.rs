@@ -197,6 +197,15 @@ impl ChunkIndex {
         Ok(())
     }
 
+    /// Records `loc` for `id`, replacing what the index had (gc points a
+    /// chunk stored twice at the copy it keeps).
+    pub fn set_chunk(&self, id: &ChunkId, loc: &ChunkLoc) -> Result<()> {
+        self.chunks
+            .insert(id.as_bytes(), &encode_loc(loc)[..])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub fn remove_chunk(&self, id: &ChunkId) -> Result<()> {
         self.chunks.remove(id.as_bytes()).map_err(|e| self.err(e))?;
         Ok(())

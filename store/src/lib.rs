@@ -20,7 +20,8 @@
 //! - [`mmap`]: the single memory-mapping wrapper; [`image::open_mapped`] uses
 //!   it so a mount reads the metadata blob in place.
 //! - [`verify`]: checking digests and cross-references; rebuilding the index.
-//! - [`gc`]: deleting what no image needs and repacking sparse packs.
+//! - [`gc`]: deleting what no image needs, keeping one copy of a chunk
+//!   stored twice, and repacking sparse packs.
 //!
 //! The byte formats are specified in `docs/FORMAT.md`.
 
