@@ -4,8 +4,9 @@
 //! contents as chunk extents, whiteouts and opaque markers explicit. A
 //! [`Tree`] is the flattened image: [`Tree::apply`] applies layers in order
 //! with OCI semantics (whiteouts and opaque markers hide lower layers only;
-//! hard links may point into lower layers; nothing is ever reached through a
-//! symlink).
+//! hard links may point into lower layers). A parent path that goes through
+//! a symlink is resolved inside the image root, as `umoci unpack` does
+//! ([`resolve`]): an entry is never written outside the tree.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -14,6 +15,9 @@ use puzzle_chunker::ChunkId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{show_path, Error, Result};
+
+pub mod resolve;
+pub use resolve::{Resolved, TooManySymlinks, MAX_SYMLINKS};
 
 /// Ownership, permissions, times and xattrs of an entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +250,12 @@ pub struct Inode {
     pub meta: Meta,
 }
 
+impl Inode {
+    fn kind_is_dir(&self) -> bool {
+        matches!(self.kind, InodeKind::Dir(_))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum InodeKind {
     File {
@@ -331,8 +341,8 @@ impl Tree {
     }
 
     /// The directory that will hold `path`, creating missing directories.
-    /// A parent that is a symlink or not a directory is an error: nothing is
-    /// ever written through a symlink.
+    /// The parent path is resolved inside the root ([`Tree::resolve`]); a
+    /// parent that is no directory or does not resolve is an error.
     fn parent_dir(&mut self, path: &[u8], last: &mut LastParent) -> Result<usize> {
         let (parent, _) = split_parent(path);
         let mut ino = Self::ROOT;
@@ -344,35 +354,26 @@ impl Tree {
                 return Ok(*dir);
             }
         }
-        let mut walked = 0usize;
-        for comp in parent.split(|&b| b == b'/') {
-            walked += comp.len() + usize::from(walked > 0);
-            let next = self
-                .children(ino)
-                .expect("walk stays in dirs")
-                .get(comp)
-                .copied();
-            ino = match next {
-                Some(child) => match &self.inodes[child].kind {
-                    InodeKind::Dir(_) => child,
-                    InodeKind::Symlink(_) => {
-                        return Err(bad_entry(
-                            path,
-                            format!("parent {} is a symlink", show_path(&parent[..walked])),
-                        ))
-                    }
-                    _ => {
-                        return Err(bad_entry(
-                            path,
-                            format!("parent {} is not a directory", show_path(&parent[..walked])),
-                        ))
-                    }
-                },
+        let resolved = self
+            .resolve(parent)
+            .map_err(|e| bad_entry(path, e.why(&format!("parent {}", show_path(parent)))))?;
+        for (i, (comp, found)) in resolved.comps.iter().enumerate() {
+            ino = match found {
+                Some(child) if self.inodes[*child].kind_is_dir() => *child,
+                Some(_) => {
+                    return Err(bad_entry(
+                        path,
+                        format!(
+                            "parent {} is not a directory",
+                            show_path(&resolved.path(i + 1))
+                        ),
+                    ))
+                }
                 None => {
                     let new = self.push(InodeKind::Dir(BTreeMap::new()), implicit_dir_meta());
                     self.children_mut(ino)
                         .expect("walk stays in dirs")
-                        .insert(comp.to_vec(), new);
+                        .insert(comp.clone(), new);
                     new
                 }
             };
@@ -396,20 +397,28 @@ impl Tree {
                 lower_links.push((path, self.link_target(path, target)?));
             }
         }
-        // Whiteouts and opaque markers hide what lower layers put there.
+        // Whiteouts and opaque markers hide what lower layers put there,
+        // their directories resolved inside the root.
+        let unresolved = |path: &[u8], what: &str, dir: &[u8], e: TooManySymlinks| {
+            bad_entry(path, e.why(&format!("{what} {}", show_path(dir))))
+        };
         for w in &layer.whiteouts {
             let (parent, name) = split_parent(w);
-            if let Some(dir) = self.lookup(parent) {
-                if let Some(children) = self.children_mut(dir) {
-                    children.remove(name);
-                }
+            let dir = self
+                .resolve(parent)
+                .map_err(|e| unresolved(w, "the whiteout's directory", parent, e))?
+                .ino();
+            if let Some(children) = dir.and_then(|d| self.children_mut(d)) {
+                children.remove(name);
             }
         }
         for o in &layer.opaques {
-            if let Some(dir) = self.lookup(o) {
-                if let Some(children) = self.children_mut(dir) {
-                    children.clear();
-                }
+            let dir = self
+                .resolve(o)
+                .map_err(|e| unresolved(o, "opaque directory", o, e))?
+                .ino();
+            if let Some(children) = dir.and_then(|d| self.children_mut(d)) {
+                children.clear();
             }
         }
         // Sorted paths put every parent before its children, and siblings
@@ -491,7 +500,13 @@ impl Tree {
         if path.is_empty() {
             return Err(bad_entry(path, "the root cannot be a hard link".into()));
         }
-        let t = self.lookup(target).ok_or_else(|| {
+        let t = self.find(target).map_err(|e| {
+            bad_entry(
+                path,
+                e.why(&format!("hard link target {}", show_path(target))),
+            )
+        })?;
+        let t = t.ok_or_else(|| {
             bad_entry(
                 path,
                 format!("hard link target {} does not exist", show_path(target)),

@@ -179,22 +179,114 @@ fn lower_links_name_the_lower_tree() {
 }
 
 #[test]
-fn nothing_is_written_through_a_symlink() {
-    let mut t = Tree::new();
-    let err = t
-        .apply(&layer(
-            vec![symlink("l", "/etc"), file("l/passwd", 1)],
+fn parents_through_symlinks_resolve_inside_the_root() {
+    let lower = || {
+        let mut t = Tree::new();
+        t.apply(&layer(
+            vec![
+                dir("usr", 0o755),
+                dir("usr/lib", 0o755),
+                file("usr/lib/old", 1),
+                file("usr/lib/keep", 2),
+                symlink("lib", "usr/lib"),
+                symlink("abs", "/usr/lib"),
+                symlink("up", "../.."),
+            ],
             &[],
             &[],
         ))
-        .unwrap_err();
-    assert!(err.to_string().contains("symlink"), "{err}");
+        .unwrap();
+        t
+    };
+    let mut t = lower();
+    t.apply(&layer(
+        vec![
+            file("lib/x", 3),
+            file("abs/y", 4),
+            file("up/etc/passwd", 5),
+            file("lib/new/deep", 6),
+            LayerEntry::LowerLink {
+                path: b"lib/h".to_vec(),
+                target: b"abs/keep".to_vec(),
+            },
+        ],
+        &["lib/old"],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(size(&t, "usr/lib/x"), Some(3));
+    assert_eq!(size(&t, "usr/lib/y"), Some(4));
+    assert_eq!(size(&t, "etc/passwd"), Some(5), "`..` stops at the root");
+    assert_eq!(size(&t, "usr/lib/new/deep"), Some(6));
+    assert_eq!(t.lookup(b"usr/lib/old"), None, "whiteout through lib");
+    assert_eq!(t.lookup(b"usr/lib/h"), t.lookup(b"usr/lib/keep"));
+    assert!(matches!(
+        t.inodes[t.lookup(b"lib").unwrap()].kind,
+        InodeKind::Symlink(_)
+    ));
+    // An opaque marker through a symlink clears where it leads.
+    let mut t = lower();
+    t.apply(&layer(vec![file("lib/n", 7)], &[], &["lib"]))
+        .unwrap();
+    assert_eq!(t.lookup(b"usr/lib/keep"), None);
+    assert_eq!(size(&t, "usr/lib/n"), Some(7));
+    // The same layer's symlink serves as a parent too.
     let mut t = Tree::new();
-    t.apply(&layer(vec![symlink("l", "..")], &[], &[])).unwrap();
-    assert!(t.apply(&layer(vec![file("l/x", 1)], &[], &[])).is_err());
+    t.apply(&layer(
+        vec![symlink("l", "/etc"), file("l/passwd", 1)],
+        &[],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(size(&t, "etc/passwd"), Some(1));
+}
+
+#[test]
+fn unresolvable_parents_are_refused_naming_the_entry() {
     let mut t = Tree::new();
-    t.apply(&layer(vec![file("f", 1)], &[], &[])).unwrap();
-    assert!(t.apply(&layer(vec![file("f/x", 1)], &[], &[])).is_err());
+    t.apply(&layer(
+        vec![
+            symlink("a", "b"),
+            symlink("b", "a"),
+            file("f", 1),
+            symlink("s", "f"),
+        ],
+        &[],
+        &[],
+    ))
+    .unwrap();
+    let err = |t: &Tree, l: Layer| t.clone().apply(&l).unwrap_err().to_string();
+    let e = err(&t, layer(vec![file("a/x", 1)], &[], &[]));
+    assert!(
+        e.contains("/a/x") && e.contains("more than 255 symlinks"),
+        "{e}"
+    );
+    let e = err(&t, layer(vec![], &["a/x"], &[]));
+    assert!(
+        e.contains("/a/x") && e.contains("more than 255 symlinks"),
+        "{e}"
+    );
+    let e = err(&t, layer(vec![], &[], &["b"]));
+    assert!(
+        e.contains("/b") && e.contains("more than 255 symlinks"),
+        "{e}"
+    );
+    let link = LayerEntry::LowerLink {
+        path: b"h".to_vec(),
+        target: b"b/f".to_vec(),
+    };
+    let e = err(&t, layer(vec![link], &[], &[]));
+    assert!(
+        e.contains("/h") && e.contains("more than 255 symlinks"),
+        "{e}"
+    );
+    let e = err(&t, layer(vec![file("s/x", 1)], &[], &[]));
+    assert!(
+        e.contains("/s/x") && e.contains("parent /f is not a directory"),
+        "{e}"
+    );
+    let e = err(&t, layer(vec![file("f/x", 1)], &[], &[]));
+    assert!(e.contains("parent /f is not a directory"), "{e}");
 }
 
 #[test]
