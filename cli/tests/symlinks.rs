@@ -21,6 +21,7 @@
 //! | chains of 41 and 255 symlinks ; `c0/x` | resolved | same |
 //! | a chain of 256, `a -> b -> a`, `a -> a/b`, `tmp -> /../../tmp` | fails: too many levels of symbolic links | fails naming the entry |
 //! | `s -> f`, a file ; `s/x` | fails: mkdir parent: not a directory | fails naming the entry |
+//! | `l ->` a 4,096-byte target ; `l/y` | fails (Linux holds no such symlink) | fails naming the entry |
 //! | `lib/.wh.old` | removes `usr/lib/old` | same |
 //! | `lib/.wh..wh..opq`, `lib/new` | empties `usr/lib`, then `usr/lib/new` | same |
 //! | hard link `h` to `lib/old` | `h` links `usr/lib/old` | same |
@@ -284,6 +285,20 @@ fn refused_cases() -> Vec<(Case, &'static str)> {
             ),
             "/s/x",
         ),
+        (
+            // Linux holds no symlink target of 4096 bytes or more.
+            case(
+                "long-target",
+                vec![
+                    vec![
+                        Entry::dir("d"),
+                        Entry::symlink("l", format!("d/{}", "x/".repeat(2047))),
+                    ],
+                    vec![Entry::file("l/y", "y\n")],
+                ],
+            ),
+            "/l/y",
+        ),
     ]
 }
 
@@ -395,10 +410,10 @@ fn unresolvable_parents_are_refused_as_umoci_refuses_them() {
             c.name,
             lines[0]
         );
-        let why = if c.name == "to-file" {
-            "parent /f is not a directory"
-        } else {
-            "more than 255 symlinks"
+        let why = match c.name {
+            "to-file" => "parent /f is not a directory",
+            "long-target" => "target is over 4095 bytes",
+            _ => "more than 255 symlinks",
         };
         assert!(lines[0].contains(why), "{}: {}", c.name, lines[0]);
         if umoci {

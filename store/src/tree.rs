@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{show_path, Error, Result};
 
 pub mod resolve;
-pub use resolve::{Resolved, TooManySymlinks, MAX_SYMLINKS};
+pub use resolve::{Resolved, Unresolvable, MAX_SYMLINKS, MAX_TARGET};
 
 /// Ownership, permissions, times and xattrs of an entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,7 +399,7 @@ impl Tree {
         }
         // Whiteouts and opaque markers hide what lower layers put there,
         // their directories resolved inside the root.
-        let unresolved = |path: &[u8], what: &str, dir: &[u8], e: TooManySymlinks| {
+        let unresolved = |path: &[u8], what: &str, dir: &[u8], e: Unresolvable| {
             bad_entry(path, e.why(&format!("{what} {}", show_path(dir))))
         };
         for w in &layer.whiteouts {

@@ -9,7 +9,9 @@
 //! root when there is none. A component that does not exist (or follows
 //! one that is no directory) is kept by name: later `..` drop it lexically,
 //! as securejoin does. After [`MAX_SYMLINKS`] symlinks the resolution fails
-//! (loops end there too).
+//! (loops end there too), and at a symlink whose target is longer than
+//! [`MAX_TARGET`] bytes (Linux cannot hold it; it also bounds the work: at
+//! most 255 targets of 4 KiB are expanded).
 
 use super::{InodeKind, Tree};
 
@@ -37,24 +39,39 @@ impl Resolved {
     }
 }
 
-/// A resolution that met more than [`MAX_SYMLINKS`] symlinks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TooManySymlinks;
+/// Longest symlink target followed: Linux's `PATH_MAX` less the NUL (a
+/// longer one cannot be created, so umoci fails on it).
+pub const MAX_TARGET: usize = 4095;
 
-impl TooManySymlinks {
+/// Why a path does not resolve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unresolvable {
+    /// More than [`MAX_SYMLINKS`] symlinks: a loop or too long a chain.
+    TooManySymlinks,
+    /// A symlink on the way has a target over [`MAX_TARGET`] bytes.
+    LongTarget,
+}
+
+impl Unresolvable {
     /// Why an entry whose `what` (a path) did not resolve is refused.
     pub(super) fn why(self, what: &str) -> String {
-        format!(
-            "{what} leads through more than {MAX_SYMLINKS} symlinks (a symlink loop?); \
-             umoci refuses this image too"
-        )
+        match self {
+            Unresolvable::TooManySymlinks => format!(
+                "{what} leads through more than {MAX_SYMLINKS} symlinks (a symlink loop?); \
+                 umoci refuses this image too"
+            ),
+            Unresolvable::LongTarget => format!(
+                "{what} leads through a symlink whose target is over {MAX_TARGET} bytes; \
+                 umoci refuses this image too"
+            ),
+        }
     }
 }
 
 impl Tree {
     /// Resolves every component of `path`, the last one too, following
     /// symlinks inside the root (see the module docs).
-    pub fn resolve(&self, path: &[u8]) -> Result<Resolved, TooManySymlinks> {
+    pub fn resolve(&self, path: &[u8]) -> Result<Resolved, Unresolvable> {
         // Components still to resolve, the next one last.
         let mut todo: Vec<&[u8]> = path.split(|&b| b == b'/').rev().collect();
         let mut at: Vec<(&[u8], Option<usize>)> = Vec::new();
@@ -76,7 +93,10 @@ impl Tree {
             if let Some(InodeKind::Symlink(target)) = found.map(|i| &self.inodes[i].kind) {
                 followed += 1;
                 if followed > MAX_SYMLINKS {
-                    return Err(TooManySymlinks);
+                    return Err(Unresolvable::TooManySymlinks);
+                }
+                if target.len() > MAX_TARGET {
+                    return Err(Unresolvable::LongTarget);
                 }
                 if target.first() == Some(&b'/') {
                     at.clear();
@@ -93,7 +113,7 @@ impl Tree {
 
     /// Looks up `path` with its parent resolved inside the root and its last
     /// component not followed (what a hard link's target names).
-    pub fn find(&self, path: &[u8]) -> Result<Option<usize>, TooManySymlinks> {
+    pub fn find(&self, path: &[u8]) -> Result<Option<usize>, Unresolvable> {
         let (parent, name) = super::split_parent(path);
         if name.is_empty() {
             return Ok(Some(Self::ROOT));
@@ -208,11 +228,19 @@ mod tests {
         };
         // c0 .. c{n}: n + 1 symlinks.
         assert_eq!(show(&chain(254), "c0/x"), "d/x?");
-        assert_eq!(chain(255).resolve(b"c0/x"), Err(TooManySymlinks));
+        assert_eq!(
+            chain(255).resolve(b"c0/x"),
+            Err(Unresolvable::TooManySymlinks)
+        );
         let t = tree(&[("a", "b"), ("b", "a"), ("self", "self/more")]);
-        assert_eq!(t.resolve(b"a/x"), Err(TooManySymlinks));
-        assert_eq!(t.resolve(b"self"), Err(TooManySymlinks));
-        assert_eq!(t.find(b"a/x"), Err(TooManySymlinks));
+        assert_eq!(t.resolve(b"a/x"), Err(Unresolvable::TooManySymlinks));
+        assert_eq!(t.resolve(b"self"), Err(Unresolvable::TooManySymlinks));
+        assert_eq!(t.find(b"a/x"), Err(Unresolvable::TooManySymlinks));
+        // A target no Linux symlink holds is not followed.
+        let long = format!("d/{}", "x/".repeat(MAX_TARGET / 2));
+        let t2 = tree(&[("d", ""), ("long", &long), ("ok", &long[..MAX_TARGET])]);
+        assert_eq!(t2.resolve(b"long/y"), Err(Unresolvable::LongTarget));
+        assert!(t2.resolve(b"ok/y").is_ok());
         // The loop is not met when the path does not go through it.
         assert_eq!(t.find(b"a").unwrap(), t.lookup(b"a"));
     }
