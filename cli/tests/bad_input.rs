@@ -1,6 +1,7 @@
 //! Hostile and broken inputs: a clear one-line error naming the image,
 //! layer and entry; a non-zero exit; nothing written outside any target;
-//! the store stays usable and lists no partial image.
+//! the store stays usable and lists no partial image. (Writes through a
+//! symlink resolve inside the image: symlinks.rs.)
 
 use std::path::Path;
 
@@ -112,16 +113,6 @@ fn hostile_tar_entries_are_refused() {
             "absolute",
             bad::absolute_tar(),
             vec!["layer 2", "/etc/abs", "absolute"],
-        ),
-        (
-            "symlink",
-            bad::symlink_escape_tar(b"/tmp"),
-            vec!["layer 2", "/link/evil", "symlink"],
-        ),
-        (
-            "symlink-up",
-            bad::symlink_escape_tar(b".."),
-            vec!["layer 2", "/link/evil", "symlink"],
         ),
         (
             "hardlink",

@@ -22,4 +22,5 @@ mod progress;
 mod report;
 mod stats;
 mod store_safety;
+mod symlinks;
 mod synthetic;

@@ -373,7 +373,9 @@ fn head<'a>(path: Vec<u8>, kind: HeadKind<'a>, m: &'a Meta) -> Head<'a> {
 }
 
 fn meta_at(tree: &Tree, path: &[u8], target: &[u8]) -> Result<Meta> {
-    let ino = tree.lookup(target).ok_or_else(|| {
+    // The target's parent may go through a symlink, as when the layer was
+    // applied.
+    let ino = tree.find(target).ok().flatten().ok_or_else(|| {
         Error::Invalid(format!(
             "layer record: hard link {} names {}, which does not exist",
             puzzle_store::error::show_path(path),

@@ -4,8 +4,9 @@
 //! contents as chunk extents, whiteouts and opaque markers explicit. A
 //! [`Tree`] is the flattened image: [`Tree::apply`] applies layers in order
 //! with OCI semantics (whiteouts and opaque markers hide lower layers only;
-//! hard links may point into lower layers; nothing is ever reached through a
-//! symlink).
+//! hard links may point into lower layers). A parent path that goes through
+//! a symlink is resolved inside the image root, as `umoci unpack` does
+//! ([`resolve`]): an entry is never written outside the tree.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -14,6 +15,9 @@ use puzzle_chunker::ChunkId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{show_path, Error, Result};
+
+pub mod resolve;
+pub use resolve::{Resolved, Unresolvable, MAX_SYMLINKS, MAX_TARGET};
 
 /// Ownership, permissions, times and xattrs of an entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +250,12 @@ pub struct Inode {
     pub meta: Meta,
 }
 
+impl Inode {
+    fn kind_is_dir(&self) -> bool {
+        matches!(self.kind, InodeKind::Dir(_))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum InodeKind {
     File {
@@ -331,8 +341,8 @@ impl Tree {
     }
 
     /// The directory that will hold `path`, creating missing directories.
-    /// A parent that is a symlink or not a directory is an error: nothing is
-    /// ever written through a symlink.
+    /// The parent path is resolved inside the root ([`Tree::resolve`]); a
+    /// parent that is no directory or does not resolve is an error.
     fn parent_dir(&mut self, path: &[u8], last: &mut LastParent) -> Result<usize> {
         let (parent, _) = split_parent(path);
         let mut ino = Self::ROOT;
@@ -344,35 +354,26 @@ impl Tree {
                 return Ok(*dir);
             }
         }
-        let mut walked = 0usize;
-        for comp in parent.split(|&b| b == b'/') {
-            walked += comp.len() + usize::from(walked > 0);
-            let next = self
-                .children(ino)
-                .expect("walk stays in dirs")
-                .get(comp)
-                .copied();
-            ino = match next {
-                Some(child) => match &self.inodes[child].kind {
-                    InodeKind::Dir(_) => child,
-                    InodeKind::Symlink(_) => {
-                        return Err(bad_entry(
-                            path,
-                            format!("parent {} is a symlink", show_path(&parent[..walked])),
-                        ))
-                    }
-                    _ => {
-                        return Err(bad_entry(
-                            path,
-                            format!("parent {} is not a directory", show_path(&parent[..walked])),
-                        ))
-                    }
-                },
+        let resolved = self
+            .resolve(parent)
+            .map_err(|e| bad_entry(path, e.why(&format!("parent {}", show_path(parent)))))?;
+        for (i, (comp, found)) in resolved.comps.iter().enumerate() {
+            ino = match found {
+                Some(child) if self.inodes[*child].kind_is_dir() => *child,
+                Some(_) => {
+                    return Err(bad_entry(
+                        path,
+                        format!(
+                            "parent {} is not a directory",
+                            show_path(&resolved.path(i + 1))
+                        ),
+                    ))
+                }
                 None => {
                     let new = self.push(InodeKind::Dir(BTreeMap::new()), implicit_dir_meta());
                     self.children_mut(ino)
                         .expect("walk stays in dirs")
-                        .insert(comp.to_vec(), new);
+                        .insert(comp.clone(), new);
                     new
                 }
             };
@@ -396,20 +397,28 @@ impl Tree {
                 lower_links.push((path, self.link_target(path, target)?));
             }
         }
-        // Whiteouts and opaque markers hide what lower layers put there.
+        // Whiteouts and opaque markers hide what lower layers put there,
+        // their directories resolved inside the root.
+        let unresolved = |path: &[u8], what: &str, dir: &[u8], e: Unresolvable| {
+            bad_entry(path, e.why(&format!("{what} {}", show_path(dir))))
+        };
         for w in &layer.whiteouts {
             let (parent, name) = split_parent(w);
-            if let Some(dir) = self.lookup(parent) {
-                if let Some(children) = self.children_mut(dir) {
-                    children.remove(name);
-                }
+            let dir = self
+                .resolve(parent)
+                .map_err(|e| unresolved(w, "the whiteout's directory", parent, e))?
+                .ino();
+            if let Some(children) = dir.and_then(|d| self.children_mut(d)) {
+                children.remove(name);
             }
         }
         for o in &layer.opaques {
-            if let Some(dir) = self.lookup(o) {
-                if let Some(children) = self.children_mut(dir) {
-                    children.clear();
-                }
+            let dir = self
+                .resolve(o)
+                .map_err(|e| unresolved(o, "opaque directory", o, e))?
+                .ino();
+            if let Some(children) = dir.and_then(|d| self.children_mut(d)) {
+                children.clear();
             }
         }
         // Sorted paths put every parent before its children, and siblings
@@ -491,7 +500,13 @@ impl Tree {
         if path.is_empty() {
             return Err(bad_entry(path, "the root cannot be a hard link".into()));
         }
-        let t = self.lookup(target).ok_or_else(|| {
+        let t = self.find(target).map_err(|e| {
+            bad_entry(
+                path,
+                e.why(&format!("hard link target {}", show_path(target))),
+            )
+        })?;
+        let t = t.ok_or_else(|| {
             bad_entry(
                 path,
                 format!("hard link target {} does not exist", show_path(target)),
@@ -545,263 +560,4 @@ fn bad_entry(path: &[u8], why: String) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(path: &str, size: u64) -> LayerEntry {
-        LayerEntry::Node {
-            path: path.into(),
-            node: Node::File {
-                size,
-                extents: vec![],
-                digest: FileDigest::default(),
-            },
-            meta: Meta::default(),
-        }
-    }
-    fn dir(path: &str, mode: u32) -> LayerEntry {
-        LayerEntry::Node {
-            path: path.into(),
-            node: Node::Dir,
-            meta: Meta {
-                mode,
-                ..Meta::default()
-            },
-        }
-    }
-    fn symlink(path: &str, target: &str) -> LayerEntry {
-        LayerEntry::Node {
-            path: path.into(),
-            node: Node::Symlink(target.into()),
-            meta: Meta::default(),
-        }
-    }
-    fn layer(mut entries: Vec<LayerEntry>, wh: &[&str], opq: &[&str]) -> Layer {
-        entries.sort_by(|a, b| a.path().cmp(b.path()));
-        Layer {
-            entries,
-            whiteouts: wh.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            opaques: opq.iter().map(|s| s.as_bytes().to_vec()).collect(),
-        }
-    }
-    fn size(t: &Tree, p: &str) -> Option<u64> {
-        match &t.inodes[t.lookup(p.as_bytes())?].kind {
-            InodeKind::File { size, .. } => Some(*size),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn normalize() {
-        assert_eq!(normalize_path(b"./a//b/./c/").unwrap(), b"a/b/c");
-        assert_eq!(normalize_path(b"./").unwrap(), b"");
-        assert_eq!(normalize_path(b".").unwrap(), b"");
-        assert!(normalize_path(b"/etc/passwd").is_err());
-        assert!(normalize_path(b"a/../../b").is_err());
-        assert!(normalize_path(b"..").is_err());
-        assert_eq!(normalize_path(b"a/..b").unwrap(), b"a/..b");
-    }
-
-    #[test]
-    fn whiteouts_opaques_and_replacement() {
-        let mut t = Tree::new();
-        t.apply(&layer(
-            vec![
-                dir("d", 0o755),
-                file("d/x", 1),
-                file("d/y", 2),
-                dir("o", 0o700),
-                file("o/old", 3),
-                file("f", 4),
-                dir("g", 0o755),
-                file("g/inner", 5),
-            ],
-            &[],
-            &[],
-        ))
-        .unwrap();
-        t.apply(&layer(
-            vec![
-                file("o/new", 6),
-                file("d/y", 7),
-                dir("f", 0o711),
-                file("f/z", 8),
-                file("g", 9),
-            ],
-            &["d/x"],
-            &["o"],
-        ))
-        .unwrap();
-        assert_eq!(size(&t, "d/x"), None);
-        assert_eq!(size(&t, "d/y"), Some(7));
-        assert_eq!(size(&t, "o/old"), None, "opaque hides lower children");
-        assert_eq!(
-            size(&t, "o/new"),
-            Some(6),
-            "opaque keeps same-layer children"
-        );
-        assert_eq!(t.inodes[t.lookup(b"o").unwrap()].meta.mode, 0o700);
-        assert_eq!(size(&t, "f/z"), Some(8), "file replaced by dir");
-        assert_eq!(size(&t, "g"), Some(9), "dir replaced by file");
-        assert_eq!(t.lookup(b"g/inner"), None);
-        // Whiteout of a whole directory.
-        t.apply(&layer(vec![], &["f"], &[])).unwrap();
-        assert_eq!(t.lookup(b"f"), None);
-        assert_eq!(t.lookup(b"f/z"), None);
-        // A whiteout of something absent is harmless.
-        t.apply(&layer(vec![], &["nope/x"], &[])).unwrap();
-    }
-
-    #[test]
-    fn hard_links_across_layers() {
-        let mut t = Tree::new();
-        t.apply(&layer(vec![file("a", 5)], &[], &[])).unwrap();
-        t.apply(&layer(
-            vec![LayerEntry::HardLink {
-                path: b"b/link".to_vec(),
-                target: b"a".to_vec(),
-            }],
-            &[],
-            &[],
-        ))
-        .unwrap();
-        assert_eq!(t.lookup(b"a"), t.lookup(b"b/link"));
-        // Removing one name keeps the other.
-        t.apply(&layer(vec![], &["a"], &[])).unwrap();
-        assert_eq!(size(&t, "b/link"), Some(5));
-        let err = Tree::new()
-            .apply(&layer(
-                vec![LayerEntry::HardLink {
-                    path: b"x".to_vec(),
-                    target: b"missing".to_vec(),
-                }],
-                &[],
-                &[],
-            ))
-            .unwrap_err();
-        assert!(err.to_string().contains("does not exist"), "{err}");
-    }
-
-    #[test]
-    fn lower_links_name_the_lower_tree() {
-        let lower_link = |p: &str, t: &str| LayerEntry::LowerLink {
-            path: p.into(),
-            target: t.into(),
-        };
-        let mut t = Tree::new();
-        t.apply(&layer(vec![file("a", 3), file("w", 4)], &[], &[]))
-            .unwrap();
-        // `b` -> lower `a` then a new `a`; `c` -> lower `w` then `.wh.w`.
-        t.apply(&layer(
-            vec![lower_link("b", "a"), file("a", 5), lower_link("c", "w")],
-            &["w", "b"],
-            &[],
-        ))
-        .unwrap();
-        assert_eq!(size(&t, "a"), Some(5));
-        assert_eq!(size(&t, "b"), Some(3), "b keeps the lower a");
-        assert_ne!(t.lookup(b"a"), t.lookup(b"b"));
-        assert_eq!(size(&t, "c"), Some(4), "c keeps the whited-out w");
-        assert_eq!(t.lookup(b"w"), None);
-        // In-layer links see this layer's entries.
-        t.apply(&layer(
-            vec![
-                file("n", 6),
-                LayerEntry::HardLink {
-                    path: b"m".to_vec(),
-                    target: b"n".to_vec(),
-                },
-            ],
-            &[],
-            &[],
-        ))
-        .unwrap();
-        assert_eq!(t.lookup(b"m"), t.lookup(b"n"));
-        // A lower link to something absent below is an error.
-        let err = Tree::new()
-            .apply(&layer(vec![lower_link("x", "y"), file("y", 1)], &[], &[]))
-            .unwrap_err();
-        assert!(err.to_string().contains("does not exist"), "{err}");
-    }
-
-    #[test]
-    fn nothing_is_written_through_a_symlink() {
-        let mut t = Tree::new();
-        let err = t
-            .apply(&layer(
-                vec![symlink("l", "/etc"), file("l/passwd", 1)],
-                &[],
-                &[],
-            ))
-            .unwrap_err();
-        assert!(err.to_string().contains("symlink"), "{err}");
-        let mut t = Tree::new();
-        t.apply(&layer(vec![symlink("l", "..")], &[], &[])).unwrap();
-        assert!(t.apply(&layer(vec![file("l/x", 1)], &[], &[])).is_err());
-        let mut t = Tree::new();
-        t.apply(&layer(vec![file("f", 1)], &[], &[])).unwrap();
-        assert!(t.apply(&layer(vec![file("f/x", 1)], &[], &[])).is_err());
-    }
-
-    #[test]
-    fn a_directory_replaced_is_no_parent_any_more() {
-        // Entries out of sorted order (no spooled layer has them so, a
-        // record could): the parent found for a/b/x must not serve a/b/y
-        // after a/b became a file; the same at the top level, where no
-        // parent is walked to.
-        for entries in [
-            vec![file("a/b/x", 1), file("a/b", 2), file("a/b/y", 3)],
-            vec![file("a/x", 1), file("a", 2), file("a/y", 3)],
-        ] {
-            let unsorted = Layer {
-                entries,
-                whiteouts: Vec::new(),
-                opaques: Vec::new(),
-            };
-            let err = Tree::new().apply(&unsorted).unwrap_err();
-            assert!(err.to_string().contains("not a directory"), "{err}");
-        }
-        // Sorted siblings share their parent.
-        let mut t = Tree::new();
-        let siblings = (0..50).map(|i| file(&format!("d/e/f{i:02}"), i)).collect();
-        t.apply(&layer(siblings, &[], &[])).unwrap();
-        assert_eq!(size(&t, "d/e/f07"), Some(7));
-        assert_eq!(t.children(t.lookup(b"d/e").unwrap()).unwrap().len(), 50);
-    }
-
-    #[test]
-    fn implicit_parents_and_order() {
-        let mut t = Tree::new();
-        t.apply(&layer(vec![file("a/b/c", 1), file("z", 1)], &[], &[]))
-            .unwrap();
-        let a = t.lookup(b"a").unwrap();
-        assert_eq!(t.inodes[a].meta.mode, 0o755);
-        let order = t.order();
-        assert_eq!(order[0], Tree::ROOT);
-        assert_eq!(order.len(), 5);
-    }
-
-    #[test]
-    fn record_round_trip() {
-        let l = layer(
-            vec![file("a", 3), symlink("s", "a"), dir("d", 0o1777)],
-            &["w"],
-            &["d"],
-        );
-        assert_eq!(Layer::from_record(&l.to_record()).unwrap(), l);
-        assert!(Layer::from_record(&[9, 1, 2]).is_err());
-        // A version-2 record (links not split by kind) is refused, not misread.
-        let mut old = l.to_record();
-        old[0] = 2;
-        assert!(Layer::from_record(&old).is_err());
-        // A version-3 record (plain postcard) is refused too.
-        let mut v3 = vec![3];
-        v3.extend(postcard::to_stdvec(&l).unwrap());
-        assert!(Layer::from_record(&v3).is_err());
-        assert!(Layer::from_record(&[]).is_err());
-        // A damaged frame is an error, not a panic.
-        let mut cut = l.to_record();
-        cut.truncate(cut.len() - 3);
-        assert!(Layer::from_record(&cut).is_err());
-    }
-}
+mod tests;
