@@ -43,7 +43,6 @@
 //! pack before it is durable or after it is deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
 
 use puzzle_chunker::ChunkId;
 
@@ -269,16 +268,9 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions, dedup: bool) -> 
             emptied.insert(*p);
             continue;
         }
-        let path = store.blob_path(p);
-        let f = File::open(&path).map_err(|e| {
-            refuse(
-                format!("pack {p}"),
-                Error::Io {
-                    path: path.clone(),
-                    source: e,
-                },
-            )
-        })?;
+        let f = store
+            .open_blob(p)
+            .map_err(|e| refuse(format!("pack {p}"), e))?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         let entries = pack::read_pack_index(&f, len).map_err(|e| refuse(format!("pack {p}"), e))?;
         let total: u64 = entries.last().map_or(0, |e| e.offset + u64::from(e.clen));

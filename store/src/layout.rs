@@ -303,15 +303,7 @@ impl Store {
     /// Reads a whole blob, refusing blobs over `max` bytes, and checks its digest.
     pub fn read_blob(&self, d: &BlobDigest, max: u64) -> Result<Vec<u8>> {
         let path = self.blob_path(d);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::BlobMissing {
-                    digest: d.to_string(),
-                })
-            }
-            Err(e) => return Err(Error::Io { path, source: e }),
-        };
+        let mut f = self.open_blob(d)?;
         let len = f.metadata().at(&path)?.len();
         if len > max {
             return Err(Error::CorruptBlob {
@@ -378,10 +370,10 @@ impl Store {
     /// the caller writes it again instead of pointing a tag at it.
     fn holds_intact(&self, d: &BlobDigest, len: u64) -> Result<bool> {
         let path = self.blob_path(d);
-        let f = match File::open(&path) {
+        let f = match self.open_blob(d) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::Io { path, source: e }),
+            Err(Error::BlobMissing { .. }) => return Ok(false),
+            Err(e) => return Err(e),
         };
         if f.metadata().at(&path)?.len() != len {
             return Ok(false);
