@@ -314,17 +314,42 @@ impl ChunkIndex {
     }
 
     /// Drops the `streams` and `samples` entries naming a layer without a
-    /// record (gc, after it removed records).
+    /// record (gc, after it removed records). A sample names the layer that
+    /// last stored its file; a file that other layers still hold is named
+    /// after one of them instead, so it stays known (a version built, then
+    /// removed, must not make its predecessor's files unknown).
     pub fn drop_stale_hints(&self) -> Result<()> {
-        for tree in [&self.streams, &self.samples] {
+        let mut lost: HashSet<Vec<u8>> = HashSet::new();
+        for (tree, is_samples) in [(&self.streams, false), (&self.samples, true)] {
             for kv in tree.iter() {
                 let (k, v) = kv.map_err(|e| self.err(e))?;
                 if !self.layers.contains_key(&v).map_err(|e| self.err(e))? {
-                    tree.remove(k).map_err(|e| self.err(e))?;
+                    tree.remove(&k).map_err(|e| self.err(e))?;
+                    if is_samples {
+                        lost.insert(k.to_vec());
+                    }
                 }
             }
         }
-        Ok(())
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.layers.iter() {
+            let (diff_id, record) = kv.map_err(|e| self.err(e))?;
+            let Ok(layer) = Layer::from_record(&record) else {
+                continue;
+            };
+            for (_, digest, _) in layer.files() {
+                if lost.remove(digest.as_bytes().as_slice()) {
+                    batch.insert(digest.as_bytes(), &*diff_id);
+                }
+            }
+            if lost.is_empty() {
+                break;
+            }
+        }
+        self.samples.apply_batch(batch).map_err(|e| self.err(e))
     }
 
     /// Makes everything written so far durable.

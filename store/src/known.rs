@@ -256,6 +256,30 @@ mod tests {
         assert_eq!(index.stream(&[7; 32]).unwrap(), None);
     }
 
+    /// A file two layers hold stays sampled when the layer that stored it
+    /// last goes (a version built, removed and collected).
+    #[test]
+    fn a_sample_moves_to_a_layer_still_holding_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(
+            dir.path(),
+            &StoreConfig::new(puzzle_chunker::ChunkParams::default(), 3),
+        )
+        .unwrap();
+        let index = ChunkIndex::open(&store).unwrap();
+        let d = |b: u8| FileDigest::from_bytes([b; 32]);
+        let (old, new) = (layer(&[("s", 10, 1)]), layer(&[("s", 10, 1), ("n", 5, 2)]));
+        index.put_layer("sha256:old", &old.to_record()).unwrap();
+        index.put_samples("sha256:old", &old).unwrap();
+        index.put_layer("sha256:new", &new.to_record()).unwrap();
+        index.put_samples("sha256:new", &new).unwrap();
+        assert_eq!(index.sample(&d(1)).unwrap().as_deref(), Some("sha256:new"));
+        index.remove_layer("sha256:new").unwrap();
+        index.drop_stale_hints().unwrap();
+        assert_eq!(index.sample(&d(1)).unwrap().as_deref(), Some("sha256:old"));
+        assert_eq!(index.sample(&d(2)).unwrap(), None, "only new held it");
+    }
+
     #[test]
     fn big_files_and_one_in_32_small_ones_are_sampled() {
         let d = |b: u8| FileDigest::from_bytes([b; 32]);
