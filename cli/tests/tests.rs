@@ -8,6 +8,7 @@ mod util;
 mod bad_input;
 mod basics;
 mod concurrent;
+mod container;
 mod corpus;
 mod crash;
 mod demo;
