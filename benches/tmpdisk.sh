@@ -7,12 +7,12 @@
 # system's used bytes, sampled every 0.1 s, above what they were before the
 # build: spools, which are unnamed temp files, new packs and index growth),
 # the build's own tmp_peak_bytes where it reports one (spools only), wall
-# time and peak RSS from `build --json`. v1 is built once per binary; after
-# each v2 build, `rm` and `gc` take the store back to v1 alone.
+# time and peak RSS from `build --json`. Each v2 build goes into a fresh
+# store holding v1 alone.
 #
 #   benches/tmpdisk.sh BIN [BIN...]     # e.g. an old and a new target/debug/puzzle
 #
-# Env: WORK (default /tmp/puzzle-tmpdisk; a 24 GB sparse ext4 image is
+# Env: WORK (default /tmp/puzzle-tmpdisk; a 12 GB sparse ext4 image is
 # loop-mounted at WORK/fs, as benches/run.sh does, and unmounted on exit),
 # SIZE_MB (2048), NEW_MB (256), RUNS (1: builds of v2 per binary and order).
 # Prints a Markdown table; keeps the JSON lines in WORK/results.jsonl.
@@ -39,7 +39,7 @@ trap cleanup EXIT INT TERM
 mkdir -p "$fs"
 mountpoint -q "$fs" && umount "$fs"
 rm -f "$WORK/fs.img"
-truncate -s 24G "$WORK/fs.img"
+truncate -s 12G "$WORK/fs.img"
 mkfs.ext4 -q -F -m 0 "$WORK/fs.img"
 mount -o loop "$WORK/fs.img" "$fs"
 
@@ -141,10 +141,10 @@ echo "|---|---|---:|---:|---:|---:|---:|"
 n=0
 for bin in "$@"; do
   n=$((n + 1))
-  store=$fs/s$n
-  "$bin" --store "$store" --no-progress build "oci:$img/oci-v1:t" --tag v1 >/dev/null 2>&1
   for order in sorted dirorder; do
     for run in $(seq "$RUNS"); do
+      store=$fs/s$n-$order-$run
+      "$bin" --store "$store" --no-progress build "oci:$img/oci-v1:t" --tag v1 >/dev/null 2>&1
       sync
       echo 0 >"$WORK/peak"
       peak_used "$(used)" & sampler=$!
@@ -154,9 +154,7 @@ for bin in "$@"; do
         '{bin: $bin, order: $order, tmp_du_peak: $du} + .data' >>"$WORK/results.jsonl"
       echo "$json" | jq -r --arg bin "$bin" --arg order "$order" --argjson du "$(cat "$WORK/peak")" \
         '.data | "| \($bin) | \($order) | \($du / 1048576 | floor) MiB | \(if .tmp_peak_bytes then "\(.tmp_peak_bytes / 1048576 | floor) MiB" else "-" end) | \(.stored_bytes / 1048576 | floor) MiB | \(.seconds * 100 | round / 100) | \(.peak_rss_bytes / 1048576 | floor) MiB |"'
-      "$bin" --store "$store" --no-progress rm v2 >/dev/null
-      "$bin" --store "$store" --no-progress gc >/dev/null
+      rm -rf "$store"
     done
   done
-  rm -rf "$store"
 done
