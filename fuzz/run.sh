@@ -19,8 +19,9 @@
 #
 # Writes fuzz/seeds/<target> (seeds), fuzz/corpus/<target> (what libFuzzer
 # found; kept between runs), fuzz/artifacts/<target> (crashes, timeouts,
-# out-of-memory inputs) and fuzz/logs/<target>.log, then prints one line per
-# target: executions, final coverage (cov/ft) and crash inputs. Exits 1 if
+# out-of-memory inputs, slow units) and fuzz/logs/<target>.log, then prints
+# one line per target: executions, final coverage (cov/ft), slow units (over
+# 10 s, not failures) and crash inputs. Exits 1 if
 # any target crashed. Needs nightly rustc (or stable with RUSTC_BOOTSTRAP=1),
 # cargo-fuzz (installed if missing), python3 and zstd.
 set -euo pipefail
@@ -79,6 +80,13 @@ dict_for() {
     esac
 }
 
+# Inputs that crashed, timed out, ran out of memory or leaked. libFuzzer also
+# writes slow-unit-* there (the slowest input so far, when over 10 s), which
+# is counted apart: on a loaded machine a stall makes one.
+failures() {
+    find "artifacts/$1" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | sort
+}
+
 summary=()
 crashed=0
 for t in $targets; do
@@ -90,7 +98,7 @@ for t in $targets; do
     while :; do
         left=$((secs - ($(date +%s) - start)))
         ((left > 0)) || break
-        before=$(find "artifacts/$t" -type f | sort)
+        before=$(failures "$t")
         set +e
         # shellcheck disable=SC2046
         nice -n "$nice" "${cargo_fuzz[@]}" run -O -a "$t" "corpus/$t" "seeds/$t" -- \
@@ -102,7 +110,7 @@ for t in $targets; do
         n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log.part" | tail -n 1)
         rm "$log.part"
         runs=$((runs + ${n:-0}))
-        new=$(comm -13 <(echo "$before") <(find "artifacts/$t" -type f | sort))
+        new=$(comm -13 <(echo "$before") <(failures "$t"))
         if [[ -n $new ]]; then
             crashes+=($new)
             crashed=1
@@ -115,7 +123,8 @@ for t in $targets; do
     done
     # The last coverage line libFuzzer printed (pulse, NEW, REDUCE or DONE).
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 | sed 's/cov: //; s/ ft: /\//')
-    line="$t: $runs runs in $(($(date +%s) - start)) s, cov/ft ${cov:-?}, crashes: ${#crashes[@]}"
+    slow=$(grep -c '^Slowest unit' "$log" || true)
+    line="$t: $runs runs in $(($(date +%s) - start)) s, cov/ft ${cov:-?}, slow units: $slow, crashes: ${#crashes[@]}"
     for c in "${crashes[@]}"; do line+=" fuzz/$c"; done
     echo "$line"
     summary+=("$line")
