@@ -38,10 +38,6 @@ if [[ ! $secs =~ ^[0-9]+$ ]]; then
     echo "usage: fuzz/run.sh [SECONDS]" >&2
     exit 2
 fi
-if [[ ! -f $corpus/index.json ]]; then
-    echo "no OCI corpus at $corpus: run corpora/build.sh --small or set PUZZLE_CORPUS" >&2
-    exit 2
-fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz"
@@ -57,6 +53,10 @@ else
 fi
 
 if [[ ${SEEDS:-} == 1 || ! -d $fuzz/seeds ]]; then
+    if [[ ! -f $corpus/index.json ]]; then
+        echo "no OCI corpus at $corpus: run corpora/build.sh --small or set PUZZLE_CORPUS" >&2
+        exit 2
+    fi
     # Packs and metadata blobs come from a store the real binary builds.
     bin=${PUZZLE_BIN:-}
     if [[ -z $bin && $targets =~ pack_header|meta_ ]]; then
