@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Cuts seed inputs for the fuzz targets from a real OCI image corpus and a
+store the real `puzzle` binary builds from it. See fuzz/README.md.
+
+    fuzz/seeds.py CORPUS PUZZLE_BIN OUT
+
+CORPUS is an OCI layout (corpora/build.sh --small), PUZZLE_BIN the binary,
+OUT the seeds directory (OUT/<target>/<sha1>; replaced). Needs zstd(1).
+An empty PUZZLE_BIN cuts the layer_tar and oci_json seeds only.
+
+- layer_tar: the first entries of each distinct layer, cut at an entry
+  boundary under 64 KiB and under 256 KiB, and small tars of the raw entries
+  of each kind found (symlinks, hard links with their target, long names,
+  PAX and GNU headers, whiteouts, devices, empty and small files).
+- oci_json: each tag's index entry, manifest and config, NUL-separated.
+- pack_header, meta_blob, meta_stored: packs and metadata blobs of a store
+  that `puzzle build` fills from the corpus's tags and from one-layer images
+  of the layer_tar seeds (small whole packs and blobs); a big pack is cut to
+  its first frames (real index entries, trailer rewritten to match).
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+SMALL, LARGE = 64 << 10, 256 << 10
+EOF_BLOCKS = b"\0" * 1024
+PACK_MAGIC = b"PZLPACK\0"
+ENTRY_LEN, TRAILER_LEN = 56, 32
+INDEX_MEDIA = "application/vnd.oci.image.index.v1+json"
+MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
+
+
+def save(out, target, data):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, hashlib.sha1(data).hexdigest()), "wb") as f:
+        f.write(data)
+
+
+def blob(layout, digest):
+    algo, hexd = digest.split(":", 1)
+    with open(os.path.join(layout, "blobs", algo, hexd), "rb") as f:
+        return f.read()
+
+
+def tags(layout):
+    """(tag or None, index descriptor, manifest) for each index entry."""
+    with open(os.path.join(layout, "index.json")) as f:
+        index = json.load(f)
+    for desc in index["manifests"]:
+        name = desc.get("annotations", {}).get("org.opencontainers.image.ref.name")
+        yield name, desc, json.loads(blob(layout, desc["digest"]))
+
+
+def layer_tar(layout, desc):
+    raw = blob(layout, desc["digest"])
+    return gzip.decompress(raw) if desc["mediaType"].endswith("gzip") else raw
+
+
+def members(raw):
+    """(TarInfo, start, end) of each entry; start includes its PAX/GNU headers."""
+    t = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+    for m in t:
+        end = m.offset_data + ((m.size + 511) // 512 * 512 if m.isreg() else 0)
+        yield m, m.offset, end
+
+
+def kinds(m, raw, start):
+    base = os.path.basename(m.name)
+    k = []
+    if m.issym():
+        k.append("symlink")
+    if m.islnk():
+        k.append("hardlink")
+    if m.isdir():
+        k.append("dir")
+    if m.ischr() or m.isblk() or m.isfifo():
+        k.append("device")
+    if m.pax_headers:
+        k.append("pax")
+    if any(key.startswith("SCHILY.xattr.") for key in m.pax_headers):
+        k.append("xattr")
+    if raw[start + 156 : start + 157] in (b"L", b"K"):
+        k.append("gnulong")
+    if len(m.name) > 100:
+        k.append("longname")
+    if base.startswith(".wh."):
+        k.append("whiteout")
+    if m.isreg() and m.size == 0:
+        k.append("empty")
+    if m.isreg() and 0 < m.size <= 4096:
+        k.append("small")
+    if m.isreg() and m.mode & 0o6000:
+        k.append("setid")
+    return k
+
+
+def tar_seeds(raw):
+    """Prefix cuts at entry boundaries, and the first entries of each kind."""
+    cuts, by_kind, offsets = {SMALL: 0, LARGE: 0}, {}, {}
+    for m, start, end in members(raw):
+        offsets[m.name] = (start, end)
+        for limit in cuts:
+            if end <= limit:
+                cuts[limit] = end
+        for k in kinds(m, raw, start):
+            picked = by_kind.setdefault(k, [])
+            if len(picked) < 4 and end - start <= SMALL:
+                if m.islnk() and m.linkname in offsets:
+                    s, e = offsets[m.linkname]
+                    if e - s <= SMALL:
+                        picked.append(raw[s:e])
+                picked.append(raw[start:end])
+    for limit, end in cuts.items():
+        if end:
+            yield raw[:end] + EOF_BLOCKS
+    for picked in by_kind.values():
+        yield b"".join(picked) + EOF_BLOCKS
+
+
+def write_blob(layout, data):
+    d = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(layout, "blobs/sha256", d), "wb") as f:
+        f.write(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+
+
+def tiny_layout(path, tars):
+    """An OCI layout with a one-layer image per tar, tagged t0, t1, ..."""
+    os.makedirs(os.path.join(path, "blobs/sha256"))
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    entries = []
+    for i, tar in enumerate(tars):
+        layer = write_blob(path, gzip.compress(tar, mtime=0))
+        layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
+        config = {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]},
+        }
+        cdesc = write_blob(path, json.dumps(config).encode())
+        cdesc["mediaType"] = "application/vnd.oci.image.config.v1+json"
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA, "config": cdesc, "layers": [layer]}
+        mdesc = write_blob(path, json.dumps(manifest).encode())
+        mdesc["mediaType"] = MANIFEST_MEDIA
+        mdesc["annotations"] = {"org.opencontainers.image.ref.name": f"t{i}"}
+        entries.append(mdesc)
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": INDEX_MEDIA, "manifests": entries}, f)
+    return [f"t{i}" for i in range(len(tars))]
+
+
+def cut_pack(pack):
+    """The pack itself if small, else its first frames (under SMALL bytes, at
+    least one) with their real index entries and a matching trailer."""
+    if len(pack) <= LARGE:
+        return pack
+    t = pack[-TRAILER_LEN:]
+    count, index_offset, _frames = struct.unpack("<IQI", t[12:28])
+    index = pack[index_offset : index_offset + count * ENTRY_LEN]
+    keep, frames, end = 0, 0, 0
+    for i in range(count):
+        e = index[i * ENTRY_LEN : (i + 1) * ENTRY_LEN]
+        offset, clen = struct.unpack("<QI", e[32:44])
+        if offset == end:  # a new frame
+            if frames and offset + clen > SMALL:
+                break
+            frames, end = frames + 1, offset + clen
+        keep = i + 1
+    trailer = PACK_MAGIC + t[8:12] + struct.pack("<IQII", keep, end, frames, 0)
+    return pack[:end] + index[: keep * ENTRY_LEN] + trailer
+
+
+def main():
+    corpus, puzzle, out = sys.argv[1:4]
+    shutil.rmtree(out, ignore_errors=True)
+    tars, seen = [], set()
+    corpus_tags = []
+    for name, desc, manifest in tags(corpus):
+        if name:
+            corpus_tags.append(name)
+        config = blob(corpus, manifest["config"]["digest"])
+        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA, "manifests": [desc]}
+        save(out, "oci_json", json.dumps(index, indent=2).encode() + b"\0" + blob(corpus, desc["digest"]) + b"\0" + config)
+        for layer in manifest["layers"]:
+            if layer["digest"] in seen:
+                continue
+            seen.add(layer["digest"])
+            for tar in tar_seeds(layer_tar(corpus, layer)):
+                save(out, "layer_tar", tar)
+                tars.append(tar)
+    if puzzle:
+        store_seeds(corpus, corpus_tags, tars, puzzle, out)
+    for target in sorted(os.listdir(out)):
+        files = os.listdir(os.path.join(out, target))
+        size = sum(os.path.getsize(os.path.join(out, target, f)) for f in files)
+        print(f"seeds: {target}: {len(files)} inputs, {size >> 10} KiB")
+
+
+def store_seeds(corpus, corpus_tags, tars, puzzle, out):
+    with tempfile.TemporaryDirectory(prefix="puzzle-seeds-") as tmp:
+        # The tiny images go to a store of their own: in the corpus's store
+        # their chunks would all be found in its big packs.
+        stores = [os.path.join(tmp, "store"), os.path.join(tmp, "tiny-store")]
+        tiny = os.path.join(tmp, "tiny")
+        builds = [(stores[0], corpus, t) for t in corpus_tags if not t.endswith("-asbuilt")]
+        builds += [(stores[1], tiny, t) for t in tiny_layout(tiny, tars)]
+        for store, layout, tag in builds:
+            r = subprocess.run(
+                [puzzle, "--store", store, "--no-progress", "build", f"oci:{layout}:{tag}", "--tag", tag],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            if r.returncode != 0:
+                print(f"seeds: building {tag} of {layout} failed, left out: {r.stderr.strip()}")
+        for store in stores:
+            store_blobs(store, out)
+
+
+def store_blobs(store, out):
+    for _, _, manifest in tags(store):
+        stored = blob(store, manifest["layers"][0]["digest"])
+        save(out, "meta_stored", stored)
+        raw = subprocess.run(["zstd", "-dc"], input=stored, stdout=subprocess.PIPE, check=True).stdout
+        save(out, "meta_blob", raw)
+        for p in manifest["layers"][1:]:
+            save(out, "pack_header", cut_pack(blob(store, p["digest"])))
+
+
+if __name__ == "__main__":
+    main()
