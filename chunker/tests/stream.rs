@@ -73,3 +73,27 @@ fn chunk_debug_shows_length_not_bytes() {
     };
     assert_eq!(format!("{chunk:?}"), "Chunk { offset: 5, len: 1000 }");
 }
+
+/// The largest sizes `ChunkParams` allows (max 16 MiB): the stream chunker
+/// cuts what the slice chunker cuts, whole 16 MiB chunks where no cut point
+/// is found (zeros), through short reads.
+#[test]
+fn the_largest_chunk_sizes_work_end_to_end() {
+    let params = puzzle_chunker::ChunkParams::new(1 << 20, 4 << 20, 16 << 20).unwrap();
+    let mut data = random_bytes(16, 24 << 20);
+    data.extend(std::iter::repeat_n(0u8, 40 << 20));
+    let cuts: Vec<(usize, usize)> = chunk_slice(&data, params).collect();
+    assert!(cuts.iter().all(|&(_, l)| l <= 16 << 20));
+    let whole = cuts.iter().filter(|&&(_, l)| l == 16 << 20).count();
+    assert!(whole >= 2, "{cuts:?}");
+    let streamed: Vec<(usize, usize)> =
+        StreamChunker::new(ShortReads::new(&data, 3, 5 << 20), params)
+            .map(|c| {
+                let c = c.unwrap();
+                assert!(c.data[..] == data[c.offset as usize..][..c.data.len()]);
+                (c.offset as usize, c.data.len())
+            })
+            .collect();
+    assert_eq!(streamed, cuts);
+    assert_eq!(cuts.last().map(|&(o, l)| o + l), Some(data.len()));
+}
