@@ -614,6 +614,22 @@ fn encode_counts_links_and_shares_chunks() {
         ),
         node(b"fifo", Node::Fifo, 0o600),
     ];
+    // Extended attributes on two inodes: each reads back its own.
+    let mut entries = entries;
+    for (i, xattrs) in [
+        (4, vec![(b"user.g".to_vec(), b"1".to_vec())]),
+        (
+            5,
+            vec![
+                (b"trusted.x".to_vec(), vec![]),
+                (b"user.blk".to_vec(), b"2".to_vec()),
+            ],
+        ),
+    ] {
+        if let LayerEntry::Node { meta, .. } = &mut entries[i] {
+            meta.xattrs = xattrs;
+        }
+    }
     let mut t = Tree::new();
     t.apply(&Layer {
         entries,
@@ -647,6 +663,15 @@ fn encode_counts_links_and_shares_chunks() {
         (Kind::BlockDev, (8, 1 << 20), 0)
     );
     assert_eq!(get(&root, b"fifo").kind, Kind::Fifo);
+    assert_eq!(
+        m.xattrs(&get(&a, b"g")).unwrap(),
+        vec![(&b"user.g"[..], &b"1"[..])]
+    );
+    assert_eq!(
+        m.xattrs(&blk).unwrap(),
+        vec![(&b"trusted.x"[..], &b""[..]), (&b"user.blk"[..], &b"2"[..])]
+    );
+    assert!(m.xattrs(&f).unwrap().is_empty());
 
     // Extents that do not add up to the size, and a chunk that cannot be
     // located, are errors.
