@@ -407,3 +407,47 @@ fn corrupt_frame_is_an_error_not_wrong_bytes() {
     assert!(chunk_in_frame(&raw, &id, &outside).is_err());
     assert!(outside.check().is_err());
 }
+
+/// What index rebuilds and verify read from disk: a pack file's index, as
+/// written; an empty pack's is empty; a file too short for a trailer, or
+/// whose trailer points outside it, is refused.
+#[test]
+fn read_pack_index_reads_what_was_written() {
+    use std::io::Write;
+    let groups: Vec<Vec<Vec<u8>>> = vec![vec![vec![1u8; 10], vec![2u8; 20]], vec![vec![3u8; 30]]];
+    let (bytes, b) = pack_of(&groups);
+    let file_of = |bytes: &[u8]| {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    };
+    let len = bytes.len() as u64;
+    assert_eq!(read_pack_index(&file_of(&bytes), len).unwrap(), b.entries());
+    let (empty, _) = pack_of(&[]);
+    assert_eq!(
+        read_pack_index(&file_of(&empty), TRAILER_LEN as u64).unwrap(),
+        vec![]
+    );
+    assert!(read_pack_index(&file_of(&empty[1..]), TRAILER_LEN as u64 - 1).is_err());
+    // The file is shorter than the length it is said to have.
+    assert!(read_pack_index(&file_of(&bytes[..bytes.len() - 1]), len).is_err());
+    // Another pack's bytes at the end: its trailer does not fit this length.
+    let longer = [&bytes[..], &bytes[..]].concat();
+    assert!(read_pack_index(&file_of(&longer), 2 * len).is_err());
+}
+
+/// `decompress_frame` takes frames up to the raw limit, not one byte more.
+#[test]
+fn decompress_frame_up_to_the_raw_limit() {
+    let data = vec![0u8; MAX_FRAME_RAW as usize];
+    let f = frame(&data);
+    let (id, pack) = (ChunkId::of(b"x"), BlobDigest::of(b"p"));
+    assert_eq!(
+        decompress_frame(&f, MAX_FRAME_RAW, &id, &pack)
+            .unwrap()
+            .len(),
+        data.len()
+    );
+    let e = decompress_frame(&f, MAX_FRAME_RAW + 1, &id, &pack).unwrap_err();
+    assert!(e.to_string().contains("over the limit"), "{e}");
+}
