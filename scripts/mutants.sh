@@ -44,7 +44,8 @@ if [ $run = 1 ]; then
     src=${MUTANTS_WORK:-$root/target/mutants-work}/src
     rm -rf "$src"
     mkdir -p "$src" "$out"
-    git ls-files -co --exclude-standard | grep -v '^target/' | tar -cf - -T - | tar -xf - -C "$src"
+    # -m: the files are newer than any earlier build of a mutant in the copy.
+    git ls-files -co --exclude-standard | grep -v '^target/' | tar -cf - -T - | tar -xmf - -C "$src"
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 fi
 
@@ -66,7 +67,7 @@ for f in "${files[@]}"; do
     rm -rf "$dir"
     # Exit status 2 (missed) and 3 (timeouts): reported below.
     nice -n 10 cargo mutants --in-place -d "$src" -p "$pkg" -f "$f" \
-        --profile mutants --test-tool cargo --baseline skip \
+        --profile mutants --test-tool cargo \
         --timeout "${MUTANTS_TIMEOUT:-240}" --build-timeout "${MUTANTS_TIMEOUT:-240}" \
         --no-shuffle -o "$dir" "${tests[@]}" ${MUTANTS_ARGS:-} || { rc=$?; [ $rc -eq 2 ] || [ $rc -eq 3 ]; }
 done
