@@ -97,3 +97,24 @@ fn the_largest_chunk_sizes_work_end_to_end() {
     assert_eq!(streamed, cuts);
     assert_eq!(cuts.last().map(|&(o, l)| o + l), Some(data.len()));
 }
+
+/// The slice chunker's size hint holds what is left at every step: no
+/// more chunks than its upper bound, no fewer than its lower one.
+#[test]
+fn slice_size_hint_bounds_the_chunks_left() {
+    let params = small_params();
+    for len in [0, 1, 5000, 300_000] {
+        let data = random_bytes(len as u64, len);
+        let total = chunk_slice(&data, params).count();
+        let mut it = chunk_slice(&data, params);
+        for done in 0..=total {
+            let (lo, hi) = it.size_hint();
+            let left = total - done;
+            assert!(
+                lo <= left && Some(left) <= hi,
+                "{lo} <= {left} <= {hi:?} ({len} bytes)"
+            );
+            it.next();
+        }
+    }
+}
