@@ -168,6 +168,11 @@ mod tests {
         let (inner, digest, size) = w.finish();
         assert_eq!(inner.0, data);
         assert_eq!((digest, size), (BlobDigest::of(&data), 1000));
+        // A flush reaches the writer underneath (a pack's buffered bytes).
+        let mut w = HashingWriter::new(io::BufWriter::new(Vec::new()));
+        w.write_all(&data).unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.finish().0.get_ref(), &data);
     }
 
     /// Digests travel through JSON (the index, reports) as strings, and a
