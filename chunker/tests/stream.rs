@@ -73,3 +73,48 @@ fn chunk_debug_shows_length_not_bytes() {
     };
     assert_eq!(format!("{chunk:?}"), "Chunk { offset: 5, len: 1000 }");
 }
+
+/// The largest sizes `ChunkParams` allows (max 16 MiB): the stream chunker
+/// cuts what the slice chunker cuts, whole 16 MiB chunks where no cut point
+/// is found (zeros), through short reads.
+#[test]
+fn the_largest_chunk_sizes_work_end_to_end() {
+    let params = puzzle_chunker::ChunkParams::new(1 << 20, 4 << 20, 16 << 20).unwrap();
+    let mut data = random_bytes(16, 24 << 20);
+    data.extend(std::iter::repeat_n(0u8, 40 << 20));
+    let cuts: Vec<(usize, usize)> = chunk_slice(&data, params).collect();
+    assert!(cuts.iter().all(|&(_, l)| l <= 16 << 20));
+    let whole = cuts.iter().filter(|&&(_, l)| l == 16 << 20).count();
+    assert!(whole >= 2, "{cuts:?}");
+    let streamed: Vec<(usize, usize)> =
+        StreamChunker::new(ShortReads::new(&data, 3, 5 << 20), params)
+            .map(|c| {
+                let c = c.unwrap();
+                assert!(c.data[..] == data[c.offset as usize..][..c.data.len()]);
+                (c.offset as usize, c.data.len())
+            })
+            .collect();
+    assert_eq!(streamed, cuts);
+    assert_eq!(cuts.last().map(|&(o, l)| o + l), Some(data.len()));
+}
+
+/// The slice chunker's size hint holds what is left at every step: no
+/// more chunks than its upper bound, no fewer than its lower one.
+#[test]
+fn slice_size_hint_bounds_the_chunks_left() {
+    let params = small_params();
+    for len in [0, 1, 5000, 300_000] {
+        let data = random_bytes(len as u64, len);
+        let total = chunk_slice(&data, params).count();
+        let mut it = chunk_slice(&data, params);
+        for done in 0..=total {
+            let (lo, hi) = it.size_hint();
+            let left = total - done;
+            assert!(
+                lo <= left && Some(left) <= hi,
+                "{lo} <= {left} <= {hi:?} ({len} bytes)"
+            );
+            it.next();
+        }
+    }
+}

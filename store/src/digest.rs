@@ -141,4 +141,57 @@ mod tests {
             assert!(bad.parse::<BlobDigest>().is_err(), "{bad}");
         }
     }
+
+    /// A writer that takes at most 3 bytes a call, as a pipe or a full
+    /// disk may.
+    struct Trickle(Vec<u8>);
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The digest and size a pack is named and indexed by are those of the
+    /// bytes that reached the file, however the writes were split.
+    #[test]
+    fn hashing_writer_names_what_was_written() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let mut w = HashingWriter::new(Trickle(Vec::new()));
+        w.write_all(&data[..500]).unwrap();
+        w.write_all(&data[500..]).unwrap();
+        w.flush().unwrap();
+        let (inner, digest, size) = w.finish();
+        assert_eq!(inner.0, data);
+        assert_eq!((digest, size), (BlobDigest::of(&data), 1000));
+        // A flush reaches the writer underneath (a pack's buffered bytes).
+        let mut w = HashingWriter::new(io::BufWriter::new(Vec::new()));
+        w.write_all(&data).unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.finish().0.get_ref(), &data);
+    }
+
+    /// Digests travel through JSON (the index, reports) as strings, and a
+    /// malformed one is refused on the way in.
+    #[test]
+    fn serde_as_strings() {
+        let d = BlobDigest::of(b"x");
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{d}\""));
+        assert_eq!(serde_json::from_str::<BlobDigest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<BlobDigest>("\"sha256:00\"").is_err());
+        // Every lowercase hex digit is accepted; the letters after f are not.
+        let all = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(all.parse::<BlobDigest>().unwrap().hex(), &all[7..]);
+        assert!(format!("sha256:{}g", "0".repeat(63))
+            .parse::<BlobDigest>()
+            .is_err());
+        assert!(format!("sha256:{}/", "0".repeat(63))
+            .parse::<BlobDigest>()
+            .is_err());
+    }
 }

@@ -241,12 +241,9 @@ impl Frame {
     }
 
     /// Raw bytes held.
+    #[allow(clippy::len_without_is_empty)] // nothing asks: frames are read, not built
     pub fn len(&self) -> usize {
         self.raw.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
     }
 
     /// The bytes of chunk `id` at `loc` in this frame, checked against `id`
@@ -485,6 +482,9 @@ mod tests {
             b.add_frame(f.len() as u32, &group.chunks);
             file.write_all(&f).unwrap();
         }
+        // The common size holds a full frame, or its compressed bytes at
+        // zstd's worst.
+        assert!(CLASS >= zstd::zstd_safe::compress_bound(DEFAULT_FRAME_TARGET as usize));
         let entries = b.entries();
         let mut blobs = crate::blobs::MemBlobs::new();
         blobs.insert(pack, file);
@@ -503,6 +503,147 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A store, the chunks it holds with their locations, and its pack.
+    type OneStore = (
+        Store,
+        Vec<(ChunkId, Vec<u8>)>,
+        Vec<ChunkLoc>,
+        std::path::PathBuf,
+    );
+
+    /// A store holding one pack of `n` frames, each one chunk of 1000
+    /// bytes; returns the chunks, their locations and the pack's path.
+    fn store_of_frames(dir: &std::path::Path, n: usize) -> OneStore {
+        let store = Store::open_or_create(
+            dir,
+            &crate::StoreConfig::new(puzzle_chunker::ChunkParams::default(), 3),
+        )
+        .unwrap();
+        let chunks: Vec<_> = (0..n).map(|i| chunk(i, 1000)).collect();
+        let mut w = pack::PackWriter::new(&store).unwrap();
+        let mut cx = zstd::bulk::Compressor::new(3).unwrap();
+        for (id, d) in &chunks {
+            let mut g = Grouper::new(DEFAULT_FRAME_TARGET);
+            g.push(*id, d);
+            w.append_frame(
+                &compress(&mut cx, &g.finish().unwrap()).unwrap(),
+                &[(*id, 1000)],
+            )
+            .unwrap();
+        }
+        let info = w.finish(&store).unwrap();
+        let locs = info.entries.iter().map(|e| e.loc(info.digest)).collect();
+        let path = store.blob_path(&info.digest);
+        (store, chunks, locs, path)
+    }
+
+    /// Overwrites the pack's frames with zeros in place: a frame still
+    /// held by a reader reads back, one read again from the file does not.
+    fn damage(path: &std::path::Path, frames_len: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&vec![0; frames_len as usize], 0).unwrap();
+    }
+
+    /// The reader keeps the most recently used frames up to its capacity
+    /// in raw bytes, and drops the least recently used beyond it; the
+    /// latest frame is kept whatever the capacity.
+    #[test]
+    fn frame_reader_keeps_recent_frames_within_its_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, chunks, locs, path) = store_of_frames(dir.path(), 5);
+        let end = locs[4].offset + u64::from(locs[4].clen);
+        let read =
+            |r: &mut FrameReader, i: usize| r.chunk(&chunks[i].0, &locs[i]).map(|b| b.to_vec());
+        let served = |r: &mut FrameReader, i: usize| match read(r, i) {
+            Ok(b) => {
+                assert_eq!(b, chunks[i].1);
+                true
+            }
+            Err(e) => {
+                assert!(matches!(e, crate::error::Error::CorruptChunk { .. }), "{e}");
+                false
+            }
+        };
+
+        // Room for exactly two frames: 0 and 1 stay, then 0 is used again
+        // and 2 pushes out 1, the least recently used.
+        let mut r = FrameReader::new(&store, 2000);
+        for i in [0, 1, 0, 2] {
+            assert!(served(&mut r, i));
+        }
+        damage(&path, end);
+        assert!(served(&mut r, 0));
+        assert!(served(&mut r, 2));
+        assert!(!served(&mut r, 1));
+
+        // Capacity 0 still keeps the latest frame.
+        let (store, _, _, path) = store_of_frames(&dir.path().join("b"), 5);
+        let mut r = FrameReader::new(&store, 0);
+        assert!(served(&mut r, 3));
+        damage(&path, end);
+        assert!(served(&mut r, 3));
+        assert!(!served(&mut r, 2));
+
+        // Room for three: a reader that has dropped frames still counts
+        // the bytes of the ones it holds.
+        let (store, _, _, path) = store_of_frames(&dir.path().join("c"), 5);
+        let mut r = FrameReader::new(&store, 3000);
+        for i in 0..5 {
+            assert!(served(&mut r, i));
+        }
+        damage(&path, end);
+        for i in [2, 3, 4] {
+            assert!(served(&mut r, i), "frame {i}");
+        }
+        assert!(!served(&mut r, 1));
+        assert!(!served(&mut r, 0));
+    }
+
+    /// The largest chunk the chunker can cut (16 MiB) is stored as a frame
+    /// of its own and reads back, also right after a frame of the common
+    /// size was freed (its mapping, kept for reuse, is too small).
+    #[test]
+    fn a_chunk_of_the_largest_size_reads_back() {
+        use std::io::Write;
+        let mut b = PackBuilder::default();
+        let mut file = tempfile::tempfile().unwrap();
+        let mut cx = zstd::bulk::Compressor::new(1).unwrap();
+        let chunks = [chunk(8, 900 << 10), chunk(9, pack::MAX_CHUNK as usize)];
+        for (id, d) in &chunks {
+            let mut g = Grouper::new(DEFAULT_FRAME_TARGET);
+            assert!(g.push(*id, d).is_none());
+            let group = g.finish().unwrap();
+            let f = compress(&mut cx, &group).unwrap();
+            b.add_frame(f.len() as u32, &group.chunks);
+            file.write_all(&f).unwrap();
+        }
+        let pack = BlobDigest::of(b"p");
+        let (small, loc) = (b.entries()[0].loc(pack), b.entries()[1].loc(pack));
+        drop(Frame::read(&file, &chunks[0].0, &small).unwrap());
+        let (id, d) = &chunks[1];
+        assert_eq!(loc.frame_rlen, pack::MAX_FRAME_RAW);
+        let frame = Arc::new(Frame::read(&file, id, &loc).unwrap());
+        assert_eq!(frame.len(), d.len());
+        assert!(*frame.chunk_bytes(id, &loc).unwrap() == d[..]);
+    }
+
+    /// Freed mappings of the common size are kept for reuse, at most
+    /// [`IDLE`] of them: what a mount holds beyond its cache is bounded.
+    #[test]
+    fn freed_mappings_are_kept_up_to_the_limit() {
+        POOL.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let raws: Vec<Raw> = (0..IDLE + 2).map(|_| Raw::for_len(CLASS)).collect();
+        assert!(raws.iter().all(|r| r.held() == CLASS && r.len() == CLASS));
+        drop(raws);
+        // Other tests may take some back meanwhile, never add past the limit.
+        let kept = POOL.lock().unwrap_or_else(|p| p.into_inner()).len();
+        assert!(kept > 0 && kept <= IDLE, "{kept} kept");
+        // A larger buffer is not one of them and is not kept.
+        let big = Raw::for_len(CLASS + 1);
+        assert_eq!(big.held(), CLASS + 1);
     }
 
     #[test]

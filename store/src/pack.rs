@@ -78,11 +78,6 @@ impl ChunkLoc {
         let at = u64::from(self.at);
         cum(at + u64::from(self.rlen)) - cum(at)
     }
-
-    /// Whether `other` is in the same frame.
-    pub fn same_frame(&self, other: &ChunkLoc) -> bool {
-        self.pack == other.pack && self.offset == other.offset
-    }
 }
 
 /// One entry of a pack index: a chunk and its place (see [`ChunkLoc`]).
@@ -405,14 +400,6 @@ pub fn chunk_in_frame<'r>(raw: &'r [u8], id: &ChunkId, loc: &ChunkLoc) -> Result
     Ok(data)
 }
 
-/// Reads and decompresses the frame at `loc` from an open pack file.
-pub fn read_frame(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-    check_loc(id, loc)?;
-    let mut frame = vec![0u8; loc.clen as usize];
-    read_compressed_frame(file, id, loc, &mut frame)?;
-    decompress_frame(&frame, loc.frame_rlen, id, &loc.pack)
-}
-
 /// [`ChunkLoc::check`] as the error reading chunk `id` gives: call it
 /// before allocating the frame's buffers.
 pub fn check_loc(id: &ChunkId, loc: &ChunkLoc) -> Result<()> {
@@ -437,14 +424,6 @@ pub fn read_compressed_frame(
             pack: loc.pack.to_string(),
             why: format!("reading {} bytes at {}: {e}", loc.clen, loc.offset),
         })
-}
-
-/// Reads and verifies the chunk at `loc` from an open pack file (its whole
-/// frame is decompressed; to read several chunks of a frame, see
-/// [`crate::frame::Frame`]).
-pub fn read_chunk(file: &File, id: &ChunkId, loc: &ChunkLoc) -> Result<Vec<u8>> {
-    let raw = read_frame(file, id, loc)?;
-    Ok(chunk_in_frame(&raw, id, loc)?.to_vec())
 }
 
 /// A pack being written to the store's `tmp/`.
@@ -508,194 +487,4 @@ impl PackWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(data: &[u8]) -> Vec<u8> {
-        zstd::bulk::compress(data, 3).unwrap()
-    }
-
-    /// A pack (frames, index, trailer) of `groups`, each a frame of chunks.
-    fn pack_of(groups: &[Vec<Vec<u8>>]) -> (Vec<u8>, PackBuilder) {
-        let mut b = PackBuilder::default();
-        let mut bytes = Vec::new();
-        for g in groups {
-            let f = frame(&g.concat());
-            let chunks: Vec<(ChunkId, u32)> =
-                g.iter().map(|c| (ChunkId::of(c), c.len() as u32)).collect();
-            b.add_frame(f.len() as u32, &chunks);
-            bytes.extend_from_slice(&f);
-        }
-        bytes.extend_from_slice(&b.header());
-        (bytes, b)
-    }
-
-    fn parse(bytes: &[u8]) -> Result<Vec<PackEntry>> {
-        let t = parse_trailer(bytes, bytes.len() as u64)?;
-        let start = usize::try_from(t.index_offset)
-            .ok()
-            .filter(|&s| s <= bytes.len() - TRAILER_LEN)
-            .ok_or_else(|| Error::Corrupt {
-                what: "test".into(),
-                why: "index offset".into(),
-            })?;
-        parse_index(&bytes[start..bytes.len() - TRAILER_LEN], &t)
-    }
-
-    #[test]
-    fn header_round_trip_and_checks() {
-        let groups: Vec<Vec<Vec<u8>>> = vec![
-            (0..3u8).map(|i| vec![i; 1000 + i as usize]).collect(),
-            vec![vec![9u8; 5000]],
-            vec![vec![7u8; 10], vec![], vec![8u8; 20]],
-        ];
-        let (bytes, b) = pack_of(&groups);
-        let t = parse_trailer(&bytes, bytes.len() as u64).unwrap();
-        assert_eq!((t.count, t.frames, t.index_offset), (7, 3, b.frames_len()));
-        let entries = parse(&bytes).unwrap();
-        assert_eq!(entries, b.entries());
-        let pack = BlobDigest::of(b"x");
-        let chunks: Vec<&Vec<u8>> = groups.iter().flatten().collect();
-        for (e, c) in entries.iter().zip(&chunks) {
-            let f = &bytes[e.offset as usize..][..e.clen as usize];
-            let raw = decompress_frame(f, e.frame_rlen, &e.id, &pack).unwrap();
-            assert_eq!(chunk_in_frame(&raw, &e.id, &e.loc(pack)).unwrap(), &c[..]);
-        }
-        assert_eq!(entries[4].frame_rlen, 30);
-        assert_eq!((entries[6].at, entries[6].rlen), (10, 20));
-        // A flipped byte anywhere in the trailer is refused.
-        for i in bytes.len() - TRAILER_LEN..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x40;
-            assert!(parse(&bad).is_err(), "flip at {i} accepted");
-        }
-        // An entry pointing elsewhere, or claiming another place in its
-        // frame, is refused. (The raw length of a frame's last chunk is
-        // checked when the frame is decompressed, not here.)
-        let idx = t.index_offset as usize;
-        for field in [32, 40, 44, 48, 52] {
-            for entry in [0, 1, 3, 6] {
-                if field == 44 && (entry == 3 || entry == 6) {
-                    continue;
-                }
-                let mut bad = bytes.clone();
-                bad[idx + entry * ENTRY_LEN + field] ^= 1;
-                assert!(
-                    parse(&bad).is_err(),
-                    "entry {entry} field {field} changed and accepted"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_frame_over_the_raw_limit_is_refused() {
-        let mut b = PackBuilder::default();
-        let id = ChunkId::of(b"a");
-        b.add_frame(10, &[(id, MAX_CHUNK), (id, 1)]);
-        let mut bytes = vec![0u8; 10];
-        bytes.extend_from_slice(&b.header());
-        let e = parse(&bytes).unwrap_err().to_string();
-        assert!(e.contains("over the limit"), "{e}");
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
-        /// Fuzz stand-in (fuzz/fuzz_targets/pack_header.rs): a pack tail with
-        /// overwritten bytes parses or is refused, never panics, and whatever
-        /// parses is self-consistent.
-        #[test]
-        fn mutated_pack_headers_never_panic(
-            sizes in proptest::collection::vec(proptest::collection::vec(0usize..300, 1..4), 0..5),
-            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
-            claimed_len in proptest::option::of(proptest::prelude::any::<u64>()),
-        ) {
-            let groups: Vec<Vec<Vec<u8>>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, g)| g.iter().map(|&n| vec![i as u8; n]).collect())
-                .collect();
-            let (mut bytes, _) = pack_of(&groups);
-            let len = bytes.len();
-            for (at, v) in edits {
-                bytes[at % len] = v;
-            }
-            let pack_len = claimed_len.unwrap_or(len as u64);
-            if let Ok(t) = parse_trailer(&bytes, pack_len) {
-                let start = usize::try_from(t.index_offset).ok().filter(|&s| s <= len - TRAILER_LEN);
-                if let (Some(start), true) = (start, pack_len == len as u64) {
-                    if let Ok(entries) = parse_index(&bytes[start..len - TRAILER_LEN], &t) {
-                        check_layout(&entries, &t)?;
-                    }
-                }
-            }
-        }
-    }
-
-    /// What a parsed index promises: frames contiguous from 0, chunks
-    /// contiguous inside each frame, frame lengths consistent.
-    fn check_layout(
-        entries: &[PackEntry],
-        t: &Trailer,
-    ) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
-        let (mut next, mut frames) = (0u64, 0u32);
-        let mut prev: Option<&PackEntry> = None;
-        for e in entries {
-            match prev {
-                Some(p) if p.offset == e.offset => {
-                    proptest::prop_assert_eq!(e.at, p.at + p.rlen);
-                    proptest::prop_assert_eq!(e.frame_rlen, p.frame_rlen);
-                }
-                _ => {
-                    proptest::prop_assert_eq!((e.offset, e.at), (next, 0));
-                    next += u64::from(e.clen);
-                    frames += 1;
-                }
-            }
-            proptest::prop_assert!(e.at + e.rlen <= e.frame_rlen);
-            proptest::prop_assert!(e.loc(BlobDigest::of(b"p")).check().is_ok());
-            prev = Some(e);
-        }
-        proptest::prop_assert_eq!(next, t.index_offset);
-        proptest::prop_assert_eq!(frames, t.frames);
-        Ok(())
-    }
-
-    #[test]
-    fn corrupt_frame_is_an_error_not_wrong_bytes() {
-        let data = vec![7u8; 5000];
-        let id = ChunkId::of(&data);
-        let pack = BlobDigest::of(b"p");
-        let mut f = frame(&data);
-        let last = f.len() - 5;
-        f[last] ^= 1;
-        let loc = |rlen| ChunkLoc {
-            pack,
-            offset: 0,
-            clen: 1,
-            frame_rlen: 5000,
-            at: 0,
-            rlen,
-        };
-        let read = |f: &[u8], id: &ChunkId, rlen| -> Result<Vec<u8>> {
-            let raw = decompress_frame(f, 5000, id, &pack)?;
-            Ok(chunk_in_frame(&raw, id, &loc(rlen))?.to_vec())
-        };
-        assert!(read(&f, &id, 5000).is_err());
-        let other = ChunkId::of(b"other");
-        assert!(matches!(
-            read(&frame(&data), &other, 5000),
-            Err(Error::CorruptChunk { .. })
-        ));
-        assert!(read(&frame(&data), &id, 4999).is_err());
-        assert!(decompress_frame(&frame(&data), 4999, &id, &pack).is_err());
-        assert!(decompress_frame(&frame(&data), 5001, &id, &pack).is_err());
-        let raw = decompress_frame(&frame(&data), 5000, &id, &pack).unwrap();
-        let outside = ChunkLoc {
-            at: 4000,
-            ..loc(2000)
-        };
-        assert!(chunk_in_frame(&raw, &id, &outside).is_err());
-        assert!(outside.check().is_err());
-    }
-}
+mod tests;

@@ -305,3 +305,57 @@ fn pack_loop(store: &Store, rx: Receiver<Frame>, abort: &AtomicBool) -> Result<W
         stored_bytes: written,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreConfig;
+    use rand::{RngCore, SeedableRng};
+
+    /// Packs close once their frames reach the pack target: 40 MiB of
+    /// incompressible 1 MiB chunks make a full pack and a pack of the
+    /// rest, not one giant pack and not a pack per frame.
+    #[test]
+    fn packs_close_at_the_pack_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(
+            dir.path(),
+            &StoreConfig::new(puzzle_chunker::ChunkParams::default(), 1),
+        )
+        .unwrap();
+        let index = ChunkIndex::open(&store).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+        let mut w = ChunkWriter::new(&store, &index, 2);
+        for _ in 0..40 {
+            let mut d = vec![0u8; 1 << 20];
+            rng.fill_bytes(&mut d);
+            assert!(w.put(ChunkId::of(&d), d).unwrap());
+        }
+        let written = w.finish().unwrap();
+        let frames_len = |p: &PackInfo| {
+            let e = p.entries.last().unwrap();
+            e.offset + u64::from(e.clen)
+        };
+        let lens: Vec<(usize, u64)> = written
+            .packs
+            .iter()
+            .map(|p| (p.entries.len(), frames_len(p)))
+            .collect();
+        assert_eq!(lens.len(), 2, "{lens:?}");
+        let (full, rest) = (lens[0], lens[1]);
+        assert!(full.1 >= DEFAULT_PACK_TARGET, "{lens:?}");
+        // It closed at the first frame that reached the target.
+        let largest = written.packs[0]
+            .entries
+            .iter()
+            .map(|e| e.clen)
+            .max()
+            .unwrap();
+        assert!(
+            full.1 < DEFAULT_PACK_TARGET + u64::from(largest),
+            "{lens:?}"
+        );
+        assert_eq!(full.0 + rest.0, 40);
+        assert_eq!(written.stored_bytes, full.1 + rest.1);
+    }
+}

@@ -10,9 +10,9 @@
 //! - `pack/append_finish/256x64KiB`: the same, then [`PackWriter::finish`]:
 //!   header, fsync, rename into `blobs/` and fsync of the directory. Every
 //!   iteration writes the same pack, renamed over the previous copy.
-//! - `pack/read_chunk/64KiB`: [`pack::read_chunk`] of one chunk of that pack
-//!   (pread of its frame from the page cache, decompress the whole 1 MiB
-//!   frame, BLAKE3 check of the chunk), chunks in a seeded random order: the
+//! - `pack/read_chunk/64KiB`: [`StoredFrame::read`] and [`StoredFrame::chunk`] of one
+//!   chunk of that pack (pread of its frame from the page cache, decompress
+//!   the whole 1 MiB frame, BLAKE3 check of the chunk), chunks in a seeded random order: the
 //!   cost of a random read with no frame cache.
 //!
 //! Throughput is in compressed bytes written for the writes and raw bytes
@@ -22,8 +22,9 @@ use std::fs::File;
 
 use criterion::{criterion_group, Criterion, Throughput};
 use puzzle_chunker::{ChunkId, ChunkParams};
+use puzzle_store::frame::Frame as StoredFrame;
 use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
-use puzzle_store::pack::{self, ChunkLoc, PackWriter};
+use puzzle_store::pack::{ChunkLoc, PackWriter};
 use puzzle_store::{Store, StoreConfig};
 use puzzle_testkit::text_like;
 use rand::seq::SliceRandom;
@@ -96,7 +97,8 @@ fn packs(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % reads.len();
             let (id, loc) = &reads[i];
-            pack::read_chunk(&file, id, loc).expect("read chunk")
+            let frame = StoredFrame::read(&file, id, loc).expect("read frame");
+            frame.chunk(id, loc).expect("read chunk").len()
         })
     });
     g.finish();
