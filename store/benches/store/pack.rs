@@ -18,8 +18,6 @@
 //! Throughput is in compressed bytes written for the writes and raw bytes
 //! returned for the reads.
 
-use std::fs::File;
-
 use criterion::{criterion_group, Criterion, Throughput};
 use puzzle_chunker::{ChunkId, ChunkParams};
 use puzzle_store::frame::Frame as StoredFrame;
@@ -83,7 +81,7 @@ fn packs(c: &mut Criterion) {
     });
 
     let info = append_all(&store, &frames).finish(&store).expect("finish");
-    let file = File::open(store.blob_path(&info.digest)).expect("open pack");
+    let blobs = store.blob_reader();
     let mut reads: Vec<(ChunkId, ChunkLoc)> = info
         .entries
         .iter()
@@ -97,7 +95,7 @@ fn packs(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % reads.len();
             let (id, loc) = &reads[i];
-            let frame = StoredFrame::read(&file, id, loc).expect("read frame");
+            let frame = StoredFrame::read(&blobs, id, loc).expect("read frame");
             frame.chunk(id, loc).expect("read chunk").len()
         })
     });

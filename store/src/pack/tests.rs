@@ -1,6 +1,7 @@
 //! Tests of packs: header round trips, limits, damage refused.
 
 use super::*;
+use crate::frame::Frame;
 
 fn frame(data: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(data, 3).unwrap()
@@ -263,7 +264,7 @@ fn chunk_locations_within_the_limits_and_no_further() {
         assert!(matches!(e, Error::CorruptChunk { .. }), "{e}");
     }
     // Refused before anything is read or allocated.
-    let file = tempfile::tempfile().unwrap();
+    let file = crate::blobs::MemBlobs::new();
     let id = ChunkId::of(b"x");
     for bad in [loc(0, 10, 0, 10), loc(u32::MAX, 10, 0, 10)] {
         assert!(matches!(
@@ -345,15 +346,15 @@ fn missing_pack_and_unreadable_pack_are_told_apart() {
     assert_eq!(w.frames_len(), f.len() as u64);
     let info = w.finish(&store).unwrap();
     let loc = info.entries[0].loc(info.digest);
-    let mut packs = PackFiles::new(&store);
-    let fr = packs.frame(&id, &loc).unwrap();
+    let blobs = store.blob_reader();
+    let fr = Frame::read(&blobs, &id, &loc).unwrap();
     assert_eq!(fr.chunk(&id, &loc).unwrap(), &data[..]);
 
     let missing = ChunkLoc {
         pack: BlobDigest::of(b"no such pack"),
         ..loc
     };
-    let e = PackFiles::new(&store).frame(&id, &missing).unwrap_err();
+    let e = Frame::read(&blobs, &id, &missing).unwrap_err();
     assert!(matches!(e, Error::BlobMissing { .. }), "{e}");
 
     // A symlink loop where the pack should be: there, but unreadable.
@@ -363,7 +364,7 @@ fn missing_pack_and_unreadable_pack_are_told_apart() {
     };
     let path = store.blob_path(&looped.pack);
     std::os::unix::fs::symlink(&path, &path).unwrap();
-    let e = PackFiles::new(&store).frame(&id, &looped).unwrap_err();
+    let e = Frame::read(&blobs, &id, &looped).unwrap_err();
     match e {
         Error::Io { path: p, .. } => assert_eq!(p, path),
         e => panic!("want an I/O error, got {e}"),
