@@ -16,8 +16,9 @@ export DEBIAN_FRONTEND=noninteractive
 #   chromium chromium-driver  the `puzzle stats --html` test opens the page headless
 #   casync            the store-size baseline in benches/run.sh
 #   gnuplot-nox       the store-size plot of benches/run.sh
+#   docker-registry   a local registry for the docker:// source tests (cli/tests/registry.rs)
 PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3 chromium chromium-driver
-      casync gnuplot-nox)
+      casync gnuplot-nox docker-registry)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

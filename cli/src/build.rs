@@ -21,7 +21,10 @@ use crate::{exit, UsageError};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], or an OCI layout directory.
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF],
+    /// docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (a registry: HTTPS, but plain
+    /// HTTP for localhost/127.0.0.1; credentials from $REGISTRY_AUTH_FILE or
+    /// ~/.docker/config.json), or an OCI layout directory.
     source: String,
     /// Name to store the image under (replaces an image of the same name).
     #[arg(long, short, value_parser = parse_tag)]

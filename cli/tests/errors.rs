@@ -310,17 +310,21 @@ fn a_directory_without_oci_layout_says_what_it_needs() {
 }
 
 #[test]
-fn registry_sources_say_how_to_use_skopeo_meanwhile() {
+fn an_unreachable_registry_is_one_line_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let src = "docker://127.0.0.1:5000/app:2";
-    assert_eq!(
-        build_fails(&store, src, &[], 1),
-        format!(
-            "puzzle: error: building x from {src}: unsupported: registry source {src}: \
-             until registries are supported, copy the image into a layout with \
-             `skopeo copy {src} oci:DIR:TAG`, then `puzzle build oci:DIR:TAG`"
-        )
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let src = format!("docker://127.0.0.1:{port}/app:2");
+    let msg = build_fails(&store, &src, &[], 1);
+    assert!(
+        msg.starts_with(&format!(
+            "puzzle: error: building x from {src}: i/o error on {src}: cannot reach the registry 127.0.0.1:{port}"
+        )),
+        "{msg}"
     );
 }
 

@@ -20,6 +20,7 @@ mod heal;
 mod lifecycle;
 mod mount;
 mod progress;
+mod registry;
 mod report;
 mod stats;
 mod store_safety;

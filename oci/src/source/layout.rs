@@ -18,7 +18,7 @@ const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Indexes may nest; deeper than this is refused (a blob cannot contain its
 /// own digest, but a long chain is still pointless work).
-const MAX_DEPTH: usize = 8;
+pub(crate) const MAX_DEPTH: usize = 8;
 /// Descriptors visited when searching a layout for a config digest.
 const MAX_VISITS: usize = 256;
 
@@ -39,7 +39,7 @@ pub(crate) struct Resolved {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Index,
     Manifest,
 }
@@ -54,7 +54,7 @@ struct Sniff {
     layers: Option<serde::de::IgnoredAny>,
 }
 
-fn kind_of(media_type: &str, bytes: &[u8], what: &str) -> Result<Kind> {
+pub(crate) fn kind_of(media_type: &str, bytes: &[u8], what: &str) -> Result<Kind> {
     let classify = |t: &str| {
         if INDEX_TYPES.contains(&t) {
             Some(Kind::Index)
@@ -84,7 +84,7 @@ fn kind_of(media_type: &str, bytes: &[u8], what: &str) -> Result<Kind> {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| Error::Json {
         what: what.to_owned(),
         source,
@@ -114,7 +114,7 @@ fn descriptor_digest(d: &Descriptor) -> Result<Sha256Digest> {
 }
 
 /// Picks the descriptor for `platform` among an index's manifests.
-fn select_platform<'a>(
+pub(crate) fn select_platform<'a>(
     manifests: &[&'a Descriptor],
     platform: &Platform,
     what: &str,

@@ -1,5 +1,6 @@
-//! Image sources: open an image from an OCI layout directory, an OCI archive
-//! or a `docker save` archive, and stream its layers as verified tar.
+//! Image sources: open an image from an OCI layout directory, an OCI archive,
+//! a `docker save` archive or a registry (`docker://`, see the registry
+//! module), and stream its layers as verified tar.
 //!
 //! [`SourceRef`] is what the user wrote (`oci:./img:tag`, ...). [`open`] resolves
 //! it for a [`Platform`] to an [`ImageSource`]: its [`OpenedImage`] holds the
@@ -39,6 +40,7 @@ mod docker;
 mod layer;
 mod layout;
 mod reference;
+mod registry;
 
 #[cfg(test)]
 mod tests;
@@ -123,11 +125,9 @@ pub fn open(src: &SourceRef, platform: &Platform) -> Result<Box<dyn ImageSource>
             docker::open(file, reference.as_deref(), platform, &name)?
         }
         SourceRef::Registry { reference } => {
-            return Err(Error::Unsupported(format!(
-                "registry source docker://{reference}: until registries are supported, copy the \
-                 image into a layout with `skopeo copy docker://{reference} oci:DIR:TAG`, then \
-                 `puzzle build oci:DIR:TAG`"
-            )))
+            let src = registry::open(reference, platform)?;
+            check_platform(src.image(), platform)?;
+            return Ok(Box::new(src));
         }
     };
     check_platform(&resolved.image, platform)?;

@@ -32,7 +32,11 @@ pub enum SourceRef {
         file: PathBuf,
         reference: Option<String>,
     },
-    /// `docker://HOST/REPO:TAG`: a registry. Parsed only; not opened yet.
+    /// `docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST]`: an image in a registry,
+    /// as skopeo writes it. Without a host it is on Docker Hub (`debian` is
+    /// `docker.io/library/debian:latest`). Loopback hosts (`localhost`,
+    /// `127.0.0.1`, `[::1]`) are spoken to in plain HTTP, others over HTTPS.
+    /// `reference` is what follows `docker://`, checked but as written.
     Registry { reference: String },
 }
 
@@ -82,12 +86,7 @@ impl FromStr for SourceRef {
 
     fn from_str(s: &str) -> Result<Self> {
         if let Some(rest) = s.strip_prefix("docker://") {
-            if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
-                return Err(Error::Invalid(format!(
-                    "invalid registry reference {}",
-                    shorten(s)
-                )));
-            }
+            super::registry::check_reference(rest)?;
             return Ok(SourceRef::Registry {
                 reference: rest.to_owned(),
             });

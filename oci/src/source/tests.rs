@@ -896,9 +896,20 @@ fn docker_archive_with_embedded_oci_layout() {
 }
 
 #[test]
-fn registry_is_unsupported_for_now() {
-    let src: SourceRef = "docker://127.0.0.1:5000/app:2".parse().unwrap();
-    assert!(matches!(open_default(&src), Err(Error::Unsupported(_))));
+fn an_unreachable_registry_is_an_io_error_naming_it() {
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let src: SourceRef = format!("docker://127.0.0.1:{port}/app:2").parse().unwrap();
+    let err = open_default(&src).err().unwrap();
+    assert!(
+        matches!(&err, Error::Io { path, .. }
+            if *path == std::path::Path::new(&format!("docker://127.0.0.1:{port}/app:2"))),
+        "{err:?}"
+    );
 }
 
 #[test]
