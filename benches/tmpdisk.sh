@@ -14,7 +14,8 @@
 #
 # Env: WORK (default /tmp/puzzle-tmpdisk; a 12 GB sparse ext4 image is
 # loop-mounted at WORK/fs, as benches/run.sh does, and unmounted on exit),
-# SIZE_MB (2048), NEW_MB (256), RUNS (1: builds of v2 per binary and order).
+# SIZE_MB (2048), NEW_MB (256), RUNS (1: builds of v2 per binary and order),
+# ORDERS ("sorted dirorder").
 # Prints a Markdown table; keeps the JSON lines in WORK/results.jsonl.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ WORK=${WORK:-/tmp/puzzle-tmpdisk}
 SIZE_MB=${SIZE_MB:-2048}
 NEW_MB=${NEW_MB:-256}
 RUNS=${RUNS:-1}
+ORDERS=${ORDERS:-sorted dirorder}
 for t in python3 tar pigz mkfs.ext4 mount du jq; do
   command -v "$t" >/dev/null || { echo "needs $t (scripts/setup.sh installs it)" >&2; exit 2; }
 done
@@ -139,11 +141,11 @@ peak_used() { # BASE -> writes the peak of used bytes above BASE until killed
 echo "| binary | v2 order | disk peak above before | of it spools (tmp_peak_bytes) | stored | wall s | peak RSS |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 n=0
-for bin in "$@"; do
-  n=$((n + 1))
-  for order in sorted dirorder; do
-    for run in $(seq "$RUNS"); do
-      store=$fs/s$n-$order-$run
+for run in $(seq "$RUNS"); do
+  for order in $ORDERS; do
+    for bin in "$@"; do
+      n=$((n + 1))
+      store=$fs/s$n
       "$bin" --store "$store" --no-progress build "oci:$img/oci-v1:t" --tag v1 >/dev/null 2>&1
       sync
       echo 0 >"$WORK/peak"
