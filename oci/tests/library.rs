@@ -54,21 +54,28 @@ impl BuildProgress for Seen {
     }
 }
 
-#[test]
-fn an_embedder_builds_and_extracts_without_the_binary() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+/// The test image's layout and a new store in `t`, as an embedder opens
+/// them: the store, its index and the image's reference.
+fn setup(t: &std::path::Path) -> (Store, ChunkIndex, SourceRef) {
     layout(&t.join("layout"));
     let store = Store::open_or_create(
         &t.join("store"),
         &StoreConfig::new(ChunkParams::default(), 3),
     )
     .unwrap();
-    let lock = store.lock().unwrap();
     let index = ChunkIndex::open(&store).unwrap();
-    let src_ref: SourceRef = format!("oci:{}:v1", t.join("layout").display())
+    let src_ref = format!("oci:{}:v1", t.join("layout").display())
         .parse()
         .unwrap();
+    (store, index, src_ref)
+}
+
+#[test]
+fn an_embedder_builds_and_extracts_without_the_binary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (store, index, src_ref) = setup(t);
+    let lock = store.lock().unwrap();
     let platform: Platform = "linux/amd64".parse().unwrap();
     let opts = BuildOptions::default();
 
@@ -112,18 +119,8 @@ fn an_embedder_builds_and_extracts_without_the_binary() {
 #[test]
 fn a_cancelled_build_stores_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    layout(&t.join("layout"));
-    let store = Store::open_or_create(
-        &t.join("store"),
-        &StoreConfig::new(ChunkParams::default(), 3),
-    )
-    .unwrap();
+    let (store, index, src_ref) = setup(tmp.path());
     let _lock = store.lock().unwrap();
-    let index = ChunkIndex::open(&store).unwrap();
-    let src_ref: SourceRef = format!("oci:{}:v1", t.join("layout").display())
-        .parse()
-        .unwrap();
     let src = source::open(&src_ref, &"linux/amd64".parse().unwrap()).unwrap();
     let opts = BuildOptions::default();
     opts.cancel.store(true, Ordering::SeqCst);

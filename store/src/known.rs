@@ -210,8 +210,8 @@ mod tests {
         index.add_pack(&pack).unwrap();
     }
 
-    #[test]
-    fn a_sampled_file_makes_its_layers_files_known_while_their_chunks_are_stored() {
+    /// An empty index of a new store (the directory and store kept alive).
+    fn new_index() -> (tempfile::TempDir, Store, ChunkIndex) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(
             dir.path(),
@@ -219,6 +219,12 @@ mod tests {
         )
         .unwrap();
         let index = ChunkIndex::open(&store).unwrap();
+        (dir, store, index)
+    }
+
+    #[test]
+    fn a_sampled_file_makes_its_layers_files_known_while_their_chunks_are_stored() {
+        let (_dir, _store, index) = new_index();
         // "s" is sampled (digest byte 1); "t" is not (digest byte 200).
         let l = layer(&[("s", 10, 1), ("t", 20, 200)]);
         index.put_layer("sha256:l", &l.to_record()).unwrap();
@@ -260,13 +266,7 @@ mod tests {
     /// last goes (a version built, removed and collected).
     #[test]
     fn a_sample_moves_to_a_layer_still_holding_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_or_create(
-            dir.path(),
-            &StoreConfig::new(puzzle_chunker::ChunkParams::default(), 3),
-        )
-        .unwrap();
-        let index = ChunkIndex::open(&store).unwrap();
+        let (_dir, _store, index) = new_index();
         let d = |b: u8| FileDigest::from_bytes([b; 32]);
         let (old, new) = (layer(&[("s", 10, 1)]), layer(&[("s", 10, 1), ("n", 5, 2)]));
         index.put_layer("sha256:old", &old.to_record()).unwrap();
