@@ -21,6 +21,7 @@ mod lifecycle;
 mod mount;
 mod progress;
 mod registry;
+mod regkit;
 mod report;
 mod stats;
 mod store_safety;

@@ -1,0 +1,320 @@
+//! Test harness for registry tests: a local `docker-registry` (Debian's
+//! package; scripts/setup.sh installs it) fed with `skopeo copy`, a logging
+//! proxy that can cut a blob response short, and a Bearer-token front.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::util::*;
+
+pub(crate) const REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A `docker-registry` on 127.0.0.1, killed on drop.
+pub(crate) struct Registry {
+    child: Child,
+    pub(crate) port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(crate) fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Registry {
+    /// `None` (after a note) when docker-registry or skopeo are missing and
+    /// tools are not required.
+    pub(crate) fn start() -> Option<Registry> {
+        if !Path::new(REGISTRY).exists() {
+            assert!(
+                !require_tools(),
+                "{REGISTRY} is required (run scripts/setup.sh)"
+            );
+            eprintln!("note: {REGISTRY} is not installed; skipping");
+            return None;
+        }
+        if !have("skopeo") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let reg = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for_port(port);
+        Some(reg)
+    }
+
+    /// `skopeo copy`s corpus image `tag` to `REPO:TAG` here.
+    pub(crate) fn push(&self, corpus: &Path, tag: &str, dest: &str) {
+        let out = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", corpus.display()))
+            .arg(format!("docker://127.0.0.1:{}/{dest}", self.port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A TCP proxy in front of a registry: logs every request line and `Range`
+/// header, and can cut the first connection whose responses pass `cut_at`
+/// bytes (mid-blob: manifests and configs are far smaller).
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    pub(crate) cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub(crate) fn start(upstream: u16, cut_at: Option<u64>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (log2, cut2) = (Arc::clone(&log), Arc::clone(&cut));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (log, cut) = (Arc::clone(&log2), Arc::clone(&cut2));
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || requests(client, server, &log));
+                std::thread::spawn(move || responses(s2, c2, cut_at, &cut));
+            }
+        });
+        Proxy { port, log, cut }
+    }
+
+    pub(crate) fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    /// The digests of the blobs GET was asked for.
+    pub(crate) fn blob_gets(&self) -> BTreeSet<String> {
+        self.take_log()
+            .iter()
+            .filter_map(|l| l.strip_prefix("GET "))
+            .filter_map(|l| l.split_once("/blobs/"))
+            .map(|(_, d)| d.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Client to server: GET requests have no body, so every line is a request
+/// line or a header.
+pub(crate) fn requests(mut from: TcpStream, mut to: TcpStream, log: &Mutex<Vec<String>>) {
+    let mut buf = [0u8; 16 << 10];
+    let mut pending = String::new();
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(i) = pending.find("\r\n") {
+            let line: String = pending.drain(..i + 2).collect();
+            let line = line.trim_end();
+            if line.starts_with("GET ") || line.to_ascii_lowercase().starts_with("range:") {
+                log.lock().unwrap().push(line.to_owned());
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+pub(crate) fn responses(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    cut_at: Option<u64>,
+    cut: &AtomicBool,
+) {
+    let mut buf = [0u8; 16 << 10];
+    let mut sent = 0u64;
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        let mut n = n;
+        let limit = cut_at.filter(|_| !cut.load(Ordering::SeqCst));
+        if let Some(limit) = limit.filter(|l| sent + n as u64 > *l) {
+            if !cut.swap(true, Ordering::SeqCst) {
+                n = (limit - sent) as usize;
+                let _ = to.write_all(&buf[..n]);
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+pub(crate) fn metadata_of(store: &Path, tag: &str) -> String {
+    images(store)
+        .into_iter()
+        .find(|i| i.name == tag)
+        .unwrap_or_else(|| panic!("no image {tag}"))
+        .metadata
+}
+
+/// The layer digests and sizes of corpus image `tag`.
+pub(crate) fn corpus_layers(corpus: &Path, tag: &str) -> Vec<(String, u64)> {
+    let digest = corpus_manifest(corpus, tag);
+    let path: PathBuf = corpus
+        .join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_owned(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A registry front that demands a Bearer token: a connection whose first
+/// request lacks `Authorization: Bearer <token>` gets a 401 challenge
+/// pointing at its own `/token` (which answers with `access_token` only),
+/// and is closed; an authorized one is piped to the registry.
+pub(crate) struct TokenFront {
+    pub(crate) port: u16,
+    pub(crate) token_requests: Arc<Mutex<Vec<String>>>,
+}
+
+pub(crate) const TOKEN: &str = "t0k-3n";
+
+impl TokenFront {
+    pub(crate) fn start(upstream: u16) -> TokenFront {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token_requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&token_requests);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || token_conn(client, upstream, port, &log));
+            }
+        });
+        TokenFront {
+            port,
+            token_requests,
+        }
+    }
+}
+
+pub(crate) fn token_conn(
+    mut client: TcpStream,
+    upstream: u16,
+    port: u16,
+    log: &Mutex<Vec<String>>,
+) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let first = text.lines().next().unwrap_or("").to_owned();
+    let reply = |client: &mut TcpStream, status: &str, extra: &str, body: &str| {
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    if first.starts_with("GET /token") {
+        log.lock().unwrap().push(first);
+        let body = format!("{{\"access_token\":\"{TOKEN}\",\"expires_in\":300}}");
+        return reply(&mut client, "200 OK", "", &body);
+    }
+    let want = format!("authorization: bearer {TOKEN}");
+    let authorized = text.lines().any(|l| l.eq_ignore_ascii_case(&want));
+    if !authorized {
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",\
+             service=\"test-registry\",scope=\"repository:lib/base:pull\"\r\n"
+        );
+        return reply(&mut client, "401 Unauthorized", &challenge, "{}");
+    }
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    if server.write_all(&head).is_err() {
+        return;
+    }
+    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s2, &mut c2);
+        let _ = c2.shutdown(Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut client, &mut server);
+    let _ = server.shutdown(Shutdown::Write);
+}
