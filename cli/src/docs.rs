@@ -60,20 +60,93 @@ pub fn completion(args: &CompletionArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
+/// Exit codes and environment variables, the sections clap does not know:
+/// (title, paragraphs as `(tag, text)`).
+const EXTRA_SECTIONS: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "EXIT STATUS",
+        &[
+            ("0", "Success."),
+            (
+                "1",
+                "Failure; the message on stderr says what failed and what to do.",
+            ),
+            ("2", "Wrong arguments (usage error)."),
+            ("3", "An image named is not in the store."),
+            ("4", "No puzzle store at the given path (see --store)."),
+            ("5", "verify found problems in the store."),
+            (
+                "130",
+                "Interrupted by SIGINT or SIGTERM; nothing partial was kept.",
+            ),
+        ],
+    ),
+    (
+        "ENVIRONMENT",
+        &[
+            (
+                "PUZZLE_STORE",
+                "The store directory when --store is not given.",
+            ),
+            (
+                "XDG_DATA_HOME, HOME",
+                "The default store is $XDG_DATA_HOME/puzzle, else ~/.local/share/puzzle.",
+            ),
+            (
+                "REGISTRY_AUTH_FILE, DOCKER_CONFIG",
+                "Where registry credentials are read for docker:// references \
+                 (see the README for the order of the credential sources).",
+            ),
+        ],
+    ),
+];
+
+/// The top man page: clap's sections, then EXIT STATUS and ENVIRONMENT
+/// before VERSION.
+fn render_top(cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_mangen::roff::{bold, roman, Roff};
+    let man = clap_mangen::Man::new(cmd);
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    let mut roff = Roff::default();
+    for (title, items) in EXTRA_SECTIONS {
+        roff.control("SH", [title]);
+        for (tag, text) in items {
+            roff.control("TP", []);
+            roff.text([bold(*tag)]);
+            roff.text([roman(*text)]);
+        }
+    }
+    roff.to_writer(out)?;
+    man.render_version_section(out)
+}
+
 /// Prints the top man page (roff) on stdout, or writes every page into a
-/// directory.
+/// directory (`puzzle.1` and one `puzzle-COMMAND.1` per command).
 pub fn man(args: &ManArgs) -> Result<u8> {
-    let cmd = Cli::command();
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
     match &args.dir {
         None => {
             let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(cmd).render(&mut out)?;
+            render_top(cmd, &mut out)?;
             std::io::Write::flush(&mut out)?;
         }
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            clap_mangen::generate_to(cmd, dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            let write = || -> std::io::Result<()> {
+                std::fs::create_dir_all(dir)?;
+                for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                    clap_mangen::generate_to(sub.clone(), dir)?;
+                }
+                let mut file = std::fs::File::create(dir.join("puzzle.1"))?;
+                render_top(cmd.clone(), &mut file)?;
+                file.sync_all()
+            };
+            write().with_context(|| format!("writing man pages into {}", dir.display()))?;
             eprintln!("wrote the man pages into {}", dir.display());
         }
     }

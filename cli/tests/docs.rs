@@ -107,6 +107,9 @@ fn bash_completion_parses_and_names_every_command() {
 fn man_pages_are_roff_for_every_command() {
     let r = ok(bin().arg("man"));
     assert!(r.stdout.contains(".TH puzzle 1"), "{}", r.stdout);
+    for section in [".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", "PUZZLE_STORE"] {
+        assert!(r.stdout.contains(section), "no {section}: {}", r.stdout);
+    }
     for c in COMMANDS {
         assert!(
             r.stdout.contains(&format!("puzzle\\-{c}(1)")),
@@ -136,7 +139,8 @@ fn man_pages_are_roff_for_every_command() {
     }
     let build = std::fs::read_to_string(out.join("puzzle-build.1")).unwrap();
     assert!(build.contains("chunk\\-avg"), "{build}");
-    assert!(out.join("puzzle.1").is_file());
+    let top = std::fs::read_to_string(out.join("puzzle.1")).unwrap();
+    assert_eq!(top, r.stdout, "puzzle.1 differs from `puzzle man`");
 }
 
 /// Whether `tool` is on PATH (man is optional even when tools are required).
