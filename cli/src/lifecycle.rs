@@ -232,11 +232,30 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         .into());
     }
     let store = Store::open(root)?;
+    // A dry run on a store this process cannot write plans on a private copy
+    // of the index, without the lock (as verify does); `tmp/` is not counted.
+    let read_only = args.dry_run && !store.is_writable();
+    let scratch = if read_only {
+        eprintln!(
+            "puzzle: warning: store {} is read-only here: planning on a copy of its index, \
+             without the writer lock (temp files not counted)",
+            store.root().display()
+        );
+        Some(tempfile::tempdir().context("making a scratch directory for the index copy")?)
+    } else {
+        None
+    };
     // Temp files left by a crashed writer are removed with the lock (a dry
     // run only measures them): they count in what gc frees.
-    let lock = crate::lock_store(&store, None, args.dry_run, true)?;
-    let tmp = lock.tmp();
-    let index = open_index(&store, progress)?;
+    let lock = match read_only {
+        true => None,
+        false => Some(crate::lock_store(&store, None, args.dry_run, true)?),
+    };
+    let tmp = lock.as_ref().map(|l| l.tmp()).unwrap_or_default();
+    let index = match &scratch {
+        Some(dir) => ChunkIndex::open_copy(&store, dir.path())?,
+        None => open_index(&store, progress)?,
+    };
     let spinner = progress.spinner("collecting garbage");
     let opts = GcOptions {
         dry_run: args.dry_run,

@@ -510,7 +510,7 @@ pub fn lock_store(
     if !store.is_writable() {
         bail!(
             "store {} is read-only here: this command writes to it; run it where the store is writable \
-             (images, stats, extract, mount and verify work read-only)",
+             (images, stats, extract, mount, verify and gc --dry-run work read-only)",
             store.root().display()
         );
     }

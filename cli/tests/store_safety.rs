@@ -268,6 +268,10 @@ fn reading_commands_work_on_a_read_only_store() {
     let store = t.join("store");
     let src = tiny(&t.join("src"), "one", b"hello\n");
     build(&store, &src, "x:1");
+    // Garbage for the dry run to find: an image built and untagged.
+    let other = tiny(&t.join("other"), "two", b"goodbye\n");
+    build(&store, &other, "gone");
+    ok(puzzle(&store).args(["rm", "gone"]));
     let ro = ReadOnly::new(&store, &t.join("ro"));
     let before = snapshot(&store);
     let warn = format!(
@@ -291,6 +295,16 @@ fn reading_commands_work_on_a_read_only_store() {
     let r = run(puzzle(&ro.0).args(["verify", "--rebuild-index"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("is read-only here"), "{}", r.stderr);
+    // gc plans on a copy of the index: it sees the untagged image's blobs.
+    let r = ok(puzzle(&ro.0).args(["gc", "--dry-run", "--json"]));
+    assert!(
+        r.stderr.contains("planning on a copy of its index"),
+        "{}",
+        r.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["data"]["images"], 1, "{v}");
+    assert!(v["data"]["blobs_removed"].as_u64().unwrap() >= 3, "{v}");
     // Writers say what is wrong in one line.
     for args in [&["build", &src, "--tag", "y"][..], &["gc"], &["rm", "x:1"]] {
         let r = run(puzzle(&ro.0).args(args));
@@ -299,8 +313,8 @@ fn reading_commands_work_on_a_read_only_store() {
             r.stderr.trim_end(),
             format!(
                 "puzzle: error: store {} is read-only here: this command writes to it; run it \
-                 where the store is writable (images, stats, extract, mount and verify work \
-                 read-only)",
+                 where the store is writable (images, stats, extract, mount, verify and gc \
+                 --dry-run work read-only)",
                 ro.0.display()
             )
         );
