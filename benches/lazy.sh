@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Time from nothing to a finished command in a chroot of an image that lives
+# in a registry behind a shaped link (issue 14). The registry runs inside a
+# network namespace this script creates, reached over a veth pair whose
+# registry-to-client direction is shaped with tc (tbf rate; with DELAY, a
+# netem delay in front where the kernel has sch_netem); nothing else is
+# contacted.
+#
+#   benches/lazy.sh [TAG]          # default: django-5.0.8
+#
+# Cases (CASES, default every case this binary supports):
+#   oci    skopeo copy docker://... oci: + umoci unpack + run
+#   pull   puzzle pull + puzzle mount + run
+#   (the lazy-mount cases of issue 14 join here as `puzzle mount docker://`
+#   lands: cold, with a prefetch list, warm)
+# Workloads (WORKLOADS, default "import tar"):
+#   import python3 -c 'import django; print(django.VERSION)' (numpy for numpy-*)
+#   tar    read every file: tar -cf - . | wc -c (GNU tar skips file reads
+#          when writing to /dev/null)
+#
+# Env: PUZZLE_BIN (default target/release/puzzle, else target/debug/puzzle),
+# PUZZLE_CORPUS (default corpora/out/small), RATE (100mbit), DELAY (none;
+# e.g. 10ms one way, needs sch_netem), RUNS (3; medians), WORK
+# (/tmp/puzzle-lazy).
+# Each run starts cold: page cache dropped, a new store and destination.
+# Needs root, ip/tc (iproute2), docker-registry, skopeo, umoci, jq.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${PUZZLE_BIN:-$here/target/release/puzzle}
+[ -x "$bin" ] || bin=$here/target/debug/puzzle
+corpus=${PUZZLE_CORPUS:-$here/corpora/out/small}
+tag=${1:-django-5.0.8}
+RATE=${RATE:-100mbit}
+DELAY=${DELAY:-}
+RUNS=${RUNS:-3}
+WORK=${WORK:-/tmp/puzzle-lazy}
+WORKLOADS=${WORKLOADS:-import tar}
+for t in ip tc docker-registry skopeo umoci jq mkfs.ext4; do
+  command -v "$t" >/dev/null || { echo "needs $t (scripts/setup.sh installs it)" >&2; exit 2; }
+done
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespace, chroot, FUSE)" >&2; exit 2; }
+[ -x "$bin" ] || { echo "build puzzle first (cargo build --release)" >&2; exit 2; }
+if [ -z "${CASES:-}" ]; then
+  CASES=oci
+  "$bin" pull --help >/dev/null 2>&1 && CASES+=" pull"
+fi
+
+ns=puzzle-lazy-$$
+host_if=plz$$h
+ns_if=plz$$n
+addr=10.231.$(($$ % 250)).2
+reg=$addr:5000
+fs=$WORK/fs
+cleanup() {
+  set +e
+  [ -n "${reg_pid:-}" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  for m in $(awk -v p="$fs/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount -l "$m"
+  done
+  mountpoint -q "$fs" && umount "$fs"
+  rm -f "$WORK/fs.img"
+  ip link del "$host_if" 2>/dev/null
+  ip netns del "$ns" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The link: host <-> namespace; the registry's answers are delayed and shaped.
+ip netns add "$ns"
+ip link add "$host_if" type veth peer name "$ns_if"
+ip link set "$ns_if" netns "$ns"
+ip addr add "${addr%.2}.1/30" dev "$host_if"
+ip link set "$host_if" up
+ip -n "$ns" addr add "$addr/30" dev "$ns_if"
+ip -n "$ns" link set "$ns_if" up
+ip -n "$ns" link set lo up
+if [ -n "$DELAY" ]; then
+  ip netns exec "$ns" tc qdisc add dev "$ns_if" root handle 1: netem delay "$DELAY" ||
+    { echo "tc netem is not available here (sch_netem): run without DELAY" >&2; exit 2; }
+  ip netns exec "$ns" tc qdisc add dev "$ns_if" parent 1:1 handle 10: tbf rate "$RATE" burst 64kb latency 100ms
+else
+  ip netns exec "$ns" tc qdisc add dev "$ns_if" root tbf rate "$RATE" burst 64kb latency 100ms
+fi
+
+mkdir -p "$fs"
+mountpoint -q "$fs" && umount "$fs"
+truncate -s 16G "$WORK/fs.img"
+mkfs.ext4 -q -F -m 0 "$WORK/fs.img"
+mount -o loop "$WORK/fs.img" "$fs"
+
+cat >"$fs/registry.yml" <<EOF
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $fs/registry}}
+http: {addr: $reg}
+EOF
+ip netns exec "$ns" docker-registry serve "$fs/registry.yml" >/dev/null 2>&1 &
+reg_pid=$!
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/$addr/5000") 2>/dev/null && break
+  sleep 0.1
+done
+
+# Fill the registry: the plain image, and the same image as a puzzle image.
+skopeo --insecure-policy copy -q --dest-tls-verify=false \
+  "oci:$corpus:$tag" "docker://$reg/plain:$tag"
+if [[ " $CASES " == *" pull "* ]]; then
+  "$bin" --store "$fs/src" --no-progress build "oci:$corpus:$tag" --tag "$tag" >/dev/null
+  "$bin" --store "$fs/src" --no-progress push "$tag" "docker://$reg/puzzle:$tag" --tls-verify=false >/dev/null
+fi
+man=$(jq -r --arg t "$tag" '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $t) | .digest' "$corpus/index.json")
+gzip_bytes=$(jq '[.layers[].size] | add' "$corpus/blobs/sha256/${man#sha256:}")
+
+rx() { cat "/sys/class/net/$host_if/statistics/rx_bytes"; }
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+workload() { # ROOT WORKLOAD
+  case "$2" in
+    import)
+      case "$tag" in
+        numpy*) chroot "$1" python3 -c 'import numpy; print(numpy.__version__)' ;;
+        *) chroot "$1" python3 -c 'import django; print(django.VERSION)' ;;
+      esac ;;
+    tar) (cd "$1" && tar -cf - . | wc -c) ;;
+  esac >/dev/null
+}
+
+# One run of CASE with WORKLOAD: prints "seconds bytes-received".
+run_case() {
+  local case=$1 wl=$2 t0 t1 b0
+  rm -rf "$fs/dst" "$fs/store" && mkdir -p "$fs/dst"
+  cold
+  b0=$(rx)
+  t0=$(date +%s.%N)
+  case "$case" in
+    oci)
+      skopeo --insecure-policy copy -q --src-tls-verify=false \
+        "docker://$reg/plain:$tag" "oci:$fs/dst/layout:$tag"
+      umoci unpack --image "$fs/dst/layout:$tag" "$fs/dst/bundle" >/dev/null
+      workload "$fs/dst/bundle/rootfs" "$wl" ;;
+    pull)
+      "$bin" --store "$fs/store" --no-progress pull "docker://$reg/puzzle:$tag" --tag "$tag" \
+        --tls-verify=false >/dev/null
+      mkdir -p "$fs/dst/mnt"
+      "$bin" --store "$fs/store" mount "$tag" "$fs/dst/mnt" --daemon >/dev/null
+      workload "$fs/dst/mnt" "$wl"
+      "$bin" umount "$fs/dst/mnt" >/dev/null ;;
+  esac
+  t1=$(date +%s.%N)
+  echo "$(echo "$t1 - $t0" | bc -l) $(($(rx) - b0))"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "image $tag; link: $RATE${DELAY:+, $DELAY one way} (tc in namespace $ns); gzip layers $gzip_bytes bytes; binary $bin"
+echo
+echo "| workload | case | seconds (median of $RUNS) | each run | bytes received | of the gzip layers |"
+echo "|---|---|---:|---|---:|---:|"
+for wl in $WORKLOADS; do
+  for c in $CASES; do
+    : >"$WORK/runs"
+    for _ in $(seq "$RUNS"); do run_case "$c" "$wl" >>"$WORK/runs"; done
+    secs=$(cut -d' ' -f1 "$WORK/runs" | median)
+    each=$(cut -d' ' -f1 "$WORK/runs" | xargs printf '%.2f, ' | sed 's/, $//')
+    bytes=$(cut -d' ' -f2 "$WORK/runs" | median)
+    printf '| %s | %s | %.2f | %s | %s | %.3f |\n' "$wl" "$c" "$secs" "$each" "$bytes" \
+      "$(echo "$bytes / $gzip_bytes" | bc -l)"
+  done
+done
