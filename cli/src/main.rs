@@ -458,7 +458,7 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
             "NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"
         )?;
         if any_pulled {
-            write!(out, "  {:<19}", "PULLED")?;
+            write!(out, "  PULLED")?;
         }
         writeln!(out)?;
     }
