@@ -228,6 +228,25 @@ fn a_pull_into_an_empty_or_the_pushing_store() {
     assert_same_tree(&tb, &te);
     ok(puzzle(&e).arg("verify"));
 
+    // On a terminal: a bar per pack fetched from, bytes with percent and rate.
+    if have("script") {
+        let cmd = format!(
+            "stty cols 160 rows 40; exec {} --store {} pull {src} --tag p",
+            env!("CARGO_BIN_EXE_puzzle"),
+            t.join("e2").display()
+        );
+        let out = ok(std::process::Command::new("script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .env_remove("PUZZLE_STORE"))
+        .stdout;
+        assert!(out.contains("pulled p"), "{out}");
+        assert!(
+            out.split(['\r', '\n'])
+                .any(|l| l.contains("pack ") && l.contains('%') && l.contains("B/s")),
+            "no pack bar with percent and rate:\n{out}"
+        );
+    }
+
     // Into the store that pushed it: nothing to fetch, and the twin is the
     // remote manifest byte for byte.
     let s = pull(&b, &src, "q");
