@@ -8,6 +8,7 @@ mod html;
 mod lifecycle;
 mod mount;
 mod output;
+mod pull;
 mod stats;
 
 use std::io::Write;
@@ -58,6 +59,8 @@ enum Command {
     Init(InitArgs),
     /// Convert an OCI image into the store and tag it.
     Build(build::BuildArgs),
+    /// Fetch a puzzle image from a registry, only the frames holding chunks the store lacks.
+    Pull(pull::PullArgs),
     /// Write a stored image's filesystem into a directory (created if missing, else must be empty).
     Extract(ExtractArgs),
     /// Write a stored image back as a plain OCI image (tar+gzip layers) to oci:DIR[:TAG] or an archive.
@@ -270,6 +273,7 @@ fn run(cli: &Cli) -> Result<u8> {
     match &cli.command {
         Command::Init(args) => init(args.dir.as_deref().unwrap_or(&root), args),
         Command::Build(args) => build::run(&root, args, &progress),
+        Command::Pull(args) => pull::run(&root, args, &progress),
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Export(args) => export::run(&root, args, &progress),
         Command::Images(args) => images(&root, args),
@@ -436,12 +440,27 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(4);
+    // Pulled images name the manifest they came from (docs/FORMAT.md, "Pull").
+    let origin = |r: &puzzle_store::layout::ImageRef| {
+        let a = &r.manifest.annotations;
+        let m = a.get(puzzle_store::manifest::ANNOTATION_ORIGIN_MANIFEST)?;
+        Some((
+            m.clone(),
+            a.get(puzzle_store::manifest::ANNOTATION_ORIGIN_REF)
+                .cloned(),
+        ))
+    };
+    let any_pulled = refs.iter().any(|r| origin(r).is_some());
     if !args.json {
-        writeln!(
+        write!(
             out,
             "{:<width$}  {:<19}  {:>10}  {:>10}  {:>10}  {:>5}",
             "NAME", "MANIFEST", "SIZE", "UNIQUE", "METADATA", "PACKS"
         )?;
+        if any_pulled {
+            write!(out, "  PULLED")?;
+        }
+        writeln!(out)?;
     }
     for (i, r) in refs.iter().enumerate() {
         let (digest, m, s) = match &sized {
@@ -470,6 +489,8 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
                     "packs": packs,
                     "pack_bytes": pack_bytes,
                     "config": m.config.digest.to_string(),
+                    "remote_manifest": origin(r).map(|o| o.0),
+                    "origin": origin(r).and_then(|o| o.1),
                     "files": s.map(|s| s.files),
                     "logical_bytes": s.map(|s| s.logical_bytes),
                     "unique_bytes": s.map(|s| s.unique_bytes),
@@ -483,7 +504,7 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
             let size = |f: fn(&puzzle_store::stats::ImageStats) -> u64| {
                 s.map_or_else(|| "-".to_string(), |s| output::bytes(f(s)))
             };
-            writeln!(
+            write!(
                 out,
                 "{:<width$}  sha256:{short}  {:>10}  {:>10}  {:>10}  {:>5}",
                 r.name,
@@ -492,6 +513,12 @@ fn images(root: &std::path::Path, args: &ImagesArgs) -> Result<u8> {
                 output::bytes(meta.size),
                 packs
             )?;
+            if any_pulled {
+                let remote = origin(r)
+                    .map_or_else(|| "-".to_string(), |(m, _)| m.chars().take(19).collect());
+                write!(out, "  {remote}")?;
+            }
+            writeln!(out)?;
         }
     }
     out.flush()?;

@@ -21,6 +21,7 @@ mod lifecycle;
 mod mount;
 mod progress;
 mod registry;
+mod registry_pull;
 mod regkit;
 mod report;
 mod stats;

@@ -5,6 +5,8 @@
 //!   reading layers as verified, decompressed tar streams ([`source::LayerReader`]).
 //! - [`layer`]: converting a layer tar into a [`puzzle_store::tree::Layer`]:
 //!   metadata apart, file contents chunked in sorted-path order.
+//! - [`pull`]: fetching a puzzle image from a registry, only the frames
+//!   holding chunks the store lacks, and storing it as a local twin.
 //! - [`export`]: writing a stored image back as a plain OCI image (tar+gzip
 //!   layers, one per original layer or one squashed).
 //!
@@ -15,6 +17,7 @@ pub mod build;
 pub mod error;
 pub mod export;
 pub mod layer;
+pub mod pull;
 pub mod source;
 
 pub use error::{Error, Result};

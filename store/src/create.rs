@@ -252,7 +252,7 @@ fn find_manifests(root: &Path) -> Result<Vec<Manifest>> {
 /// `CompressionConfig::label` write, e.g. `fastcdc-v2020 3.2.1
 /// 16384/65536/262144` and `zstd-3 frames 1048576`, into a config; `None`
 /// if they do not parse or name another chunker than this build's.
-pub(crate) fn parse_labels(chunker: &str, compression: &str) -> Option<StoreConfig> {
+pub fn parse_labels(chunker: &str, compression: &str) -> Option<StoreConfig> {
     let mut c = chunker.split(' ');
     let (algorithm, krate, sizes) = (c.next()?, c.next()?, c.next()?);
     if c.next().is_some()

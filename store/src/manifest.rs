@@ -23,6 +23,12 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_FORMAT: &str = "dev.puzzle.format.version";
 pub const ANNOTATION_CHUNKER: &str = "dev.puzzle.chunker";
 pub const ANNOTATION_COMPRESSION: &str = "dev.puzzle.compression";
+/// On an `index.json` entry of a pulled image: the digest of the manifest
+/// in the registry it was pulled from (docs/FORMAT.md, "Pull").
+pub const ANNOTATION_ORIGIN_MANIFEST: &str = "dev.puzzle.origin.manifest";
+/// On an `index.json` entry of a pulled image: the reference it was pulled
+/// from (`HOST/REPO:TAG` or `HOST/REPO@DIGEST`).
+pub const ANNOTATION_ORIGIN_REF: &str = "dev.puzzle.origin.ref";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {

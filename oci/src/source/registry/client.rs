@@ -77,7 +77,7 @@ struct ErrorEntry {
 }
 
 /// `404 (MANIFEST_UNKNOWN)`: the status and the registry's error codes.
-fn describe_status(resp: Response) -> String {
+pub(crate) fn describe_status(resp: Response) -> String {
     let status = resp.status();
     let mut body = Vec::new();
     let _ = resp.take(64 << 10).read_to_end(&mut body);
@@ -120,7 +120,7 @@ impl Client {
         })
     }
 
-    fn url(&self, tail: &str) -> String {
+    pub(crate) fn url(&self, tail: &str) -> String {
         format!("{}{tail}", self.r.base_url())
     }
 
@@ -148,6 +148,19 @@ impl Client {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
+        self.answer(&resp)?;
+        let resp = self
+            .send(url, accept, from)
+            .map_err(|e| send_error(&self.r, &e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(self.denied("it refused the credentials"));
+        }
+        Ok(resp)
+    }
+
+    /// Earns the `Authorization` value the challenge of a 401 `resp` asks
+    /// for, and keeps it for the next requests.
+    fn answer(&self, resp: &Response) -> Result<()> {
         let challenge = resp
             .headers()
             .get_all(WWW_AUTHENTICATE)
@@ -171,9 +184,31 @@ impl Client {
             }
         };
         *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
-        let resp = self
-            .send(url, accept, from)
-            .map_err(|e| send_error(&self.r, &e))?;
+        Ok(())
+    }
+
+    /// GETs bytes `start..=end` of `url` with one single-range `Range`
+    /// header, answering an authentication challenge as [`Client::get`]
+    /// does. Returns any status; callers judge it (a 200 means the registry
+    /// ignored the range and sends the whole blob).
+    pub(crate) fn get_range(&self, url: &str, start: u64, end: u64) -> Result<Response> {
+        let send = || {
+            let mut req = self
+                .http
+                .get(url)
+                .header(RANGE, format!("bytes={start}-{end}"));
+            let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            req.send().map_err(|e| send_error(&self.r, &e))
+        };
+        let resp = send()?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        self.answer(&resp)?;
+        let resp = send()?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(self.denied("it refused the credentials"));
         }

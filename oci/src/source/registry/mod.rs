@@ -8,6 +8,7 @@
 
 mod auth;
 mod client;
+pub(crate) mod ranges;
 mod reference;
 
 use std::sync::Arc;
