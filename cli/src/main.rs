@@ -8,6 +8,7 @@ mod html;
 mod lifecycle;
 mod mount;
 mod output;
+mod push;
 mod stats;
 
 use std::io::Write;
@@ -62,6 +63,8 @@ enum Command {
     Extract(ExtractArgs),
     /// Write a stored image back as a plain OCI image (tar+gzip layers) to oci:DIR[:TAG] or an archive.
     Export(export::ExportArgs),
+    /// Push a stored image to a registry as is (same manifest digest): docker://REF.
+    Push(push::PushArgs),
     /// List stored images.
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
@@ -272,6 +275,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Build(args) => build::run(&root, args, &progress),
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Export(args) => export::run(&root, args, &progress),
+        Command::Push(args) => push::run(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
         Command::Stats(args) => stats::run(&root, args),

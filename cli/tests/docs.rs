@@ -14,9 +14,10 @@ fn bin() -> Command {
 }
 
 /// The subcommands every completion script and man page must name.
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 14] = [
     "init",
     "build",
+    "push",
     "export",
     "extract",
     "images",

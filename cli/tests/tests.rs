@@ -21,6 +21,7 @@ mod lifecycle;
 mod mount;
 mod progress;
 mod registry;
+mod registry_push;
 mod regkit;
 mod report;
 mod stats;

@@ -5,6 +5,7 @@
 //!   reading layers as verified, decompressed tar streams ([`source::LayerReader`]).
 //! - [`layer`]: converting a layer tar into a [`puzzle_store::tree::Layer`]:
 //!   metadata apart, file contents chunked in sorted-path order.
+//! - [`push`]: sending a stored image to a registry, byte for byte.
 //! - [`export`]: writing a stored image back as a plain OCI image (tar+gzip
 //!   layers, one per original layer or one squashed).
 //!
@@ -15,6 +16,7 @@ pub mod build;
 pub mod error;
 pub mod export;
 pub mod layer;
+pub mod push;
 pub mod source;
 
 pub use error::{Error, Result};

@@ -40,7 +40,7 @@ mod docker;
 mod layer;
 mod layout;
 mod reference;
-mod registry;
+pub(crate) mod registry;
 
 #[cfg(test)]
 mod tests;

@@ -29,11 +29,11 @@ const MAX_ATTEMPTS: u32 = 5;
 
 /// One repository of a registry.
 pub(crate) struct Client {
-    http: Http,
+    pub(super) http: Http,
     pub(crate) r: RegistryRef,
-    creds: Option<Credentials>,
+    pub(super) creds: Option<Credentials>,
     /// The `Authorization` value earned from the last challenge.
-    auth: Mutex<Option<String>>,
+    pub(super) auth: Mutex<Option<String>>,
 }
 
 fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -42,7 +42,7 @@ fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>)
 
 /// A failed request as one line: reqwest's error and its causes, and what
 /// to check.
-fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
+pub(super) fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
     let mut msg = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -77,7 +77,7 @@ struct ErrorEntry {
 }
 
 /// `404 (MANIFEST_UNKNOWN)`: the status and the registry's error codes.
-fn describe_status(resp: Response) -> String {
+pub(super) fn describe_status(resp: Response) -> String {
     let status = resp.status();
     let mut body = Vec::new();
     let _ = resp.take(64 << 10).read_to_end(&mut body);
@@ -120,7 +120,7 @@ impl Client {
         })
     }
 
-    fn url(&self, tail: &str) -> String {
+    pub(super) fn url(&self, tail: &str) -> String {
         format!("{}{tail}", self.r.base_url())
     }
 
@@ -180,7 +180,7 @@ impl Client {
         Ok(resp)
     }
 
-    fn denied(&self, why: &str) -> Error {
+    pub(super) fn denied(&self, why: &str) -> Error {
         Error::NotFound(format!(
             "{}: access denied, {why}; log in with `docker login {}` \
              (puzzle reads $REGISTRY_AUTH_FILE or ~/.docker/config.json)",
@@ -189,7 +189,12 @@ impl Client {
     }
 
     /// Runs the Bearer token flow against `realm`.
-    fn token(&self, realm: &str, service: Option<String>, scope: Option<String>) -> Result<String> {
+    pub(super) fn token(
+        &self,
+        realm: &str,
+        service: Option<String>,
+        scope: Option<String>,
+    ) -> Result<String> {
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.r.repo));
         let mut params = vec![("scope", scope)];
         if let Some(s) = service {
@@ -273,7 +278,7 @@ impl Client {
     }
 }
 
-fn basic(c: &Credentials) -> String {
+pub(super) fn basic(c: &Credentials) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password))
 }
 
