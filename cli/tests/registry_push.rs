@@ -292,6 +292,15 @@ fn refuse_manifests(line: &str) -> Option<(&'static str, &'static str)> {
     ))
 }
 
+/// Takes the manifest and answers with another digest than its own.
+fn misdigest_manifests(line: &str) -> Option<(&'static str, &'static str)> {
+    (line.starts_with("PUT ") && line.contains("/manifests/")).then_some((
+        "201 Created\r\nDocker-Content-Digest: \
+         sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "",
+    ))
+}
+
 fn forbid_all(_: &str) -> Option<(&'static str, &'static str)> {
     Some(("403 Forbidden", r#"{"errors":[{"code":"DENIED"}]}"#))
 }
@@ -359,10 +368,74 @@ fn push_failures_are_one_line_naming_what_failed() {
         1,
         &[&dead, "cannot reach the registry"],
     );
+    let liar = Front::start(reg.port, misdigest_manifests);
+    let lied = format!("docker://127.0.0.1:{}/lib/x:1", liar.port);
+    one_line(
+        &["push", "b", &lied],
+        1,
+        &[&lied, "digest mismatch", "sha256:0000"],
+    );
     let denied = format!("docker://127.0.0.1:{}/lib/x:1", front.port);
     one_line(
         &["push", "b", &denied],
         1,
         &[&denied, "403", "docker login", "lib/x"],
     );
+}
+
+#[test]
+fn an_interrupted_push_sends_no_manifest_and_a_rerun_skips_what_arrived() {
+    let Some(corpus) = corpus() else { return };
+    let Some(reg) = Registry::start() else { return };
+    // The python3 image's blobs take seconds at 8 MB/s.
+    let proxy = Proxy::throttled(reg.port, 8 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    build(&store, &format!("oci:{}:python3", corpus.display()), "p");
+    let index = std::fs::read(store.join("index.json")).unwrap();
+    let dest = format!("docker://127.0.0.1:{}/lib/p:1", proxy.port);
+    let child = puzzle(&store)
+        .args(["push", "p", &dest, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The second upload has begun: the first (the config) arrived.
+    let start = std::time::Instant::now();
+    while proxy.count("PUT ") < 2 {
+        assert!(start.elapsed().as_secs() < 60, "{:?}", proxy.take_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""type":"error""#), "{stdout}");
+    let log = proxy.take_log();
+    assert!(
+        !log.iter().any(|l| l.contains("/manifests/")),
+        "a manifest was sent: {log:?}"
+    );
+    assert_eq!(std::fs::read(store.join("index.json")).unwrap(), index);
+    assert_eq!(run(puzzle(&store).arg("verify")).code, 0);
+
+    let direct = format!("docker://127.0.0.1:{}/lib/p:1", reg.port);
+    let s = push(&store, "p", &direct);
+    assert!(s.blobs_present >= 1, "{s:?}");
+    assert!(s.blobs_uploaded < s.blobs, "{s:?}");
+    assert_eq!(s.blobs_present + s.blobs_uploaded, s.blobs, "{s:?}");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://127.0.0.1:{}/lib/p:1", reg.port),
+    ]);
+    assert_eq!(raw, std::fs::read(blob(&store, &s.manifest)).unwrap());
 }

@@ -123,6 +123,15 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn start(upstream: u16, cut_at: Option<u64>) -> Proxy {
+        Proxy::with(upstream, cut_at, None)
+    }
+
+    /// A proxy that passes request bodies on at about `bytes_per_sec`.
+    pub(crate) fn throttled(upstream: u16, bytes_per_sec: u64) -> Proxy {
+        Proxy::with(upstream, None, Some(bytes_per_sec))
+    }
+
+    fn with(upstream: u16, cut_at: Option<u64>, throttle: Option<u64>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -136,11 +145,17 @@ impl Proxy {
                 };
                 let (log, cut) = (Arc::clone(&log2), Arc::clone(&cut2));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || requests(client, server, &log));
+                std::thread::spawn(move || requests(client, server, &log, throttle));
                 std::thread::spawn(move || responses(s2, c2, cut_at, &cut));
             }
         });
         Proxy { port, log, cut }
+    }
+
+    /// How many logged lines start with `prefix` so far (the log is kept).
+    pub(crate) fn count(&self, prefix: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.starts_with(prefix)).count()
     }
 
     pub(crate) fn take_log(&self) -> Vec<String> {
@@ -160,8 +175,14 @@ impl Proxy {
 
 /// Client to server, request by request: logs each request line (any
 /// method) and `Range` header, and passes bodies (`Content-Length`) through
-/// unread. A chunked body ends the parsing: the rest is piped as is.
-pub(crate) fn requests(mut from: TcpStream, mut to: TcpStream, log: &Mutex<Vec<String>>) {
+/// unread (at about `throttle` bytes a second, if given). A chunked body
+/// ends the parsing: the rest is piped as is.
+pub(crate) fn requests(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: &Mutex<Vec<String>>,
+    throttle: Option<u64>,
+) {
     let mut buf = [0u8; 16 << 10];
     let mut pending: Vec<u8> = Vec::new();
     let mut body_left = 0u64;
@@ -200,6 +221,9 @@ pub(crate) fn requests(mut from: TcpStream, mut to: TcpStream, log: &Mutex<Vec<S
                 }
                 pending.drain(..n);
                 body_left -= if raw { 0 } else { n as u64 };
+                if let Some(rate) = throttle {
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                }
                 continue;
             }
         }

@@ -64,7 +64,8 @@ struct Sending {
 impl Read for Sending {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::SeqCst) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            // Not `Interrupted`: readers retry that.
+            return Err(io::Error::other("interrupted"));
         }
         let n = self.file.read(buf)?;
         self.done += n as u64;
