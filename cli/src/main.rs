@@ -64,6 +64,14 @@ enum Command {
     /// Write a stored image back as a plain OCI image (tar+gzip layers) to oci:DIR[:TAG] or an archive.
     Export(export::ExportArgs),
     /// Push a stored image to a registry as is (same manifest digest): docker://REF.
+    ///
+    /// The manifest goes byte for byte, so the registry names the image by the
+    /// digest `puzzle images` shows (printed on stdout). Blobs the repository
+    /// has are not sent; blobs pushed before to another repository of the same
+    /// registry are mounted from there. The manifest goes last: Ctrl-C stops
+    /// the push before it (exit 130), and pushing again sends only what had not
+    /// arrived. The image is pinned against gc; the store gains only a note of
+    /// which repositories hold which blobs (remotes/).
     Push(push::PushArgs),
     /// List stored images.
     Images(ImagesArgs),

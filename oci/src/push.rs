@@ -17,6 +17,7 @@
 //! finds them there and skips them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -211,16 +212,18 @@ fn push_blob(
         sent: Arc::new(move |n| seen.store(n, Ordering::Relaxed)),
         cancel: Arc::clone(&opts.cancel),
     };
-    let finished = AtomicBool::new(false);
+    // Ends the ticker at once when dropped (a sleep would hold the upload
+    // up to a tick past its end).
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !finished.load(Ordering::SeqCst) {
+        scope.spawn(move || {
+            let tick = std::time::Duration::from_millis(100);
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
                 sent(done.load(Ordering::Relaxed));
-                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         });
         let r = client.put_blob(&session, &digest, &payload);
-        finished.store(true, Ordering::SeqCst);
+        drop(stop);
         r
     })?;
     sent(size);
