@@ -301,6 +301,13 @@ fn misdigest_manifests(line: &str) -> Option<(&'static str, &'static str)> {
     ))
 }
 
+fn ask_for_a_password(_: &str) -> Option<(&'static str, &'static str)> {
+    Some((
+        "401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"",
+        r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+    ))
+}
+
 fn forbid_all(_: &str) -> Option<(&'static str, &'static str)> {
     Some(("403 Forbidden", r#"{"errors":[{"code":"DENIED"}]}"#))
 }
@@ -347,7 +354,9 @@ fn push_failures_are_one_line_naming_what_failed() {
     let store = tmp.path().join("store");
     build(&store, &format!("oci:{}:base", corpus.display()), "b");
     let one_line = |args: &[&str], code: i32, wants: &[&str]| {
-        let r = run(puzzle(&store).args(args));
+        let r = run(puzzle(&store)
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", tmp.path().join("no-auth.json")));
         assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
         for w in wants {
@@ -374,6 +383,13 @@ fn push_failures_are_one_line_naming_what_failed() {
         &["push", "b", &lied],
         1,
         &[&lied, "digest mismatch", "sha256:0000"],
+    );
+    let locked = Front::start(reg.port, ask_for_a_password);
+    let unauthorized = format!("docker://127.0.0.1:{}/lib/x:1", locked.port);
+    one_line(
+        &["push", "b", &unauthorized],
+        1,
+        &[&unauthorized, "user name and password", "docker login"],
     );
     let denied = format!("docker://127.0.0.1:{}/lib/x:1", front.port);
     one_line(
