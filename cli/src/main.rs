@@ -9,6 +9,7 @@ mod lifecycle;
 mod mount;
 mod output;
 mod pull;
+mod push;
 mod stats;
 
 use std::io::Write;
@@ -65,6 +66,16 @@ enum Command {
     Extract(ExtractArgs),
     /// Write a stored image back as a plain OCI image (tar+gzip layers) to oci:DIR[:TAG] or an archive.
     Export(export::ExportArgs),
+    /// Push a stored image to a registry as is (same manifest digest): docker://REF.
+    ///
+    /// The manifest goes byte for byte, so the registry names the image by the
+    /// digest `puzzle images` shows (printed on stdout). Blobs the repository
+    /// has are not sent; blobs pushed before to another repository of the same
+    /// registry are mounted from there. The manifest goes last: Ctrl-C stops
+    /// the push before it (exit 130), and pushing again sends only what had not
+    /// arrived. The image is pinned against gc; the store gains only a note of
+    /// which repositories hold which blobs (remotes/).
+    Push(push::PushArgs),
     /// List stored images.
     Images(ImagesArgs),
     /// Remove an image's tag (its chunks stay until `puzzle gc`).
@@ -276,6 +287,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Pull(args) => pull::run(&root, args, &progress),
         Command::Extract(args) => extract(&root, args, &progress),
         Command::Export(args) => export::run(&root, args, &progress),
+        Command::Push(args) => push::run(&root, args, &progress),
         Command::Images(args) => images(&root, args),
         Command::Rm(args) => rm(&root, args),
         Command::Stats(args) => stats::run(&root, args),

@@ -14,10 +14,11 @@ fn bin() -> Command {
 }
 
 /// The subcommands every completion script and man page must name.
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "init",
     "build",
     "pull",
+    "push",
     "export",
     "extract",
     "images",

@@ -253,3 +253,52 @@ fn verify_names_damaged_objects_and_images() {
     assert!(again.reused_chunks > 0, "{again:?}");
     verify_ok(&store);
 }
+
+/// Stores built before manifests carried `artifactType` keep working:
+/// their manifests verify, gc keeps what they name, and a gc that rewrites
+/// such an image writes the new form.
+#[test]
+fn manifests_without_artifact_type_verify_and_gc_rewrites_them_in_the_new_form() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, b) = two_images(&t.join("layout"));
+    let store = t.join("store");
+    build(&store, &b, "b");
+    build(&store, &a, "a");
+    // Make a's manifest one written before the field: same bytes without it.
+    let field = r#""artifactType":"application/vnd.puzzle.image.v1","#;
+    let index_path = store.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "a")
+        .unwrap();
+    let hex = |d: &serde_json::Value| d.as_str().unwrap()[7..].to_owned();
+    let blobs = store.join("blobs/sha256");
+    let new = std::fs::read_to_string(blobs.join(hex(&desc["digest"]))).unwrap();
+    assert!(new.contains(field), "{new}");
+    let old = new.replace(field, "");
+    let digest = puzzle_store::BlobDigest::of(old.as_bytes());
+    std::fs::write(blobs.join(digest.hex()), &old).unwrap();
+    desc["digest"] = digest.to_string().into();
+    desc["size"] = old.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+
+    verify_ok(&store);
+    // Only the manifest with the field, now named by no image, goes.
+    let g = gc(&store, &[]);
+    assert_eq!(g.blobs_removed, 1, "{g:?}");
+    verify_ok(&store);
+    extract(&store, "a", &t.join("xa"));
+    // Repacking a rewrites its manifest: with the field again.
+    ok(puzzle(&store).args(["rm", "b"]));
+    let g = gc(&store, &["--repack-below", "1"]);
+    assert_eq!(g.images_rewritten, 1, "{g:?}");
+    let a_now = images(&store).into_iter().find(|i| i.name == "a").unwrap();
+    let m = std::fs::read_to_string(blobs.join(&a_now.manifest[7..])).unwrap();
+    assert!(m.contains(field), "{m}");
+    verify_ok(&store);
+}

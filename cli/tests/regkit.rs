@@ -123,6 +123,15 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn start(upstream: u16, cut_at: Option<u64>) -> Proxy {
+        Proxy::with(upstream, cut_at, None)
+    }
+
+    /// A proxy that passes request bodies on at about `bytes_per_sec`.
+    pub(crate) fn throttled(upstream: u16, bytes_per_sec: u64) -> Proxy {
+        Proxy::with(upstream, None, Some(bytes_per_sec))
+    }
+
+    fn with(upstream: u16, cut_at: Option<u64>, throttle: Option<u64>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -136,11 +145,17 @@ impl Proxy {
                 };
                 let (log, cut) = (Arc::clone(&log2), Arc::clone(&cut2));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || requests(client, server, &log));
+                std::thread::spawn(move || requests(client, server, &log, throttle));
                 std::thread::spawn(move || responses(s2, c2, cut_at, &cut));
             }
         });
         Proxy { port, log, cut }
+    }
+
+    /// How many logged lines start with `prefix` so far (the log is kept).
+    pub(crate) fn count(&self, prefix: &str) -> usize {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.starts_with(prefix)).count()
     }
 
     pub(crate) fn take_log(&self) -> Vec<String> {
@@ -158,24 +173,66 @@ impl Proxy {
     }
 }
 
-/// Client to server: GET requests have no body, so every line is a request
-/// line or a header.
-pub(crate) fn requests(mut from: TcpStream, mut to: TcpStream, log: &Mutex<Vec<String>>) {
+/// Client to server, request by request: logs each request line (any
+/// method) and `Range` header, and passes bodies (`Content-Length`) through
+/// unread (at about `throttle` bytes a second, if given). A chunked body
+/// ends the parsing: the rest is piped as is.
+pub(crate) fn requests(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: &Mutex<Vec<String>>,
+    throttle: Option<u64>,
+) {
     let mut buf = [0u8; 16 << 10];
-    let mut pending = String::new();
-    while let Ok(n @ 1..) = from.read(&mut buf) {
-        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-        while let Some(i) = pending.find("\r\n") {
-            let line: String = pending.drain(..i + 2).collect();
-            let line = line.trim_end();
-            if line.starts_with("GET ") || line.to_ascii_lowercase().starts_with("range:") {
-                log.lock().unwrap().push(line.to_owned());
+    let mut pending: Vec<u8> = Vec::new();
+    let mut body_left = 0u64;
+    let mut raw = false;
+    loop {
+        if !raw && body_left == 0 {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = pending.drain(..i + 4).collect();
+                let text = String::from_utf8_lossy(&head).into_owned();
+                for (n, line) in text.lines().enumerate() {
+                    let lower = line.to_ascii_lowercase();
+                    if n == 0 || lower.starts_with("range:") {
+                        log.lock().unwrap().push(line.to_owned());
+                    }
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        body_left = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                        raw = true;
+                    }
+                }
+                if to.write_all(&head).is_err() {
+                    break;
+                }
+                continue;
+            }
+        } else {
+            let n = if raw {
+                pending.len()
+            } else {
+                pending.len().min(body_left as usize)
+            };
+            if n > 0 {
+                if to.write_all(&pending[..n]).is_err() {
+                    break;
+                }
+                pending.drain(..n);
+                body_left -= if raw { 0 } else { n as u64 };
+                if let Some(rate) = throttle {
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+                }
+                continue;
             }
         }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
+        match from.read(&mut buf) {
+            Ok(n @ 1..) => pending.extend_from_slice(&buf[..n]),
+            _ => break,
         }
     }
+    let _ = to.write_all(&pending);
     let _ = to.shutdown(Shutdown::Write);
 }
 
@@ -317,4 +374,72 @@ pub(crate) fn token_conn(
     });
     let _ = std::io::copy(&mut client, &mut server);
     let _ = server.shutdown(Shutdown::Write);
+}
+
+/// A registry front that answers chosen requests itself: one request per
+/// connection (it asks the registry to close after each), so every request
+/// is judged. `refuse` gets the request line and returns a status line and
+/// JSON body to answer with, or `None` to pass the request on.
+pub(crate) struct Front {
+    pub(crate) port: u16,
+}
+
+pub(crate) type Rule = fn(&str) -> Option<(&'static str, &'static str)>;
+
+impl Front {
+    pub(crate) fn start(upstream: u16, refuse: Rule) -> Front {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                std::thread::spawn(move || front_conn(client, upstream, refuse));
+            }
+        });
+        Front { port }
+    }
+}
+
+fn front_conn(mut client: TcpStream, upstream: u16, refuse: Rule) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let first = text.lines().next().unwrap_or("").to_owned();
+    let length: u64 = text
+        .lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = Vec::new();
+    if (&mut client).take(length).read_to_end(&mut body).is_err() {
+        return;
+    }
+    if let Some((status, reply)) = refuse(&first) {
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    head.truncate(head.len() - 2);
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    if server.write_all(&head).is_err() || server.write_all(&body).is_err() {
+        return;
+    }
+    let _ = std::io::copy(&mut server, &mut client);
+    let _ = client.shutdown(Shutdown::Both);
 }

@@ -22,6 +22,7 @@ mod mount;
 mod progress;
 mod registry;
 mod registry_pull;
+mod registry_push;
 mod regkit;
 mod report;
 mod stats;

@@ -245,6 +245,8 @@ fn write_image(
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_TYPE_MANIFEST.to_string(),
+        // A plain image again: no puzzle artifactType.
+        artifact_type: None,
         config: config.clone(),
         layers: layers
             .iter()

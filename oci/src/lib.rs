@@ -7,6 +7,7 @@
 //!   metadata apart, file contents chunked in sorted-path order.
 //! - [`pull`]: fetching a puzzle image from a registry, only the frames
 //!   holding chunks the store lacks, and storing it as a local twin.
+//! - [`push`]: sending a stored image to a registry, byte for byte.
 //! - [`export`]: writing a stored image back as a plain OCI image (tar+gzip
 //!   layers, one per original layer or one squashed).
 //!
@@ -18,6 +19,7 @@ pub mod error;
 pub mod export;
 pub mod layer;
 pub mod pull;
+pub mod push;
 pub mod source;
 
 pub use error::{Error, Result};

@@ -36,7 +36,7 @@ pub(crate) enum DirState {
 
 /// What a store holds besides `puzzle.json`: a directory with anything else
 /// is not one of ours.
-const STORE_ENTRIES: [&str; 8] = [
+const STORE_ENTRIES: [&str; 9] = [
     "lock",
     "reserve",
     "blobs",
@@ -45,6 +45,7 @@ const STORE_ENTRIES: [&str; 8] = [
     "oci-layout",
     "index.json",
     "pins",
+    "remotes",
 ];
 
 pub(crate) fn classify(root: &Path) -> Result<DirState> {

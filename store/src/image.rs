@@ -83,6 +83,7 @@ pub fn write_image(
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_TYPE_MANIFEST.to_string(),
+        artifact_type: Some(ARTIFACT_TYPE.to_string()),
         config,
         layers,
         annotations,

@@ -19,6 +19,8 @@
 //! - [`stats`]: the dedup report (sharing, costs, diffs) from metadata alone.
 //! - [`mmap`]: the single memory-mapping wrapper; [`image::open_mapped`] uses
 //!   it so a mount reads the metadata blob in place.
+//! - [`remotes`]: which repositories of which registries hold a blob (hints
+//!   for `push` to mount blobs across repositories).
 //! - [`verify`]: checking digests and cross-references; rebuilding the index.
 //! - [`gc`]: deleting what no image needs, keeping one copy of a chunk
 //!   stored twice, and repacking sparse packs.
@@ -41,6 +43,7 @@ pub mod manifest;
 pub mod meta;
 pub mod mmap;
 pub mod pack;
+pub mod remotes;
 pub mod stats;
 pub mod tree;
 pub mod verify;

@@ -18,6 +18,10 @@ pub const MEDIA_TYPE_METADATA: &str = "application/vnd.puzzle.metadata.v1";
 pub const MEDIA_TYPE_METADATA_ZSTD: &str = "application/vnd.puzzle.metadata.v1+zstd";
 /// A pack of zstd chunk frames (docs/FORMAT.md, "Pack").
 pub const MEDIA_TYPE_PACK: &str = "application/vnd.puzzle.pack.v1";
+/// The `artifactType` of a puzzle image manifest: what tells a registry (and
+/// tools listing referrers or artifacts) that this is a puzzle image, not a
+/// runnable container image, though `config` is the original image config.
+pub const ARTIFACT_TYPE: &str = "application/vnd.puzzle.image.v1";
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_FORMAT: &str = "dev.puzzle.format.version";
@@ -59,6 +63,14 @@ pub struct Manifest {
     pub schema_version: u32,
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// [`ARTIFACT_TYPE`] in what builds write; absent in manifests written
+    /// before it was added (still read) and in exported plain images.
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -106,5 +118,35 @@ impl Default for Index {
             media_type: index_media_type(),
             manifests: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn manifest(artifact: Option<&str>) -> String {
+        let at = artifact
+            .map(|a| format!(r#""artifactType":"{a}","#))
+            .unwrap_or_default();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE_MANIFEST}",{at}"config":{{"mediaType":"{MEDIA_TYPE_CONFIG}","digest":"{D}","size":0}},"layers":[{{"mediaType":"{MEDIA_TYPE_METADATA_ZSTD}","digest":"{D}","size":0}}],"annotations":{{"{ANNOTATION_FORMAT}":"2"}}}}"#
+        )
+    }
+
+    #[test]
+    fn manifests_with_and_without_artifact_type_read_back_to_their_bytes() {
+        // Written before artifactType: read, and written again unchanged.
+        let old = manifest(None);
+        let m: Manifest = serde_json::from_str(&old).unwrap();
+        assert_eq!(m.artifact_type, None);
+        assert_eq!(m.to_bytes(), old.as_bytes());
+        // What builds write now: the field right after mediaType.
+        let new = manifest(Some(ARTIFACT_TYPE));
+        let m: Manifest = serde_json::from_str(&new).unwrap();
+        assert_eq!(m.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
+        assert_eq!(m.to_bytes(), new.as_bytes());
     }
 }

@@ -29,11 +29,11 @@ const MAX_ATTEMPTS: u32 = 5;
 
 /// One repository of a registry.
 pub(crate) struct Client {
-    http: Http,
+    pub(super) http: Http,
     pub(crate) r: RegistryRef,
-    creds: Option<Credentials>,
+    pub(super) creds: Option<Credentials>,
     /// The `Authorization` value earned from the last challenge.
-    auth: Mutex<Option<String>>,
+    pub(super) auth: Mutex<Option<String>>,
 }
 
 fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -42,7 +42,7 @@ fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>)
 
 /// A failed request as one line: reqwest's error and its causes, and what
 /// to check.
-fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
+pub(super) fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
     let mut msg = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -148,7 +148,7 @@ impl Client {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        self.answer(&resp)?;
+        self.answer(&resp, None)?;
         let resp = self
             .send(url, accept, from)
             .map_err(|e| send_error(&self.r, &e))?;
@@ -159,8 +159,9 @@ impl Client {
     }
 
     /// Earns the `Authorization` value the challenge of a 401 `resp` asks
-    /// for, and keeps it for the next requests.
-    fn answer(&self, resp: &Response) -> Result<()> {
+    /// for, and keeps it for the next requests. A Bearer challenge that names
+    /// no scope gets `default_scope` (push asks for pull and push).
+    pub(super) fn answer(&self, resp: &Response, default_scope: Option<String>) -> Result<()> {
         let challenge = resp
             .headers()
             .get_all(WWW_AUTHENTICATE)
@@ -172,7 +173,10 @@ impl Client {
                 realm,
                 service,
                 scope,
-            }) => format!("Bearer {}", self.token(&realm, service, scope)?),
+            }) => format!(
+                "Bearer {}",
+                self.token(&realm, service, scope.or(default_scope))?
+            ),
             Some(Challenge::Basic) => match &self.creds {
                 Some(c) => format!("Basic {}", basic(c)),
                 None => return Err(self.denied("it asks for a user name and password")),
@@ -207,7 +211,7 @@ impl Client {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        self.answer(&resp)?;
+        self.answer(&resp, None)?;
         let resp = send()?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(self.denied("it refused the credentials"));
@@ -215,7 +219,7 @@ impl Client {
         Ok(resp)
     }
 
-    fn denied(&self, why: &str) -> Error {
+    pub(super) fn denied(&self, why: &str) -> Error {
         Error::NotFound(format!(
             "{}: access denied, {why}; log in with `docker login {}` \
              (puzzle reads $REGISTRY_AUTH_FILE or ~/.docker/config.json)",
@@ -224,7 +228,12 @@ impl Client {
     }
 
     /// Runs the Bearer token flow against `realm`.
-    fn token(&self, realm: &str, service: Option<String>, scope: Option<String>) -> Result<String> {
+    pub(super) fn token(
+        &self,
+        realm: &str,
+        service: Option<String>,
+        scope: Option<String>,
+    ) -> Result<String> {
         let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.r.repo));
         let mut params = vec![("scope", scope)];
         if let Some(s) = service {
@@ -308,7 +317,7 @@ impl Client {
     }
 }
 
-fn basic(c: &Credentials) -> String {
+pub(super) fn basic(c: &Credentials) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password))
 }
 

@@ -10,6 +10,7 @@ mod auth;
 mod client;
 pub(crate) mod ranges;
 mod reference;
+pub(crate) mod upload;
 
 use std::sync::Arc;
 
@@ -23,8 +24,8 @@ use super::{
     parse_sha256, ImageSource, LayerInfo, LayerReader, OpenedImage, Platform,
 };
 
-use client::Client;
-use reference::{Reference, RegistryRef};
+pub(crate) use client::Client;
+pub(crate) use reference::{Reference, RegistryRef};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
