@@ -118,3 +118,108 @@ fn slice_size_hint_bounds_the_chunks_left() {
         }
     }
 }
+
+/// Debug shows where the chunker is: the stream offset of the next chunk,
+/// the bytes read but not yet returned, and whether the reader is done.
+#[test]
+fn stream_chunker_debug_shows_its_position() {
+    let data = random_bytes(2, 10_000);
+    let mut it = StreamChunker::new(&data[..], small_params());
+    assert_eq!(
+        format!("{it:?}"),
+        "StreamChunker { offset: 0, pending: 0, eof: false, .. }"
+    );
+    let first = it.next().unwrap().unwrap().data.len();
+    assert!(first < data.len());
+    // The first read took the whole input, the next one found its end.
+    assert_eq!(
+        format!("{it:?}"),
+        format!(
+            "StreamChunker {{ offset: {first}, pending: {}, eof: true, .. }}",
+            data.len() - first
+        )
+    );
+}
+
+/// Records the length of every buffer it is asked to fill.
+struct Sizes<'a> {
+    inner: &'a [u8],
+    asked: Vec<usize>,
+}
+
+impl Read for Sizes<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.asked.push(buf.len());
+        self.inner.read(buf)
+    }
+}
+
+/// Small chunk sizes still read into a buffer of 1 MiB (not `2 * max`), so
+/// a pipe or file is read in few large reads.
+#[test]
+fn the_first_read_asks_for_one_mib() {
+    let data = random_bytes(3, 3 << 20);
+    let mut reader = Sizes {
+        inner: &data,
+        asked: Vec::new(),
+    };
+    let chunks = StreamChunker::new(&mut reader, small_params()).count();
+    assert!(chunks > 1);
+    assert_eq!(reader.asked[0], 1 << 20);
+}
+
+/// Gives `first` bytes, then fails once, then the rest; counts its reads.
+struct FailsAfter<'a> {
+    data: &'a [u8],
+    first: usize,
+    reads: &'a std::cell::Cell<usize>,
+}
+
+impl Read for FailsAfter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads.set(self.reads.get() + 1);
+        match self.reads.get() {
+            1 => {
+                let (mut head, tail) = self.data.split_at(self.first);
+                self.data = tail;
+                head.read(buf)
+            }
+            2 => Err(io::Error::other("stalled")),
+            // Reading a slice moves it past what was read.
+            _ => self.data.read(buf),
+        }
+    }
+}
+
+/// A chunk is returned as soon as its cut point has been read, without
+/// reading on until `max` bytes are pending: a slow or failing source
+/// still delivers the chunks it has given whole.
+#[test]
+fn a_chunk_comes_out_once_its_end_is_read() {
+    let params = small_params();
+    let data = random_bytes(4, 20_000);
+    let first = 3000;
+    assert!(first < params.max() as usize);
+    let cuts: Vec<(usize, usize)> = chunk_slice(&data, params).collect();
+    let whole = cuts.iter().filter(|&&(o, l)| o + l < first).count();
+    assert!(whole >= 1, "{cuts:?}");
+    let reads = std::cell::Cell::new(0);
+    let mut it = StreamChunker::new(
+        FailsAfter {
+            data: &data,
+            first,
+            reads: &reads,
+        },
+        params,
+    );
+    assert_eq!(it.next().unwrap().unwrap_err().to_string(), "stalled");
+    for &(offset, len) in &cuts[..whole] {
+        let chunk = it.next().unwrap().unwrap();
+        assert_eq!((chunk.offset as usize, chunk.data.len()), (offset, len));
+        assert_eq!(reads.get(), 2, "chunk at {offset} waited for a read");
+    }
+    let rest: Vec<(usize, usize)> = it
+        .map(|c| c.map(|c| (c.offset as usize, c.data.len())).unwrap())
+        .collect();
+    assert_eq!(rest, cuts[whole..]);
+}

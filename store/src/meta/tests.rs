@@ -575,6 +575,53 @@ fn accessors_refuse_what_is_not_there() {
     assert_eq!(h.find_extent(&sh, 150).unwrap(), None);
 }
 
+/// In a file of many extents of different lengths each offset maps to the
+/// extent holding it; and a directory's entries, even where they share record
+/// numbers with a file's extents, are not extents.
+#[test]
+fn find_extent_in_many_extents() {
+    let lens = [1u32, 7, 100, 3, 50, 2, 99, 10, 1];
+    let size: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+    let extents = lens
+        .iter()
+        .map(|&len| Extent {
+            chunk: ChunkId::of(b"c"),
+            offset: 0,
+            len,
+        })
+        .collect();
+    let mut t = Tree::new();
+    let node = Node::File {
+        size,
+        extents,
+        digest: FileDigest::of(b""),
+    };
+    let entries = vec![LayerEntry::Node {
+        path: b"f".to_vec(),
+        node,
+        meta: Meta::default(),
+    }];
+    t.apply(&Layer {
+        entries,
+        ..Layer::default()
+    })
+    .unwrap();
+    let bytes = encode(&t, &SourceInfo::default(), loc).unwrap();
+    let m = MetaBlob::open(&bytes[..]).unwrap();
+    let root = m.root().unwrap();
+    let f = m.inode(m.lookup(&root, b"f").unwrap().unwrap()).unwrap();
+    assert_eq!((root.a, f.a), (0, 0), "both tables start at record 0");
+    let mut start = 0;
+    for (i, &len) in lens.iter().enumerate() {
+        for off in [start, start + u64::from(len) - 1] {
+            assert_eq!(m.find_extent(&f, off).unwrap(), Some(i as u32), "{off}");
+        }
+        start += u64::from(len);
+    }
+    assert_eq!(m.find_extent(&f, size).unwrap(), None);
+    assert!(m.extent(&root, 0).is_err());
+}
+
 /// What `encode` writes beyond the sample: link counts of nested
 /// directories, device numbers, FIFOs, permission bits without the file
 /// type, a chunk used twice stored once, and refusals.
