@@ -8,6 +8,7 @@ mod html;
 mod lifecycle;
 mod mount;
 mod output;
+mod registry_args;
 mod stats;
 
 use std::io::Write;
