@@ -525,6 +525,16 @@ impl Client {
     pub(crate) fn manifest(&self, reference: &str, accept: &str) -> Result<(Vec<u8>, String)> {
         let url = self.url(&format!("manifests/{reference}"));
         let resp = self.get(&url, Some(accept), 0)?;
+        if retryable_status(resp.status()) {
+            let status = describe_status(resp);
+            return Err(net_error(
+                &self.r.to_string(),
+                format!(
+                    "manifest {reference}: the registry still answered {status} after \
+                     retrying; try again later"
+                ),
+            ));
+        }
         if !resp.status().is_success() {
             let status = describe_status(resp);
             return Err(Error::NotFound(format!(
