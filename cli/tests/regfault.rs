@@ -22,6 +22,9 @@ use std::{
 #[derive(Clone)]
 pub(crate) struct TokenService {
     pub(crate) user_pass: Option<(String, String)>,
+    /// OAuth2: `POST /token` with `grant_type=refresh_token` and this
+    /// refresh token (an identity token) also gives a token.
+    pub(crate) refresh_token: Option<String>,
     pub(crate) expires_in: u64,
     pub(crate) valid: Duration,
 }
@@ -219,7 +222,27 @@ impl Conn<'_> {
         let delay = *f.delay.lock().unwrap();
         let token = f.token.lock().unwrap().clone();
         if let (Some(t), true) = (&token, path.starts_with("/token")) {
-            if let Some((u, p)) = &t.user_pass {
+            if line.starts_with("POST ") {
+                let len: usize = header(text, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len.min(1 << 16)];
+                let _ = client.read_exact(&mut body);
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let pairs: Vec<(&str, &str)> = body
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .collect();
+                let granted = t.refresh_token.as_deref().is_some_and(|r| {
+                    pairs.contains(&("grant_type", "refresh_token"))
+                        && pairs.contains(&("refresh_token", r))
+                });
+                if !granted {
+                    std::thread::sleep(delay);
+                    reply(client, "401 Unauthorized", "", "{}");
+                    return 401;
+                }
+            } else if let Some((u, p)) = &t.user_pass {
                 let want = format!("Basic {}", base64(&format!("{u}:{p}")));
                 if header(text, "authorization") != Some(want.as_str()) {
                     std::thread::sleep(delay);

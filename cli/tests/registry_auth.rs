@@ -267,6 +267,46 @@ fn a_credential_helper_on_path_gives_the_password() {
     );
 }
 
+#[test]
+fn a_helpers_identity_token_is_exchanged_at_the_token_service() {
+    let Some((reg, _)) = base_registry() else {
+        return;
+    };
+    let proxy = FaultProxy::start(reg.port);
+    *proxy.faults.token.lock().unwrap() = Some(TokenService {
+        user_pass: Some((USER.into(), PASS.into())),
+        refresh_token: Some("r3fresh-me".into()),
+        expires_in: 300,
+        valid: Duration::from_secs(300),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let bin = tmp.path().join("bin");
+    let helper = write(
+        &bin.join("docker-credential-idt"),
+        "#!/bin/sh\ncat >/dev/null\nprintf '{\"Username\":\"<token>\",\"Secret\":\"r3fresh-me\"}'\n",
+    );
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write(&home.join(".docker/config.json"), r#"{"credsStore":"idt"}"#);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let store = tmp.path().join("store");
+    let src = format!("docker://127.0.0.1:{}/lib/base:1", proxy.port);
+    let r = run(puzzle_in(&store, &home)
+        .env("PATH", &path)
+        .args(["build", &src, "--tag", "b"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seen = proxy.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.line.starts_with("POST /token") && s.status == 200),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.line.starts_with("GET /token")),
+        "{seen:#?}"
+    );
+}
+
 fn base_registry() -> Option<(Registry, PathBuf)> {
     let corpus = corpus()?;
     let reg = Registry::start()?;
@@ -289,6 +329,7 @@ fn tokens_are_refreshed_before_they_expire() {
     let proxy = FaultProxy::start(reg.port);
     *proxy.faults.token.lock().unwrap() = Some(TokenService {
         user_pass: Some((USER.into(), PASS.into())),
+        refresh_token: None,
         expires_in: 2,
         valid: Duration::from_secs(2),
     });
@@ -341,6 +382,7 @@ fn a_refused_cached_token_is_replaced_once() {
     // Tokens announced for 300 s that the registry drops after 1 s.
     *proxy.faults.token.lock().unwrap() = Some(TokenService {
         user_pass: None,
+        refresh_token: None,
         expires_in: 300,
         valid: Duration::from_secs(1),
     });
@@ -441,6 +483,7 @@ fn redirected_blob_gets_carry_no_credentials_to_the_other_host() {
     let front = FaultProxy::start(reg.port);
     *front.faults.token.lock().unwrap() = Some(TokenService {
         user_pass: Some((USER.into(), PASS.into())),
+        refresh_token: None,
         expires_in: 300,
         valid: Duration::from_secs(300),
     });
