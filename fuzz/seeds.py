@@ -202,10 +202,53 @@ def main():
                 tars.append(tar)
     if puzzle:
         store_seeds(corpus, corpus_tags, tars, puzzle, out)
+    registry_seeds(corpus_tags, out)
     for target in sorted(os.listdir(out)):
         files = os.listdir(os.path.join(out, target))
         size = sum(os.path.getsize(os.path.join(out, target, f)) for f in files)
         print(f"seeds: {target}: {len(files)} inputs, {size >> 10} KiB")
+
+
+DIGEST = "sha256:" + "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def registry_seeds(corpus_tags, out):
+    """What registries and users send, in the forms they send it: references
+    (one per corpus tag too), challenges, Retry-After values and times,
+    token answers and auth files (host, NUL, file)."""
+    refs = ["debian", "debian:bookworm", "bitnami/redis:7", "docker.io/library/python:3.12-slim",
+            "index.docker.io/library/python", "quay.io/a/b@" + DIGEST, "quay.io/a/b:t@" + DIGEST,
+            "localhost:5000/x", "[::1]:5000/a/b:c", "127.0.0.1:5000/lib/python3:1"]
+    refs += [f"127.0.0.1:5000/lib/{t}:1" for t in corpus_tags if ":" not in t]
+    for r in refs:
+        save(out, "registry_ref", r.encode())
+    headers = [
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/debian:pull"',
+        'bearer  scope="repository:a/b:pull,push" , realm=http://127.0.0.1:1/t,service="a\\"b"',
+        'Basic realm="Registry Realm"', "Negotiate", 'Bearer realm="unterminated',
+        "120", "0", "Sun, 06 Nov 1994 08:49:37 GMT", "2024-05-01T10:00:00Z",
+        "1994-11-06T10:49:37.123456+02:00",
+    ]
+    for h in headers:
+        save(out, "www_authenticate", h.encode())
+    tokens = [
+        '{"token":"a","expires_in":300,"issued_at":"2024-05-01T10:00:00Z"}',
+        '{"access_token":"b"}', '{"token":"","access_token":"c","expires_in":90.5}',
+        '{"token":"d","expires_in":"300","issued_at":"garbage"}', '{"expires_in":300}',
+    ]
+    for t in tokens:
+        save(out, "token_response", t.encode())
+    configs = [
+        ("docker.io", '{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYTpzcw=="}}}'),
+        ("127.0.0.1:5000", '{"auths":{"127.0.0.1:5000":{"username":"u","password":"p"}}}'),
+        ("quay.io", '{"auths":{"quay.io/some/repo":{"identitytoken":"idt"}}}'),
+        ("a.io", '{"auths":{"a.io":{"auth":"YTpi"},"b.io":{}},'
+                 '"credHelpers":{"a.io":"pass","registry-1.docker.io":"hub"},"credsStore":"desktop"}'),
+        ("b.io", '{"auths":{"b.io":{"auth":""}},"credsStore":"desktop"}'),
+    ]
+    for host, c in configs:
+        save(out, "auth_config", host.encode() + b"\0" + c.encode())
 
 
 def store_seeds(corpus, corpus_tags, tars, puzzle, out):

@@ -17,14 +17,15 @@ use puzzle_store::layout::DEFAULT_ZSTD_LEVEL;
 use puzzle_store::{Store, StoreConfig};
 
 use crate::output::{self, Envelope, Progress};
+use crate::registry_args::RegistryArgs;
 use crate::{exit, UsageError};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF],
     /// docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (a registry: HTTPS, but plain
-    /// HTTP for localhost/127.0.0.1; credentials from $REGISTRY_AUTH_FILE or
-    /// ~/.docker/config.json), or an OCI layout directory.
+    /// HTTP for localhost/127.0.0.1 or with --tls-verify=false; credentials
+    /// as --creds says), or an OCI layout directory.
     source: String,
     /// Name to store the image under (replaces an image of the same name).
     #[arg(long, short, value_parser = parse_tag)]
@@ -34,6 +35,8 @@ pub struct BuildArgs {
     platform: String,
     #[command(flatten)]
     settings: StoreSettings,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Compression threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -222,7 +225,8 @@ fn convert(
     let src_ref: SourceRef = args.source.parse().map_err(|e| usage(&e))?;
     let what = format!("building {} from {}", args.tag, args.source);
 
-    let src = source::open(&src_ref, &platform).with_context(|| what.clone())?;
+    let src = source::open_with(&src_ref, &platform, &args.registry.options())
+        .with_context(|| what.clone())?;
     let store = args.settings.open_or_create(root)?;
     // Until the layers to convert are known: all of them.
     room.packs = Some(src.image().layers.iter().map(|li| li.size).sum());

@@ -10,6 +10,7 @@ mod mount;
 mod output;
 mod pull;
 mod push;
+mod registry_args;
 mod stats;
 
 use std::io::Write;

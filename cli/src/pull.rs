@@ -21,8 +21,7 @@ use crate::{exit, UsageError};
 pub struct PullArgs {
     /// The image: docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST], a puzzle image
     /// (as `puzzle push` writes it). HTTPS, but plain HTTP for
-    /// localhost/127.0.0.1; credentials from $REGISTRY_AUTH_FILE or
-    /// ~/.docker/config.json.
+    /// localhost/127.0.0.1; credentials as the flags below say.
     source: String,
     /// Name to store the image under (replaces an image of the same name).
     #[arg(long, short, value_parser = parse_tag)]
@@ -33,6 +32,8 @@ pub struct PullArgs {
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
 }
 
 fn parse_tag(s: &str) -> Result<String, String> {
@@ -73,7 +74,8 @@ fn fetch(
         .into());
     };
     let what = format!("pulling {} from {}", args.tag, args.source);
-    let remote = pull::open_remote(reference).with_context(|| what.clone())?;
+    let remote =
+        pull::open_remote(reference, &args.registry.options()).with_context(|| what.clone())?;
     // A new store takes the image's settings; an existing one must have its
     // chunker (checked by the pull).
     let store = match Store::open(root) {

@@ -20,12 +20,13 @@ pub struct PushArgs {
     /// Image name, as given to `build --tag`.
     name: String,
     /// Where to: docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (HTTPS, but plain
-    /// HTTP for localhost/127.0.0.1; credentials from $REGISTRY_AUTH_FILE or
-    /// ~/.docker/config.json).
+    /// HTTP for localhost/127.0.0.1; credentials as the flags below say).
     destination: String,
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    registry: crate::registry_args::RegistryArgs,
 }
 
 /// Pushes; the first SIGINT or SIGTERM stops the push before its manifest
@@ -47,6 +48,7 @@ pub fn run(root: &Path, args: &PushArgs, progress: &Progress) -> Result<u8> {
     crate::warn_unpinned(&store, &args.name, &pin);
     let opts = PushOptions {
         cancel: interrupted.clone(),
+        client: args.registry.options(),
     };
     let bars = Bars {
         progress,

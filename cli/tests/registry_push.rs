@@ -353,6 +353,8 @@ fn push_failures_are_one_line_naming_what_failed() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     build(&store, &format!("oci:{}:base", corpus.display()), "b");
+    // An auth file with no credentials: the host's own are not used.
+    std::fs::write(tmp.path().join("no-auth.json"), "{}").unwrap();
     let one_line = |args: &[&str], code: i32, wants: &[&str]| {
         let r = run(puzzle(&store)
             .args(args)

@@ -56,6 +56,12 @@ impl Registry {
     /// `None` (after a note) when docker-registry or skopeo are missing and
     /// tools are not required.
     pub(crate) fn start() -> Option<Registry> {
+        Self::start_with(None)
+    }
+
+    /// Like [`Registry::start`], demanding basic authentication from the
+    /// users of `htpasswd` (bcrypt entries).
+    pub(crate) fn start_with(htpasswd: Option<&Path>) -> Option<Registry> {
         if !Path::new(REGISTRY).exists() {
             assert!(
                 !require_tools(),
@@ -75,8 +81,12 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
+                 http:\n  addr: 127.0.0.1:{port}\n{}",
+                dir.path().join("data").display(),
+                htpasswd.map_or(String::new(), |h| format!(
+                    "auth:\n  htpasswd:\n    realm: puzzle-test\n    path: {}\n",
+                    h.display()
+                ))
             ),
         )
         .unwrap();
@@ -98,8 +108,14 @@ impl Registry {
 
     /// `skopeo copy`s corpus image `tag` to `REPO:TAG` here.
     pub(crate) fn push(&self, corpus: &Path, tag: &str, dest: &str) {
+        self.push_as(corpus, tag, dest, None)
+    }
+
+    /// [`Registry::push`] with `USER:PASS` for a registry that wants them.
+    pub(crate) fn push_as(&self, corpus: &Path, tag: &str, dest: &str, creds: Option<&str>) {
         let out = Command::new("skopeo")
             .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .args(creds.map(|c| format!("--dest-creds={c}")))
             .arg(format!("oci:{}:{tag}", corpus.display()))
             .arg(format!("docker://127.0.0.1:{}/{dest}", self.port))
             .output()

@@ -63,6 +63,8 @@ pub struct PushOptions {
     /// Set from elsewhere (a signal handler) to stop the push before its
     /// next blob (an upload in progress fails): the manifest is not put.
     pub cancel: Arc<AtomicBool>,
+    /// Credentials, TLS and retries.
+    pub client: crate::source::ClientOptions,
 }
 
 /// What a push did (`puzzle push --json`, type "push").
@@ -114,7 +116,7 @@ pub fn push(
             )));
         }
     }
-    let client = Client::new(r.clone())?;
+    let client = Client::with_options(r.clone(), &opts.client)?.with_actions(&["pull", "push"]);
     let m = &image.manifest;
     let blobs: Vec<&Descriptor> = std::iter::once(&m.config).chain(&m.layers).collect();
     let mut s = PushSummary {

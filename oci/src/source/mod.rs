@@ -52,6 +52,7 @@ use crate::error::{Error, Result};
 pub use digest::{parse_digest, parse_sha256, DigestAlgo, Sha256Digest};
 pub use layer::{Compression, LayerReader, LayerStats};
 pub use reference::{Platform, SourceRef};
+pub use registry::{fuzzing as registry_fuzzing, parse_creds, ClientOptions, RetryPolicy};
 
 /// Largest JSON document (index.json, manifest.json, manifest, config) read.
 pub const MAX_JSON_BYTES: u64 = blobs::MAX_JSON;
@@ -99,8 +100,18 @@ pub trait ImageSource: Send + Sync {
     fn open_layer(&self, layer: &LayerInfo) -> Result<LayerReader>;
 }
 
-/// Opens `src`, choosing `platform`'s image from multi-platform indexes.
+/// Opens `src`, choosing `platform`'s image from multi-platform indexes
+/// (registries with the default [`ClientOptions`]).
 pub fn open(src: &SourceRef, platform: &Platform) -> Result<Box<dyn ImageSource>> {
+    open_with(src, platform, &ClientOptions::default())
+}
+
+/// Opens `src` like [`open`], a registry with `registry` options.
+pub fn open_with(
+    src: &SourceRef,
+    platform: &Platform,
+    registry: &ClientOptions,
+) -> Result<Box<dyn ImageSource>> {
     let name = src.to_string();
     let resolved = match src {
         SourceRef::OciDir { dir, reference } => {
@@ -125,7 +136,7 @@ pub fn open(src: &SourceRef, platform: &Platform) -> Result<Box<dyn ImageSource>
             docker::open(file, reference.as_deref(), platform, &name)?
         }
         SourceRef::Registry { reference } => {
-            let src = registry::open(reference, platform)?;
+            let src = registry::open(reference, platform, registry)?;
             check_platform(src.image(), platform)?;
             return Ok(Box::new(src));
         }

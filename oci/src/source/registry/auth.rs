@@ -1,12 +1,11 @@
-//! Registry authentication: `WWW-Authenticate` challenges, the Bearer token
-//! response, and basic credentials from a docker `config.json`.
+//! Registry authentication: `WWW-Authenticate` challenges and the Bearer
+//! token response (credentials are found by `creds`).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use serde::Deserialize;
 
-use super::reference::DOCKER_HUB;
+use super::retry::parse_rfc3339;
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,102 +94,69 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     }
 }
 
-/// The token endpoint's answer: registries send `token`, `access_token`, or both.
+/// The token endpoint's answer: registries send `token`, `access_token`, or
+/// both, and may say how long it lasts.
 #[derive(Deserialize)]
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    issued_at: Option<String>,
 }
+
+/// A token as the token service gave it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub value: String,
+    /// Seconds it is valid for (60 when the service does not say, as the
+    /// distribution spec sets).
+    pub expires_in: u64,
+    /// When the service says it issued it.
+    pub issued_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(***, {} s)", self.expires_in)
+    }
+}
+
+/// The lifetime the distribution spec gives a token that states none.
+pub(crate) const DEFAULT_EXPIRES_IN: u64 = 60;
 
 /// The token out of a token endpoint's JSON body.
-pub(crate) fn parse_token(body: &[u8]) -> Option<String> {
+pub(crate) fn parse_token(body: &[u8]) -> Option<Token> {
     let r: TokenResponse = serde_json::from_slice(body).ok()?;
-    r.token
+    let value = r
+        .token
         .filter(|t| !t.is_empty())
-        .or(r.access_token.filter(|t| !t.is_empty()))
-}
-
-/// A user name and password.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, ***)", self.user)
-    }
-}
-
-#[derive(Deserialize)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: BTreeMap<String, AuthEntry>,
-}
-
-#[derive(Deserialize)]
-struct AuthEntry {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-/// The auth file read: `$REGISTRY_AUTH_FILE`, else
-/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
-fn auth_file() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
-        return Some(p.into());
-    }
-    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
-        return Some(PathBuf::from(d).join("config.json"));
-    }
-    let home = std::env::var_os("HOME")?;
-    Some(PathBuf::from(home).join(".docker/config.json"))
-}
-
-/// Basic credentials for `host` from the auth file, if it has some.
-/// Credential helpers (`credsStore`) are not run.
-pub(crate) fn credentials_for(host: &str) -> Option<Credentials> {
-    let bytes = std::fs::read(auth_file()?).ok()?;
-    credentials_in(&bytes, host)
-}
-
-/// Looks `host` up in a config.json's `auths`: keys may be bare hosts or
-/// URLs (`https://index.docker.io/v1/` for Docker Hub).
-pub(crate) fn credentials_in(config: &[u8], host: &str) -> Option<Credentials> {
-    let config: DockerConfig = serde_json::from_slice(config).ok()?;
-    let key_host = |k: &str| -> String {
-        let k = k
-            .strip_prefix("https://")
-            .or_else(|| k.strip_prefix("http://"))
-            .unwrap_or(k);
-        let k = k.split('/').next().unwrap_or(k);
-        match k {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
-            k => k.to_owned(),
-        }
-    };
-    let entry = config
-        .auths
-        .iter()
-        .find(|(k, _)| key_host(k) == host)
-        .map(|(_, v)| v)?;
-    if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
-        return Some(Credentials {
-            user: user.clone(),
-            password: password.clone(),
-        });
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(entry.auth.as_deref()?.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, password) = decoded.split_once(':')?;
-    Some(Credentials {
-        user: user.to_owned(),
-        password: password.to_owned(),
+        .or(r.access_token.filter(|t| !t.is_empty()))?;
+    // A number (some services send a float); anything else or zero: the
+    // default.
+    let expires_in = r
+        .expires_in
+        .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)))
+        .filter(|&s| s > 0)
+        .unwrap_or(DEFAULT_EXPIRES_IN);
+    Some(Token {
+        value,
+        expires_in,
+        issued_at: r.issued_at.as_deref().and_then(parse_rfc3339),
     })
+}
+
+impl Token {
+    /// How long from `now` it stays valid: `expires_in` from its
+    /// `issued_at` when that is in the past (time already spent in transit
+    /// or a clock ahead of ours counts against it), else from now.
+    pub(crate) fn lifetime(&self, now: SystemTime) -> Duration {
+        let full = Duration::from_secs(self.expires_in);
+        let spent = self
+            .issued_at
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or(Duration::ZERO);
+        full.saturating_sub(spent)
+    }
 }
 
 #[cfg(test)]
@@ -230,13 +196,11 @@ mod tests {
 
     #[test]
     fn token_or_access_token() {
-        assert_eq!(parse_token(br#"{"token":"a"}"#).as_deref(), Some("a"));
+        let value = |b: &[u8]| parse_token(b).map(|t| t.value);
+        assert_eq!(value(br#"{"token":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(value(br#"{"access_token":"b"}"#).as_deref(), Some("b"));
         assert_eq!(
-            parse_token(br#"{"access_token":"b"}"#).as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            parse_token(br#"{"token":"","access_token":"c","expires_in":300}"#).as_deref(),
+            value(br#"{"token":"","access_token":"c","expires_in":300}"#).as_deref(),
             Some("c")
         );
         assert_eq!(parse_token(br#"{"expires_in":300}"#), None);
@@ -244,23 +208,43 @@ mod tests {
     }
 
     #[test]
-    fn reads_docker_config_auths() {
-        // "user:pa:ss" in base64.
-        let config = br#"{"auths":{
-            "https://index.docker.io/v1/":{"auth":"dXNlcjpwYTpzcw=="},
-            "127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
-        let hub = credentials_in(config, "docker.io").unwrap();
+    fn token_lifetimes() {
+        let t =
+            parse_token(br#"{"token":"a","expires_in":300,"issued_at":"2024-05-01T10:00:00Z"}"#)
+                .unwrap();
+        assert_eq!(t.expires_in, 300);
+        let issued = parse_rfc3339("2024-05-01T10:00:00Z").unwrap();
+        assert_eq!(t.issued_at, Some(issued));
         assert_eq!(
-            (hub.user.as_str(), hub.password.as_str()),
-            ("user", "pa:ss")
+            t.lifetime(issued + Duration::from_secs(100)),
+            Duration::from_secs(200)
         );
-        let local = credentials_in(config, "127.0.0.1:5000").unwrap();
-        assert_eq!((local.user.as_str(), local.password.as_str()), ("u", "p"));
-        assert_eq!(credentials_in(config, "quay.io"), None);
-        assert_eq!(credentials_in(b"{}", "docker.io"), None);
         assert_eq!(
-            credentials_in(br#"{"auths":{"quay.io":{"auth":"!!"}}}"#, "quay.io"),
-            None
+            t.lifetime(issued + Duration::from_secs(400)),
+            Duration::ZERO
         );
+        // Issued "in the future" (a clock behind theirs): the full lifetime.
+        assert_eq!(
+            t.lifetime(issued - Duration::from_secs(50)),
+            Duration::from_secs(300)
+        );
+        for body in [
+            &br#"{"token":"a"}"#[..],
+            br#"{"token":"a","expires_in":0}"#,
+            br#"{"token":"a","expires_in":"300"}"#,
+            br#"{"token":"a","expires_in":-5}"#,
+        ] {
+            assert_eq!(parse_token(body).unwrap().expires_in, DEFAULT_EXPIRES_IN);
+        }
+        assert_eq!(
+            parse_token(br#"{"token":"a","expires_in":90.5,"issued_at":"garbage"}"#),
+            Some(Token {
+                value: "a".into(),
+                expires_in: 90,
+                issued_at: None
+            })
+        );
+        let secret = parse_token(br#"{"token":"s3cret-t0ken"}"#).unwrap();
+        assert!(!format!("{secret:?}").contains("s3cret"), "{secret:?}");
     }
 }

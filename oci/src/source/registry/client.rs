@@ -1,18 +1,19 @@
 //! A blocking HTTP client for one repository of a registry (distribution
-//! API v2): anonymous, Bearer token or basic authentication, size-capped
-//! document reads, and blob streams that resume after a dropped connection.
+//! API v2): anonymous, Bearer token or basic authentication, retries,
+//! size-capped document reads, and blob streams that resume after a
+//! dropped connection.
 
 use std::{
+    collections::HashMap,
     io::{self, Read},
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use base64::Engine as _;
 use reqwest::{
-    blocking::{Client as Http, Response},
-    header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE},
+    blocking::{Client as Http, RequestBuilder, Response},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE},
     StatusCode,
 };
 use serde::Deserialize;
@@ -20,20 +21,64 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 use super::{
-    auth::{self, Challenge, Credentials},
+    auth::{self, Challenge},
+    creds::{self, Credentials, Secret},
+    options::ClientOptions,
     reference::RegistryRef,
+    retry::{parse_retry_after, random},
+    stream::BlobStream,
 };
 
-/// Consecutive failed attempts at a blob (connect or read) before giving up.
-const MAX_ATTEMPTS: u32 = 5;
-
-/// One repository of a registry.
+/// One repository of a registry. Every request goes through
+/// [`Client::send`], which adds authentication (answering challenges,
+/// refreshing tokens before they expire, re-authenticating once when a
+/// cached one is refused) and retries (429, 502, 503, 504, dropped
+/// connections; jittered backoff honouring `Retry-After`).
 pub(crate) struct Client {
-    pub(super) http: Http,
+    http: Http,
     pub(crate) r: RegistryRef,
-    pub(super) creds: Option<Credentials>,
-    /// The `Authorization` value earned from the last challenge.
-    pub(super) auth: Mutex<Option<String>>,
+    /// `http(s)://HOST/v2/REPO/`.
+    base: String,
+    pub(crate) opts: ClientOptions,
+    /// Looked up at the first challenge (a helper is run only if asked).
+    creds: OnceLock<Option<Credentials>>,
+    /// The scopes tokens are asked for: `repository:REPO:pull` unless
+    /// [`Client::with_actions`] or [`Client::add_scope`] say more.
+    scopes: Mutex<Vec<String>>,
+    auth: Mutex<AuthState>,
+}
+
+/// What the registry asked for, and the tokens earned.
+#[derive(Default)]
+struct AuthState {
+    scheme: Option<Scheme>,
+    /// By the scopes asked for (space-joined).
+    tokens: HashMap<String, CachedToken>,
+}
+
+#[derive(Clone)]
+enum Scheme {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        /// The challenge's own scope, asked for with ours.
+        scope: Option<String>,
+    },
+}
+
+struct CachedToken {
+    value: String,
+    /// When to fetch a new one: before it expires, by a margin of a fifth
+    /// of its life (at most 30 s).
+    refresh_at: Instant,
+}
+
+/// The Authorization value of one try, and whether it came from a cache
+/// (a refused cached token is worth one more try with a fresh one).
+struct Sent {
+    value: Option<String>,
+    cached: bool,
 }
 
 fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
@@ -42,7 +87,7 @@ fn net_error(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>)
 
 /// A failed request as one line: reqwest's error and its causes, and what
 /// to check.
-pub(super) fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
+fn send_error(r: &RegistryRef, base: &str, e: &reqwest::Error) -> Error {
     let mut msg = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -50,10 +95,12 @@ pub(super) fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
         msg.push_str(&c.to_string());
         cause = c.source();
     }
-    let hint = if r.plain_http() {
-        "check that a registry listens there (plain HTTP: it is a loopback address)"
+    let hint = if base.starts_with("http:") {
+        "check that a registry listens there (plain HTTP)"
     } else {
-        "check the host name and the network (registries other than loopback ones are spoken to over HTTPS)"
+        "check the host name and the network (registries other than loopback ones are \
+         spoken to over HTTPS; --tls-verify=false allows plain HTTP and unverified \
+         certificates, --cert-dir DIR adds CA certificates)"
     };
     Error::io(
         r.to_string(),
@@ -62,6 +109,17 @@ pub(super) fn send_error(r: &RegistryRef, e: &reqwest::Error) -> Error {
             r.api_host()
         )),
     )
+}
+
+/// Whether a failed send is worth another try: the connection failed or
+/// dropped. A request with a body that is not idempotent is tried again
+/// only if it never connected.
+fn retryable(e: &reqwest::Error, idempotent: bool) -> bool {
+    e.is_connect() || (idempotent && (e.is_request() || e.is_timeout() || e.is_body()))
+}
+
+fn retryable_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 429 | 502 | 503 | 504)
 }
 
 /// The registry's JSON error body, for the codes in messages.
@@ -96,176 +154,388 @@ pub(crate) fn describe_status(resp: Response) -> String {
 }
 
 impl Client {
-    pub(crate) fn new(r: RegistryRef) -> Result<Self> {
-        // reqwest is built without a TLS crypto provider of its own: use
-        // ring's (an error means one is installed already). Deprecated only
-        // for lacking post-quantum key exchange; aws-lc-rs, which has it,
-        // is a large C build.
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = Http::builder()
-            // The blocking client's default 30 s total timeout would cut off
-            // large layers; only connecting is bounded.
-            .timeout(None::<Duration>)
-            .connect_timeout(Duration::from_secs(30))
-            .user_agent(concat!("puzzle/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| net_error("the HTTP client", e))?;
-        let creds = auth::credentials_for(&r.host);
+    pub(crate) fn with_options(r: RegistryRef, opts: &ClientOptions) -> Result<Self> {
+        let http = opts.http_client()?;
+        let base = if r.plain_http() {
+            r.base_url_with("http")
+        } else if opts.insecure {
+            // HTTPS if it answers at all, else plain HTTP.
+            let https = r.base_url_with("https");
+            let probe = http
+                .get(format!("https://{}/v2/", r.api_host()))
+                .timeout(Duration::from_secs(10))
+                .send();
+            if probe.is_ok() {
+                https
+            } else {
+                r.base_url_with("http")
+            }
+        } else {
+            r.base_url_with("https")
+        };
+        let scopes = vec![format!("repository:{}:pull", r.repo)];
         Ok(Client {
             http,
             r,
-            creds,
-            auth: Mutex::new(None),
+            base,
+            opts: opts.clone(),
+            creds: OnceLock::new(),
+            scopes: Mutex::new(scopes),
+            auth: Mutex::new(AuthState::default()),
         })
     }
 
+    /// Tokens for this repository carry `actions` (`&["pull", "push"]` to
+    /// push) instead of pull only.
+    pub(crate) fn with_actions(self, actions: &[&str]) -> Self {
+        let scope = format!("repository:{}:{}", self.r.repo, actions.join(","));
+        *lock(&self.scopes) = vec![scope];
+        self
+    }
+
+    /// Tokens also carry `scope` (e.g. `repository:OTHER:pull` to mount a
+    /// blob from another repository). Cached tokens for fewer scopes are
+    /// not used again.
+    pub(crate) fn add_scope(&self, scope: &str) {
+        let mut s = lock(&self.scopes);
+        if !s.iter().any(|x| x == scope) {
+            s.push(scope.to_owned());
+        }
+    }
+
+    /// `BASE` + `tail`, e.g. `blobs/sha256:...`.
     pub(crate) fn url(&self, tail: &str) -> String {
-        format!("{}{tail}", self.r.base_url())
+        format!("{}{tail}", self.base)
     }
 
-    fn send(&self, url: &str, accept: Option<&str>, from: u64) -> reqwest::Result<Response> {
-        let mut req = self.http.get(url);
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a);
+    fn creds(&self) -> Result<Option<&Credentials>> {
+        if let Some(c) = self.creds.get() {
+            return Ok(c.as_ref());
         }
-        if from > 0 {
-            req = req.header(RANGE, format!("bytes={from}-"));
-        }
-        let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a);
-        }
-        req.send()
+        let found = creds::credentials_for(
+            &self.r.host,
+            self.opts.creds.as_ref(),
+            self.opts.authfile.as_deref(),
+        )
+        .map_err(|e| Error::Invalid(format!("{}: {e}", self.r)))?;
+        Ok(self.creds.get_or_init(|| found).as_ref())
     }
 
-    /// GETs `url`, answering one authentication challenge if there is one.
-    /// Returns any status; callers judge it.
+    /// Sends the request `build` makes (called again for each try), with
+    /// authentication and retries. Returns any other status; callers judge
+    /// it. `idempotent`: whether a request that may have reached the
+    /// registry can be sent again (GET, HEAD, PUT).
+    pub(crate) fn send(
+        &self,
+        idempotent: bool,
+        build: &dyn Fn(&Http) -> RequestBuilder,
+    ) -> Result<Response> {
+        let started = Instant::now();
+        let mut answered_challenge = false;
+        loop {
+            let sent = self.authorization()?;
+            let resp = self.retrying(started, idempotent, &|| {
+                let mut req = build(&self.http);
+                if let Some(a) = &sent.value {
+                    req = req.header(AUTHORIZATION, a);
+                }
+                req.send()
+            })?;
+            let status = resp.status();
+            let refused = status == StatusCode::UNAUTHORIZED
+                || (status == StatusCode::FORBIDDEN && sent.value.is_some());
+            if !refused {
+                return Ok(resp);
+            }
+            if answered_challenge || (sent.value.is_some() && !sent.cached) {
+                return Err(self.refused(status));
+            }
+            answered_challenge = true;
+            self.learn(&resp, sent.value.is_some())?;
+        }
+    }
+
+    /// GETs `url` (from byte `from` on, with `Range`, if not 0).
     pub(crate) fn get(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response> {
-        let resp = self
-            .send(url, accept, from)
-            .map_err(|e| send_error(&self.r, &e))?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        self.answer(&resp, None)?;
-        let resp = self
-            .send(url, accept, from)
-            .map_err(|e| send_error(&self.r, &e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(self.denied("it refused the credentials"));
-        }
-        Ok(resp)
+        self.send(true, &|http| {
+            let mut req = http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if from > 0 {
+                req = req.header(RANGE, format!("bytes={from}-"));
+            }
+            req
+        })
     }
 
-    /// Earns the `Authorization` value the challenge of a 401 `resp` asks
-    /// for, and keeps it for the next requests. A Bearer challenge that names
-    /// no scope gets `default_scope` (push asks for pull and push).
-    pub(super) fn answer(&self, resp: &Response, default_scope: Option<String>) -> Result<()> {
+    /// GETs bytes `start..=end` of `url` with one single-range `Range`
+    /// header. Returns any status; callers judge it (a 200 means the registry
+    /// ignored the range and sends the whole blob).
+    pub(crate) fn get_range(&self, url: &str, start: u64, end: u64) -> Result<Response> {
+        self.send(true, &|http| {
+            http.get(url).header(RANGE, format!("bytes={start}-{end}"))
+        })
+    }
+
+    /// Tries `send` until it gets an answer that is not 429/502/503/504, or
+    /// the retry policy gives up (then the last answer or error is the
+    /// result).
+    fn retrying(
+        &self,
+        started: Instant,
+        idempotent: bool,
+        send: &dyn Fn() -> reqwest::Result<Response>,
+    ) -> Result<Response> {
+        let policy = &self.opts.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (retry_after, result) = match send() {
+                Ok(resp) if retryable_status(resp.status()) => {
+                    let after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    (after, Ok(resp))
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if retryable(&e, idempotent) => (None, Err(e)),
+                Err(e) => return Err(send_error(&self.r, &self.base, &e)),
+            };
+            match policy.next_wait(attempt, started.elapsed(), retry_after, random()) {
+                Some(wait) => std::thread::sleep(wait),
+                None => return result.map_err(|e| send_error(&self.r, &self.base, &e)),
+            }
+        }
+    }
+
+    /// The Authorization value for the next try: basic credentials, or the
+    /// token for our scopes (fetched again when close to expiring).
+    fn authorization(&self) -> Result<Sent> {
+        let scheme = lock(&self.auth).scheme.clone();
+        match scheme {
+            None => Ok(Sent {
+                value: None,
+                cached: false,
+            }),
+            Some(Scheme::Basic) => Ok(Sent {
+                value: Some(self.basic_value()?),
+                cached: false,
+            }),
+            Some(Scheme::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let scopes = self.scopes_with(scope.as_deref());
+                let key = scopes.join(" ");
+                if let Some(t) = lock(&self.auth).tokens.get(&key) {
+                    if Instant::now() < t.refresh_at {
+                        return Ok(Sent {
+                            value: Some(format!("Bearer {}", t.value)),
+                            cached: true,
+                        });
+                    }
+                }
+                let value = self.fetch_token(&realm, service.as_deref(), &scopes)?;
+                Ok(Sent {
+                    value: Some(format!("Bearer {value}")),
+                    cached: false,
+                })
+            }
+        }
+    }
+
+    fn scopes_with(&self, challenge: Option<&str>) -> Vec<String> {
+        let mut scopes = lock(&self.scopes).clone();
+        if let Some(c) = challenge.filter(|c| !c.is_empty()) {
+            if !scopes.iter().any(|s| s == c) {
+                scopes.push(c.to_owned());
+            }
+        }
+        scopes
+    }
+
+    /// Takes in a 401's challenge (or, for a refused cached token, forgets
+    /// the tokens) so that the next try authenticates afresh.
+    fn learn(&self, resp: &Response, had_auth: bool) -> Result<()> {
         let challenge = resp
             .headers()
             .get_all(WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(auth::parse_challenge);
-        let value = match challenge {
+        let mut state = lock(&self.auth);
+        state.tokens.clear();
+        match challenge {
+            Some(Challenge::Basic) => state.scheme = Some(Scheme::Basic),
             Some(Challenge::Bearer {
                 realm,
                 service,
                 scope,
-            }) => format!(
-                "Bearer {}",
-                self.token(&realm, service, scope.or(default_scope))?
-            ),
-            Some(Challenge::Basic) => match &self.creds {
-                Some(c) => format!("Basic {}", basic(c)),
-                None => return Err(self.denied("it asks for a user name and password")),
-            },
+            }) => {
+                state.scheme = Some(Scheme::Bearer {
+                    realm,
+                    service,
+                    scope,
+                })
+            }
+            // A 403 to a cached token: the same scheme, a new token.
+            None if had_auth && state.scheme.is_some() => {}
             None => {
+                drop(state);
                 return Err(
                     self.denied("it asks for an authentication scheme puzzle does not speak")
-                )
+                );
             }
-        };
-        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+        }
         Ok(())
     }
 
-    /// GETs bytes `start..=end` of `url` with one single-range `Range`
-    /// header, answering an authentication challenge as [`Client::get`]
-    /// does. Returns any status; callers judge it (a 200 means the registry
-    /// ignored the range and sends the whole blob).
-    pub(crate) fn get_range(&self, url: &str, start: u64, end: u64) -> Result<Response> {
-        let send = || {
-            let mut req = self
-                .http
-                .get(url)
-                .header(RANGE, format!("bytes={start}-{end}"));
-            let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some(a) = auth {
-                req = req.header(AUTHORIZATION, a);
-            }
-            req.send().map_err(|e| send_error(&self.r, &e))
-        };
-        let resp = send()?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
+    fn basic_value(&self) -> Result<String> {
+        match self.creds()? {
+            Some(Credentials {
+                user,
+                secret: Secret::Password(p),
+                ..
+            }) => Ok(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{p}"))
+            )),
+            Some(c) => Err(self.denied(&format!(
+                "it asks for a password and {} holds an identity token",
+                c.from
+            ))),
+            None => Err(self.denied("it asks for a user name and password")),
         }
-        self.answer(&resp, None)?;
-        let resp = send()?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(self.denied("it refused the credentials"));
-        }
-        Ok(resp)
     }
 
-    pub(super) fn denied(&self, why: &str) -> Error {
+    /// The fix for refused credentials, naming where they came from.
+    fn refused(&self, status: StatusCode) -> Error {
+        let from = match self.creds.get() {
+            Some(Some(c)) => format!("the credentials from {}", c.from),
+            _ => "anonymous access".to_owned(),
+        };
+        self.denied(&format!("it refused {from} ({})", status.as_u16()))
+    }
+
+    pub(crate) fn denied(&self, why: &str) -> Error {
         Error::NotFound(format!(
-            "{}: access denied, {why}; log in with `docker login {}` \
-             (puzzle reads $REGISTRY_AUTH_FILE or ~/.docker/config.json)",
-            self.r, self.r.host
+            "{}: access denied, {why}; give credentials with --creds USER:PASS or \
+             --authfile FILE, or log in with `skopeo login {}` or `docker login {}` \
+             (puzzle reads --creds, --authfile, $REGISTRY_AUTH_FILE, containers' \
+             auth.json, then ~/.docker/config.json)",
+            self.r, self.r.host, self.r.host
         ))
     }
 
-    /// Runs the Bearer token flow against `realm`.
-    pub(super) fn token(
-        &self,
-        realm: &str,
-        service: Option<String>,
-        scope: Option<String>,
-    ) -> Result<String> {
-        let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.r.repo));
-        let mut params = vec![("scope", scope)];
+    /// Runs the Bearer token flow against `realm` for `scopes` and caches
+    /// the token.
+    fn fetch_token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<String> {
+        let bad_realm = |why: String| {
+            Error::Invalid(format!(
+                "{}: bad token realm {:?} in the registry's challenge{why}",
+                self.r,
+                realm.chars().take(200).collect::<String>()
+            ))
+        };
+        let mut url = reqwest::Url::parse(realm).map_err(|e| bad_realm(format!(": {e}")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(bad_realm(String::new()));
+        }
+        let creds = self.creds()?.cloned();
+        let mut params: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = service {
             params.push(("service", s));
         }
-        let url = reqwest::Url::parse_with_params(realm, &params)
-            .map_err(|e| Error::Invalid(format!("{}: bad token realm {realm:?}: {e}", self.r)))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(Error::Invalid(format!(
-                "{}: bad token realm {realm:?}",
-                self.r
-            )));
+        for s in scopes {
+            params.push(("scope", s));
         }
         let what = format!("the token service of {}", self.r.host);
-        let mut req = self.http.get(url);
-        if let Some(c) = &self.creds {
-            req = req.basic_auth(&c.user, Some(&c.password));
-        }
-        let resp = req.send().map_err(|e| send_error(&self.r, &e))?;
+        let started = Instant::now();
+        let resp = match &creds {
+            // OAuth2: a refresh token is exchanged by POST.
+            Some(Credentials {
+                secret: Secret::IdentityToken(t),
+                ..
+            }) => {
+                let mut form = params.clone();
+                form.extend([
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "puzzle"),
+                    ("refresh_token", t.as_str()),
+                ]);
+                let body = reqwest::Url::parse_with_params("http://x/", &form)
+                    .map_err(|e| bad_realm(format!(": {e}")))?
+                    .query()
+                    .unwrap_or("")
+                    .to_owned();
+                self.retrying(started, true, &|| {
+                    self.http
+                        .post(url.clone())
+                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .body(body.clone())
+                        .send()
+                })?
+            }
+            _ => {
+                url.query_pairs_mut().extend_pairs(&params);
+                self.retrying(started, true, &|| {
+                    let mut req = self.http.get(url.clone());
+                    if let Some(Credentials {
+                        user,
+                        secret: Secret::Password(p),
+                        ..
+                    }) = &creds
+                    {
+                        req = req.basic_auth(user, Some(p));
+                    }
+                    req.send()
+                })?
+            }
+        };
         if !resp.status().is_success() {
             let status = describe_status(resp);
-            return Err(self.denied(&format!("its token service answered {status}")));
+            let from = match &creds {
+                Some(c) => format!("the credentials from {}", c.from),
+                None => "anonymous access".to_owned(),
+            };
+            return Err(self.denied(&format!("its token service refused {from} ({status})")));
         }
         let body = read_capped(resp, super::super::MAX_JSON_BYTES, &what)?;
-        auth::parse_token(&body)
-            .ok_or_else(|| Error::Invalid(format!("{what} answered without a token")))
+        let token = auth::parse_token(&body)
+            .ok_or_else(|| Error::Invalid(format!("{what} answered without a token")))?;
+        // Capped: a token "for years" is still asked for again daily.
+        let life = token
+            .lifetime(SystemTime::now())
+            .min(Duration::from_secs(86_400));
+        let margin = (life / 5).min(Duration::from_secs(30));
+        lock(&self.auth).tokens.insert(
+            scopes.join(" "),
+            CachedToken {
+                value: token.value.clone(),
+                refresh_at: Instant::now() + life - margin,
+            },
+        );
+        Ok(token.value)
     }
 
     /// A manifest (or index) by tag or digest: its bytes and content type.
     pub(crate) fn manifest(&self, reference: &str, accept: &str) -> Result<(Vec<u8>, String)> {
         let url = self.url(&format!("manifests/{reference}"));
         let resp = self.get(&url, Some(accept), 0)?;
+        if retryable_status(resp.status()) {
+            let status = describe_status(resp);
+            return Err(net_error(
+                &self.r.to_string(),
+                format!(
+                    "manifest {reference}: the registry still answered {status} after \
+                     retrying; try again later"
+                ),
+            ));
+        }
         if !resp.status().is_success() {
             let status = describe_status(resp);
             return Err(Error::NotFound(format!(
@@ -306,19 +576,12 @@ impl Client {
     /// Streams a blob of `size` bytes, reconnecting with `Range` after a
     /// dropped connection. The caller checks its digest.
     pub(crate) fn blob_stream(self: &Arc<Self>, digest: &str, size: u64) -> BlobStream {
-        BlobStream {
-            client: Arc::clone(self),
-            url: self.url(&format!("blobs/{digest}")),
-            size,
-            pos: 0,
-            resp: None,
-            failures: 0,
-        }
+        BlobStream::new(Arc::clone(self), self.url(&format!("blobs/{digest}")), size)
     }
 }
 
-pub(super) fn basic(c: &Credentials) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads a whole response, refusing more than `limit` bytes.
@@ -335,141 +598,4 @@ fn read_capped(resp: Response, limit: u64, what: &str) -> Result<Vec<u8>> {
         });
     }
     Ok(buf)
-}
-
-/// The start offset of a `Content-Range: bytes START-END/TOTAL`.
-fn range_start(v: &str) -> Option<u64> {
-    v.trim()
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A blob's bytes from the registry. A failed connect or a connection that
-/// ends before `size` bytes is retried (with a `Range` from where it
-/// stopped, or skipping what was read if the registry ignores `Range`) up to
-/// [`MAX_ATTEMPTS`] times in a row; nothing is buffered beyond the read.
-pub(crate) struct BlobStream {
-    client: Arc<Client>,
-    url: String,
-    size: u64,
-    pos: u64,
-    resp: Option<Response>,
-    failures: u32,
-}
-
-impl BlobStream {
-    pub(crate) fn url(&self) -> PathBuf {
-        PathBuf::from(&self.url)
-    }
-
-    fn connect(&self) -> io::Result<Response> {
-        let resp = self
-            .client
-            .get(&self.url, None, self.pos)
-            .map_err(io::Error::from)?;
-        let status = resp.status();
-        if status == StatusCode::PARTIAL_CONTENT {
-            let start = resp
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(range_start);
-            if start != Some(self.pos) {
-                return Err(io::Error::other(format!(
-                    "asked for bytes from {} and got Content-Range {start:?}",
-                    self.pos
-                )));
-            }
-            return Ok(resp);
-        }
-        if status.is_success() {
-            // The registry ignored Range: skip what was already read.
-            let mut resp = resp;
-            let skipped = io::copy(&mut (&mut resp).take(self.pos), &mut io::sink())?;
-            if skipped != self.pos {
-                return Err(io::Error::other(
-                    "the response ended before the resume point",
-                ));
-            }
-            return Ok(resp);
-        }
-        let fatal = status.is_client_error();
-        let msg = format!(
-            "{}: the registry answered {}",
-            self.url,
-            describe_status(resp)
-        );
-        Err(io::Error::new(
-            if fatal {
-                io::ErrorKind::NotFound
-            } else {
-                io::ErrorKind::Other
-            },
-            msg,
-        ))
-    }
-
-    fn failed(&mut self, e: io::Error) -> io::Result<()> {
-        self.resp = None;
-        self.failures += 1;
-        if self.failures >= MAX_ATTEMPTS || e.kind() == io::ErrorKind::NotFound {
-            return Err(e);
-        }
-        std::thread::sleep(Duration::from_millis(100 << self.failures));
-        Ok(())
-    }
-}
-
-impl Read for BlobStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            let resp = match &mut self.resp {
-                Some(r) => r,
-                None if self.pos >= self.size => return Ok(0),
-                None => match self.connect() {
-                    Ok(r) => self.resp.insert(r),
-                    Err(e) => {
-                        self.failed(e)?;
-                        continue;
-                    }
-                },
-            };
-            match resp.read(buf) {
-                Ok(0) if self.pos < self.size => {
-                    let e = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{}: the connection ended at byte {}", self.url, self.pos),
-                    );
-                    self.failed(e)?;
-                }
-                Ok(n) => {
-                    self.pos += n as u64;
-                    self.failures = 0;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-                Err(e) => self.failed(e)?,
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_content_range() {
-        assert_eq!(range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(range_start("bytes 0-0/*"), Some(0));
-        assert_eq!(range_start("bytes */200"), None);
-        assert_eq!(range_start("items 1-2/3"), None);
-    }
 }

@@ -8,9 +8,15 @@
 
 mod auth;
 mod client;
+mod creds;
+mod options;
 pub(crate) mod ranges;
 mod reference;
+mod retry;
+mod stream;
 pub(crate) mod upload;
+
+pub use options::{parse_creds, ClientOptions, RetryPolicy};
 
 use std::sync::Arc;
 
@@ -57,10 +63,14 @@ pub(crate) fn check_reference(reference: &str) -> Result<()> {
 }
 
 /// Opens `reference` (what follows `docker://`) for `platform`.
-pub(crate) fn open(reference: &str, platform: &Platform) -> Result<RegistrySource> {
+pub(crate) fn open(
+    reference: &str,
+    platform: &Platform,
+    opts: &ClientOptions,
+) -> Result<RegistrySource> {
     let r = RegistryRef::parse(reference)?;
     let source = r.to_string();
-    let client = Arc::new(Client::new(r.clone())?);
+    let client = Arc::new(Client::with_options(r.clone(), opts)?);
     let mut wanted = r.reference.clone();
     for _ in 0..MAX_DEPTH {
         let (bytes, media_type) = client.manifest(wanted.as_str(), ACCEPT)?;
@@ -162,5 +172,44 @@ impl ImageSource for RegistrySource {
         let url = stream.url();
         let raw = VerifyingReader::new(Box::new(stream), what.clone(), url, digest, layer.size);
         LayerReader::new(raw, diff_id, what)
+    }
+}
+
+/// The parsers of what registries and users hand us, for the fuzz targets
+/// (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A `docker://` reference; its Display parses back to itself.
+    pub fn reference(s: &str) -> Option<String> {
+        let r = super::RegistryRef::parse(s).ok()?;
+        let shown = r.to_string();
+        let again = super::RegistryRef::parse(shown.strip_prefix("docker://").unwrap_or(&shown))
+            .expect("a shown reference parses");
+        assert_eq!(again, r, "{shown}");
+        Some(shown)
+    }
+
+    /// A `WWW-Authenticate` value.
+    pub fn challenge(s: &str) -> bool {
+        super::auth::parse_challenge(s).is_some()
+    }
+
+    /// A token service's answer; its lifetime is computed at a fixed time.
+    pub fn token(body: &[u8]) -> Option<u64> {
+        let t = super::auth::parse_token(body)?;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        Some(t.lifetime(now).as_secs())
+    }
+
+    /// An auth file looked up for `host`.
+    pub fn auth_config(bytes: &[u8], host: &str) -> bool {
+        matches!(super::creds::lookup(bytes, host), Ok(Some(_)))
+    }
+
+    /// A `Retry-After` value and an RFC 3339 time.
+    pub fn times(s: &str) -> bool {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        super::retry::parse_retry_after(s, now).is_some()
+            || super::retry::parse_rfc3339(s).is_some()
     }
 }

@@ -24,6 +24,7 @@ use reqwest::StatusCode;
 use crate::error::{Error, Result};
 
 use super::client::{describe_status, Client};
+use super::options::ClientOptions;
 use super::reference::{Reference, RegistryRef};
 
 /// Ranges at most this far apart go in one request: fetching the gap costs
@@ -78,9 +79,9 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 
 /// Fetches the manifest `reference` (what follows `docker://`) names. An
 /// image index is refused: a puzzle image is one manifest.
-pub fn open_remote(reference: &str) -> Result<RemoteImage> {
+pub fn open_remote(reference: &str, opts: &ClientOptions) -> Result<RemoteImage> {
     let r = RegistryRef::parse(reference)?;
-    let client = Arc::new(Client::new(r.clone())?);
+    let client = Arc::new(Client::with_options(r.clone(), opts)?);
     let (bytes, media_type) = client.manifest(r.reference.as_str(), ACCEPT)?;
     let digest = BlobDigest::of(&bytes);
     if let Reference::Digest(d) = &r.reference {
@@ -458,7 +459,7 @@ mod tests {
 
     fn blobs_at(port: u16, listed: &[(BlobDigest, Vec<u8>)]) -> RegistryBlobs {
         let r = RegistryRef::parse(&format!("127.0.0.1:{port}/t:x")).unwrap();
-        let client = Arc::new(Client::new(r).unwrap());
+        let client = Arc::new(Client::with_options(r, &ClientOptions::default()).unwrap());
         let sizes = listed.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
         RegistryBlobs::new(client, sizes)
     }

@@ -160,9 +160,15 @@ impl RegistryRef {
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 
-    /// `http(s)://HOST/v2/REPO/` under which manifests and blobs are.
+    /// `http(s)://HOST/v2/REPO/` under which manifests and blobs are (the
+    /// default scheme; the client may choose plain HTTP for others).
+    #[allow(dead_code)] // the client picks its scheme; kept for other callers
     pub(crate) fn base_url(&self) -> String {
         let scheme = if self.plain_http() { "http" } else { "https" };
+        self.base_url_with(scheme)
+    }
+
+    pub(crate) fn base_url_with(&self, scheme: &str) -> String {
         format!("{scheme}://{}/v2/{}/", self.api_host(), self.repo)
     }
 }

@@ -2,9 +2,8 @@
 //! there (`HEAD`), mount it from another repository, upload it (`POST` then
 //! one monolithic `PUT` streaming the file), and put a manifest.
 //!
-//! Every request goes through [`Client::request`], which sends with the
-//! `Authorization` the client has earned and answers one challenge with the
-//! client's own credentials and token flow.
+//! Every request goes through [`Client::request`], on top of the client's
+//! one path for authentication and retries ([`Client::send`]).
 
 use std::{
     fs::File,
@@ -18,13 +17,13 @@ use std::{
 
 use reqwest::{
     blocking::{Body, Response},
-    header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION},
+    header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE, LOCATION},
     Method, StatusCode,
 };
 
 use crate::error::{Error, Result};
 
-use super::client::{describe_status, send_error, Client};
+use super::client::{describe_status, Client};
 
 /// A request body that can be sent again (after an authentication
 /// challenge): nothing, bytes, or a file streamed from its start.
@@ -96,34 +95,11 @@ impl Payload {
 }
 
 impl Client {
-    fn send_with(
-        &self,
-        method: &Method,
-        url: &str,
-        headers: &[(HeaderName, String)],
-        payload: &Payload,
-    ) -> Result<Response> {
-        let mut req = self.http.request(method.clone(), url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        let auth = self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a);
-        }
-        match payload.body()? {
-            Some(body) => req = req.body(body),
-            None if *method == Method::POST || *method == Method::PUT => {
-                req = req.header(CONTENT_LENGTH, "0")
-            }
-            None => {}
-        }
-        req.send().map_err(|e| send_error(&self.r, &e))
-    }
-
-    /// Sends `method url` with `headers` and `payload`, answering one
-    /// authentication challenge (then sending again). Returns any other
-    /// status; callers judge it.
+    /// Sends `method url` with `headers` and `payload` through
+    /// [`Client::send`] (authentication, retries). A file upload is not
+    /// sent again once it may have reached the registry: a cancelled or cut
+    /// upload fails at once, and a rerun starts that blob afresh. Returns
+    /// any other status; callers judge it.
     pub(crate) fn request(
         &self,
         method: Method,
@@ -131,21 +107,28 @@ impl Client {
         headers: &[(HeaderName, String)],
         payload: &Payload,
     ) -> Result<Response> {
-        let resp = self.send_with(&method, url, headers, payload)?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        self.answer(&resp, Some(format!("repository:{}:pull,push", self.r.repo)))?;
-        let resp = self.send_with(&method, url, headers, payload)?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(self.denied("it refused the credentials"));
-        }
-        Ok(resp)
+        // Opened once here so that a missing file is an error, not an
+        // empty body.
+        payload.body()?;
+        let idempotent = method != Method::POST && !matches!(payload, Payload::File { .. });
+        self.send(idempotent, &|http| {
+            let mut req = http.request(method.clone(), url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            match payload.body().ok().flatten() {
+                Some(body) => req.body(body),
+                None if method == Method::POST || method == Method::PUT => {
+                    req.header(CONTENT_LENGTH, "0")
+                }
+                None => req,
+            }
+        })
     }
 
     /// The error for an unexpected answer to `what` (e.g. "uploading blob
     /// sha256:…"), with what to do for the statuses users meet.
-    pub(crate) fn refused(&self, what: &str, resp: Response) -> Error {
+    pub(crate) fn unexpected(&self, what: &str, resp: Response) -> Error {
         let status = resp.status();
         let described = describe_status(resp);
         let repo = format!("repository {} of {}", self.r.repo, self.r.host);
@@ -177,7 +160,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.refused(&format!("looking for blob {digest}"), resp)),
+            _ => Err(self.unexpected(&format!("looking for blob {digest}"), resp)),
         }
     }
 
@@ -212,11 +195,13 @@ impl Client {
             .append_pair("mount", digest)
             .append_pair("from", from);
         let what = format!("mounting blob {digest} from {from}");
+        // A token service must grant pull on the repository mounted from.
+        self.add_scope(&format!("repository:{from}:pull"));
         let resp = self.request(Method::POST, url.as_str(), &[], &Payload::Empty)?;
         match resp.status() {
             StatusCode::CREATED => Ok(Mounted::Yes),
             StatusCode::ACCEPTED => Ok(Mounted::UploadTo(self.location(&resp, &what)?)),
-            _ => Err(self.refused(&what, resp)),
+            _ => Err(self.unexpected(&what, resp)),
         }
     }
 
@@ -226,7 +211,7 @@ impl Client {
         let url = self.url("blobs/uploads/");
         let resp = self.request(Method::POST, &url, &[], &Payload::Empty)?;
         if resp.status() != StatusCode::ACCEPTED {
-            return Err(self.refused(&what, resp));
+            return Err(self.unexpected(&what, resp));
         }
         self.location(&resp, &what)
     }
@@ -240,7 +225,7 @@ impl Client {
         let headers = [(CONTENT_TYPE, "application/octet-stream".to_owned())];
         let resp = self.request(Method::PUT, url.as_str(), &headers, payload)?;
         if resp.status() != StatusCode::CREATED {
-            return Err(self.refused(&what, resp));
+            return Err(self.unexpected(&what, resp));
         }
         Ok(())
     }
@@ -258,7 +243,7 @@ impl Client {
         let resp = self.request(Method::PUT, &url, &headers, &Payload::Bytes(bytes))?;
         if resp.status() != StatusCode::CREATED {
             let status = resp.status();
-            let mut e = self.refused("putting the manifest", resp);
+            let mut e = self.unexpected("putting the manifest", resp);
             if status == StatusCode::BAD_REQUEST {
                 if let Error::Invalid(msg) = &mut e {
                     msg.push_str(

@@ -1,0 +1,104 @@
+//! Registry flags shared by the commands that talk to registries (`build`
+//! from `docker://`; `push` and `pull` take the same), named as skopeo and
+//! podman name them, mapped to the library's [`ClientOptions`].
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args};
+use puzzle_oci::source::{parse_creds, ClientOptions};
+
+/// `USER:PASS` from `--creds`, whose Debug never shows the password.
+#[derive(Clone)]
+pub struct Creds(String, String);
+
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Creds({:?}, ***)", self.0)
+    }
+}
+
+fn creds(s: &str) -> Result<Creds, String> {
+    parse_creds(s).map(|(u, p)| Creds(u, p))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Credentials for a docker:// registry, as USER:PASSWORD. Without it
+    /// they are looked up in --authfile, $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json
+    /// and ~/.docker/config.json, in that order (credential helpers
+    /// included).
+    #[arg(long, value_name = "USER:PASSWORD", value_parser = creds)]
+    creds: Option<Creds>,
+    /// The auth file to read registry credentials from first (containers'
+    /// auth.json or docker's config.json format).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Verify registry TLS certificates and require HTTPS (loopback
+    /// registries are spoken to in plain HTTP either way);
+    /// --tls-verify=false allows plain HTTP and unverified certificates.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = ArgAction::Set
+    )]
+    tls_verify: bool,
+    /// A directory of registry certificates: *.crt are added as CA
+    /// certificates, a NAME.cert with NAME.key is the client certificate.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            creds: self.creds.clone().map(|Creds(u, p)| (u, p)),
+            authfile: self.authfile.clone(),
+            insecure: !self.tls_verify,
+            cert_dir: self.cert_dir.clone(),
+            ..ClientOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct T {
+        #[command(flatten)]
+        r: RegistryArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ClientOptions, clap::Error> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.r.options())
+    }
+
+    #[test]
+    fn flags_map_to_options() {
+        let o = parse(&[]).unwrap();
+        assert!(!o.insecure && o.creds.is_none() && o.authfile.is_none());
+        assert!(parse(&["--tls-verify=false"]).unwrap().insecure);
+        assert!(!parse(&["--tls-verify"]).unwrap().insecure);
+        assert!(!parse(&["--tls-verify=true"]).unwrap().insecure);
+        assert!(parse(&["--tls-verify=maybe"]).is_err());
+        let o = parse(&["--creds", "me:p:w", "--authfile", "/a", "--cert-dir", "/c"]).unwrap();
+        assert_eq!(o.creds, Some(("me".into(), "p:w".into())));
+        assert_eq!(o.authfile, Some("/a".into()));
+        assert_eq!(o.cert_dir, Some("/c".into()));
+        assert!(parse(&["--creds", "nopassword"]).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let t = T::try_parse_from(["t", "--creds", "me:s3cr3t"]).unwrap();
+        let text = format!("{t:?}");
+        assert!(text.contains("me") && !text.contains("s3cr3t"), "{text}");
+    }
+}
