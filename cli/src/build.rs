@@ -131,7 +131,8 @@ impl StoreSettings {
     }
 }
 
-fn parse_tag(s: &str) -> Result<String, String> {
+/// An image name `--tag` accepts (also `pull --tag`).
+pub(crate) fn parse_tag(s: &str) -> Result<String, String> {
     puzzle_store::layout::check_name(s)
         .map(|()| s.to_string())
         .map_err(|e| e.to_string())

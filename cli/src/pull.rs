@@ -24,7 +24,7 @@ pub struct PullArgs {
     /// localhost/127.0.0.1; credentials as the flags below say.
     source: String,
     /// Name to store the image under (replaces an image of the same name).
-    #[arg(long, short, value_parser = parse_tag)]
+    #[arg(long, short, value_parser = crate::build::parse_tag)]
     tag: String,
     /// Compression threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
@@ -34,12 +34,6 @@ pub struct PullArgs {
     json: bool,
     #[command(flatten)]
     registry: crate::registry_args::RegistryArgs,
-}
-
-fn parse_tag(s: &str) -> Result<String, String> {
-    puzzle_store::layout::check_name(s)
-        .map(|()| s.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// Pulls; the first SIGINT or SIGTERM stops it before it stores anything

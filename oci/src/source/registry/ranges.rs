@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use super::client::{describe_status, Client};
 use super::options::ClientOptions;
 use super::reference::{Reference, RegistryRef};
+use super::stream::range_start;
 
 /// Ranges at most this far apart go in one request: fetching the gap costs
 /// less than another round trip (about 6 ms even on loopback; 64 KiB is
@@ -135,17 +136,6 @@ pub fn open_remote(reference: &str, opts: &ClientOptions) -> Result<RemoteImage>
         digest,
         blobs: RegistryBlobs::new(client, sizes),
     })
-}
-
-/// The first offset of a `Content-Range: bytes START-END/TOTAL`.
-fn range_start(v: &str) -> Option<u64> {
-    v.trim()
-        .strip_prefix("bytes ")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Ranges of a batch, by their index, grouped into requests: sorted by
@@ -512,11 +502,5 @@ mod tests {
                 assert_eq!(t.bytes, 100 + GAP + 50 + 10, "{t:?}");
             }
         }
-    }
-
-    #[test]
-    fn content_range_start() {
-        assert_eq!(range_start("bytes 100-199/1000"), Some(100));
-        assert_eq!(range_start("bytes */1000"), None);
     }
 }

@@ -16,7 +16,7 @@ use super::{
 };
 
 /// The start offset of a `Content-Range: bytes START-END/TOTAL`.
-fn range_start(v: &str) -> Option<u64> {
+pub(super) fn range_start(v: &str) -> Option<u64> {
     v.trim()
         .strip_prefix("bytes ")?
         .split('-')
