@@ -107,8 +107,9 @@ done
 skopeo --insecure-policy copy -q --dest-tls-verify=false \
   "oci:$corpus:$tag" "docker://$reg/plain:$tag"
 if [[ " $CASES " == *" pull "* ]]; then
-  "$bin" --store "$fs/src" --no-progress build "oci:$corpus:$tag" --tag "$tag" >/dev/null
-  "$bin" --store "$fs/src" --no-progress push "$tag" "docker://$reg/puzzle:$tag" --tls-verify=false >/dev/null
+  "$bin" --store "$fs/src" --no-progress build "oci:$corpus:$tag" --tag "$tag" >/dev/null 2>&1
+  "$bin" --store "$fs/src" --no-progress push "$tag" "docker://$reg/puzzle:$tag" \
+    --tls-verify=false >/dev/null 2>&1
 fi
 man=$(jq -r --arg t "$tag" '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $t) | .digest' "$corpus/index.json")
 gzip_bytes=$(jq '[.layers[].size] | add' "$corpus/blobs/sha256/${man#sha256:}")
@@ -141,11 +142,11 @@ run_case() {
       workload "$fs/dst/bundle/rootfs" "$wl" ;;
     pull)
       "$bin" --store "$fs/store" --no-progress pull "docker://$reg/puzzle:$tag" --tag "$tag" \
-        --tls-verify=false >/dev/null
+        --tls-verify=false >/dev/null 2>&1
       mkdir -p "$fs/dst/mnt"
-      "$bin" --store "$fs/store" mount "$tag" "$fs/dst/mnt" --daemon >/dev/null
+      "$bin" --store "$fs/store" mount "$tag" "$fs/dst/mnt" --daemon >/dev/null 2>&1
       workload "$fs/dst/mnt" "$wl"
-      "$bin" umount "$fs/dst/mnt" >/dev/null ;;
+      "$bin" umount "$fs/dst/mnt" >/dev/null 2>&1 ;;
   esac
   t1=$(date +%s.%N)
   echo "$(echo "$t1 - $t0" | bc -l) $(($(rx) - b0))"
