@@ -46,62 +46,8 @@ if [ -z "${CASES:-}" ]; then
   "$bin" pull --help >/dev/null 2>&1 && CASES+=" pull"
 fi
 
-ns=puzzle-lazy-$$
-host_if=plz$$h
-ns_if=plz$$n
-addr=10.231.$(($$ % 250)).2
-reg=$addr:5000
-fs=$WORK/fs
-cleanup() {
-  set +e
-  [ -n "${reg_pid:-}" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
-  for m in $(awk -v p="$fs/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r); do
-    umount -l "$m"
-  done
-  mountpoint -q "$fs" && umount "$fs"
-  rm -f "$WORK/fs.img"
-  ip link del "$host_if" 2>/dev/null
-  ip netns del "$ns" 2>/dev/null
-  true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# The link: host <-> namespace; the registry's answers are delayed and shaped.
-ip netns add "$ns"
-ip link add "$host_if" type veth peer name "$ns_if"
-ip link set "$ns_if" netns "$ns"
-ip addr add "${addr%.2}.1/30" dev "$host_if"
-ip link set "$host_if" up
-ip -n "$ns" addr add "$addr/30" dev "$ns_if"
-ip -n "$ns" link set "$ns_if" up
-ip -n "$ns" link set lo up
-if [ -n "$DELAY" ]; then
-  ip netns exec "$ns" tc qdisc add dev "$ns_if" root handle 1: netem delay "$DELAY" ||
-    { echo "tc netem is not available here (sch_netem): run without DELAY" >&2; exit 2; }
-  ip netns exec "$ns" tc qdisc add dev "$ns_if" parent 1:1 handle 10: tbf rate "$RATE" burst 64kb latency 100ms
-else
-  ip netns exec "$ns" tc qdisc add dev "$ns_if" root tbf rate "$RATE" burst 64kb latency 100ms
-fi
-
-mkdir -p "$fs"
-mountpoint -q "$fs" && umount "$fs"
-truncate -s 16G "$WORK/fs.img"
-mkfs.ext4 -q -F -m 0 "$WORK/fs.img"
-mount -o loop "$WORK/fs.img" "$fs"
-
-cat >"$fs/registry.yml" <<EOF
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $fs/registry}}
-http: {addr: $reg}
-EOF
-ip netns exec "$ns" docker-registry serve "$fs/registry.yml" >/dev/null 2>&1 &
-reg_pid=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/$addr/5000") 2>/dev/null && break
-  sleep 0.1
-done
+. "$here/benches/nsreg.sh"
+nsreg_up plazy "$WORK" "$RATE" "$DELAY"
 
 # Fill the registry: the plain image, and the same image as a puzzle image.
 skopeo --insecure-policy copy -q --dest-tls-verify=false \
@@ -114,7 +60,6 @@ fi
 man=$(jq -r --arg t "$tag" '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == $t) | .digest' "$corpus/index.json")
 gzip_bytes=$(jq '[.layers[].size] | add' "$corpus/blobs/sha256/${man#sha256:}")
 
-rx() { cat "/sys/class/net/$host_if/statistics/rx_bytes"; }
 cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 workload() { # ROOT WORKLOAD
   case "$2" in
@@ -132,7 +77,7 @@ run_case() {
   local case=$1 wl=$2 t0 t1 b0
   rm -rf "$fs/dst" "$fs/store" && mkdir -p "$fs/dst"
   cold
-  b0=$(rx)
+  b0=$(nsreg_rx)
   t0=$(date +%s.%N)
   case "$case" in
     oci)
@@ -149,11 +94,11 @@ run_case() {
       "$bin" umount "$fs/dst/mnt" >/dev/null 2>&1 ;;
   esac
   t1=$(date +%s.%N)
-  echo "$(echo "$t1 - $t0" | bc -l) $(($(rx) - b0))"
+  echo "$(echo "$t1 - $t0" | bc -l) $(($(nsreg_rx) - b0))"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "image $tag; link: $RATE${DELAY:+, $DELAY one way} (tc in namespace $ns); gzip layers $gzip_bytes bytes; binary $bin"
+echo "image $tag; link: $RATE${DELAY:+, $DELAY one way} (tc in namespace $nsreg_ns); gzip layers $gzip_bytes bytes; binary $bin"
 echo
 echo "| workload | case | seconds (median of $RUNS) | each run | bytes received | of the gzip layers |"
 echo "|---|---|---:|---|---:|---:|"
