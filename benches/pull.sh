@@ -97,13 +97,13 @@ for s in $SERIES; do
     read -r f_sec f_b < <(step fresh "$s" "$t")
     total[s]=$((${total[s]:-0} + s_b)); total[k]=$((${total[k]:-0} + k_b)); total[f]=$((${total[f]:-0} + f_b))
     printf '| %s | %s -> %s | %.1f | %.1f | %.1f | %.3f | %.3f | %.2f | %.2f | %.2f |\n' "$s" "$prev" "$t" \
-      "$(echo "$s_b / 1e6" | bc -l)" "$(echo "$k_b / 1e6" | bc -l)" "$(echo "$f_b / 1e6" | bc -l)" \
+      "$(echo "$s_b / 1000000" | bc -l)" "$(echo "$k_b / 1000000" | bc -l)" "$(echo "$f_b / 1000000" | bc -l)" \
       "$(echo "$k_b / $s_b" | bc -l)" "$(echo "$f_b / $s_b" | bc -l)" "$s_sec" "$k_sec" "$f_sec"
     prev=$t
   done
 done
 printf '| **total** | | %.1f | %.1f | %.1f | **%.3f** | **%.3f** | | | |\n' \
-  "$(echo "${total[s]} / 1e6" | bc -l)" "$(echo "${total[k]} / 1e6" | bc -l)" "$(echo "${total[f]} / 1e6" | bc -l)" \
+  "$(echo "${total[s]} / 1000000" | bc -l)" "$(echo "${total[k]} / 1000000" | bc -l)" "$(echo "${total[f]} / 1000000" | bc -l)" \
   "$(echo "${total[k]} / ${total[s]}" | bc -l)" "$(echo "${total[f]} / ${total[s]}" | bc -l)"
 
 # build docker:// against build oci: of the last image of each series.
