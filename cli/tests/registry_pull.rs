@@ -417,3 +417,74 @@ fn a_pull_between_versions_moves_about_the_frames_the_store_lacks() {
     assert!(s.bytes_transferred <= 2 * lacking, "{s:?} {lacking}");
     assert!(s.bytes_transferred * 2 < gzip, "{s:?} {gzip}");
 }
+
+/// Files in `dir` (none if it is missing).
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+/// The registry stopped in the middle of a pull into a fresh store (one
+/// pack adopted, the next coming): one line, a non-zero exit, no image and
+/// no blob left, and the store verifies; with the registry restarted on
+/// the same data and port, the pull succeeds.
+#[test]
+fn a_registry_stopped_mid_pull_leaves_nothing_and_a_retry_succeeds() {
+    let Some(corpus) = corpus() else { return };
+    let Some(mut reg) = Registry::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let b = t.join("b");
+    build(&b, &format!("oci:{}:django-5.0.8", corpus.display()), "d8");
+    let pushed = push(
+        &b,
+        "d8",
+        &format!("docker://127.0.0.1:{}/lib/django:p", reg.port),
+    );
+    // About 12 s for the image's 47 MB.
+    let proxy = Proxy::slow(reg.port, 4 << 20);
+    let src = format!("docker://127.0.0.1:{}/lib/django:p", proxy.port);
+    let e = t.join("e");
+    let child = puzzle(&e)
+        .args(["pull", &src, "--tag", "d8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once the first pack is in blobs/.
+    let start = std::time::Instant::now();
+    while files(&e.join("blobs/sha256")).is_empty() {
+        assert!(start.elapsed().as_secs() < 60, "no pack adopted in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reg.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "registry stopped mid-pull after {:?}: {stderr}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("registry"), "{stderr}");
+    assert!(images_json(&e).is_empty());
+    assert_eq!(
+        files(&e.join("blobs/sha256")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(
+        files(&e.join("tmp")).is_empty(),
+        "{:?}",
+        files(&e.join("tmp"))
+    );
+    ok(puzzle(&e).arg("verify"));
+
+    reg.restart();
+    let s = pull(&e, &src, "d8");
+    assert!(s.identical, "{s:?}");
+    assert_eq!(s.manifest, pushed);
+    ok(puzzle(&e).args(["verify", "--full"]));
+}
