@@ -209,7 +209,8 @@ fn a_pull_into_an_empty_or_the_pushing_store() {
     let proxy = Proxy::start(reg.port, None);
     let src = format!("docker://127.0.0.1:{}/lib/python:puzzle", proxy.port);
 
-    // A new store takes the image's settings and fetches every frame once.
+    // A new store takes the image's settings and fetches every pack once
+    // (adopted whole).
     let e = t.join("e");
     let s = pull(&e, &src, "p");
     let (_, ranges, _) = blob_requests(&proxy);
