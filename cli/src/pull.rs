@@ -175,13 +175,16 @@ fn report(s: &PullSummary, json: bool) -> Result<()> {
     );
     eprintln!(
         "  chunks: {} in the store, {} fetched ({}) from {} frame(s) of {} of {} pack(s); \
-         {} transferred in {} request(s); stored {} in {} new pack(s)",
+         {} pack(s) adopted whole ({}); {} transferred in {} request(s); \
+         stored {} in {} new pack(s)",
         s.chunks_local,
         s.chunks_fetched,
         output::bytes(s.chunk_bytes_fetched),
         s.frames_fetched,
-        s.blobs - s.blobs_skipped,
+        s.blobs - s.blobs_skipped - s.packs_adopted,
         s.blobs,
+        s.packs_adopted,
+        output::bytes(s.pack_bytes_adopted),
         output::bytes(s.bytes_transferred),
         s.requests,
         output::bytes(s.stored_bytes),

@@ -3,6 +3,7 @@
 //! logging proxy of regkit.rs: only Range requests for the frames a store
 //! lacks, the image the remote one, and every command working on it.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -26,6 +27,10 @@ struct Pulled {
     blobs_skipped: usize,
     bytes_transferred: u64,
     requests: u64,
+    chunk_bytes_fetched: u64,
+    packs_adopted: usize,
+    pack_bytes_adopted: u64,
+    stored_bytes: u64,
 }
 
 fn pull(store: &Path, src: &str, tag: &str) -> Pulled {
@@ -204,7 +209,8 @@ fn a_pull_into_an_empty_or_the_pushing_store() {
     let proxy = Proxy::start(reg.port, None);
     let src = format!("docker://127.0.0.1:{}/lib/python:puzzle", proxy.port);
 
-    // A new store takes the image's settings and fetches every frame once.
+    // A new store takes the image's settings and fetches every pack once
+    // (adopted whole).
     let e = t.join("e");
     let s = pull(&e, &src, "p");
     let (_, ranges, _) = blob_requests(&proxy);
@@ -285,4 +291,201 @@ fn pull_errors_are_one_line() {
     let r = run(puzzle(&store).args(["pull", "oci:./x", "--tag", "x"]));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}
+
+/// `puzzle push --json` of image `name` of `store` to `dest`: the pushed
+/// manifest digest.
+fn push(store: &Path, name: &str, dest: &str) -> String {
+    let r = ok(puzzle(store).args(["push", name, dest, "--json"]));
+    let line: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(line["type"], "push");
+    line["data"]["manifest"].as_str().unwrap().to_owned()
+}
+
+/// Issue 13: push, then pull into a fresh store: the same manifest digest
+/// (every pack adopted whole), and a tree `umoci unpack` agrees with.
+#[test]
+fn issue_13_push_then_pull_into_a_fresh_store_gives_the_pushed_image() {
+    let Some(corpus) = corpus() else { return };
+    let Some(reg) = Registry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let a = t.join("a");
+    build(&a, &format!("oci:{}:django-5.0.8", corpus.display()), "d8");
+    let pushed = push(
+        &a,
+        "d8",
+        &format!("docker://127.0.0.1:{}/lib/django:p", reg.port),
+    );
+    let pack_bytes = image(&images_json(&a), "d8")["pack_bytes"]
+        .as_u64()
+        .unwrap();
+    let proxy = Proxy::start(reg.port, None);
+    let src = format!("docker://127.0.0.1:{}/lib/django:p", proxy.port);
+    let e = t.join("e");
+    let s = pull(&e, &src, "d8");
+    eprintln!(
+        "fresh-store pull of django-5.0.8: {} bytes transferred in {} requests, \
+         {} of {} packs adopted ({} bytes; packs {pack_bytes} bytes), {} frames ({} bytes) fetched",
+        s.bytes_transferred,
+        s.requests,
+        s.packs_adopted,
+        s.blobs,
+        s.pack_bytes_adopted,
+        s.frames_fetched,
+        s.frame_bytes_fetched
+    );
+    assert_eq!(s.manifest, pushed, "{s:?}");
+    assert!(s.identical, "{s:?}");
+    assert_eq!(s.packs_adopted, s.blobs, "{s:?}");
+    assert_eq!(s.pack_bytes_adopted, pack_bytes, "{s:?}");
+    let listed = images_json(&e);
+    assert_eq!(image(&listed, "d8")["manifest"], pushed.as_str());
+    ok(puzzle(&e).args(["verify", "--full"]));
+    let x = t.join("x");
+    extract(&e, "d8", &x);
+    match umoci_rootfs(&corpus, "django-5.0.8") {
+        Some(rootfs) => assert_same_tree(&rootfs, &x),
+        None => assert!(!require_tools(), "umoci is required"),
+    }
+}
+
+/// The compressed bytes of the frames of image `tag` of store `from` that
+/// hold a chunk store `lacking` does not have: what a pull into `lacking`
+/// must fetch at least, at frame granularity.
+fn frames_lacking(from: &Path, tag: &str, lacking: &Path) -> u64 {
+    use puzzle_store::{image, index::ChunkIndex, Store};
+    let from = Store::open(from).unwrap();
+    let lacking = Store::open(lacking).unwrap();
+    let index = ChunkIndex::open(&lacking).unwrap();
+    let img = image::open(&from, tag).unwrap();
+    let mut frames = std::collections::BTreeMap::new();
+    for i in 0..img.meta.chunk_count() {
+        let c = img.meta.chunk(i as u32).unwrap();
+        if !index.has(&c.id).unwrap() {
+            frames.insert((c.loc.pack, c.loc.offset), u64::from(c.loc.clen));
+        }
+    }
+    frames.values().sum()
+}
+
+/// django-5.0.8 pushed from its own store and pulled into a store holding
+/// 5.0.7: the packs are partly held, so only frames come (nothing adopted),
+/// little more than the frames holding what the store lacks, and far less
+/// than the gzip layers `skopeo copy` would move.
+#[test]
+fn a_pull_between_versions_moves_about_the_frames_the_store_lacks() {
+    let Some(corpus) = corpus() else { return };
+    let Some(reg) = Registry::start() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (a, b) = (t.join("a"), t.join("b"));
+    build(&a, &format!("oci:{}:django-5.0.7", corpus.display()), "d7");
+    build(&b, &format!("oci:{}:django-5.0.8", corpus.display()), "d8");
+    push(
+        &b,
+        "d8",
+        &format!("docker://127.0.0.1:{}/lib/django:8", reg.port),
+    );
+    let lacking = frames_lacking(&b, "d8", &a);
+    let old: BTreeSet<String> = corpus_layers(&corpus, "django-5.0.7")
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    let gzip: u64 = corpus_layers(&corpus, "django-5.0.8")
+        .into_iter()
+        .filter(|l| !old.contains(&l.0))
+        .map(|l| l.1)
+        .sum();
+    let s = pull(
+        &a,
+        &format!("docker://127.0.0.1:{}/lib/django:8", reg.port),
+        "d8",
+    );
+    eprintln!(
+        "django-5.0.7 store pulling 5.0.8: {} bytes transferred in {} requests; frames \
+         holding the {} lacking chunks ({} raw bytes): {lacking} bytes; stored {} bytes; \
+         {} packs adopted; skopeo copy would move {gzip} bytes of gzip layers",
+        s.bytes_transferred,
+        s.requests,
+        s.chunks_fetched,
+        s.chunk_bytes_fetched,
+        s.stored_bytes,
+        s.packs_adopted
+    );
+    assert_eq!(s.packs_adopted, 0, "{s:?}");
+    assert!(lacking > 0 && s.frame_bytes_fetched == lacking, "{s:?}");
+    assert!(s.bytes_transferred <= 2 * lacking, "{s:?} {lacking}");
+    assert!(s.bytes_transferred * 2 < gzip, "{s:?} {gzip}");
+}
+
+/// Files in `dir` (none if it is missing).
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+/// The registry stopped in the middle of a pull into a fresh store (one
+/// pack adopted, the next coming): one line, a non-zero exit, no image and
+/// no blob left, and the store verifies; with the registry restarted on
+/// the same data and port, the pull succeeds.
+#[test]
+fn a_registry_stopped_mid_pull_leaves_nothing_and_a_retry_succeeds() {
+    let Some(corpus) = corpus() else { return };
+    let Some(mut reg) = Registry::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let b = t.join("b");
+    build(&b, &format!("oci:{}:django-5.0.8", corpus.display()), "d8");
+    let pushed = push(
+        &b,
+        "d8",
+        &format!("docker://127.0.0.1:{}/lib/django:p", reg.port),
+    );
+    // About 12 s for the image's 47 MB.
+    let proxy = Proxy::slow(reg.port, 4 << 20);
+    let src = format!("docker://127.0.0.1:{}/lib/django:p", proxy.port);
+    let e = t.join("e");
+    let child = puzzle(&e)
+        .args(["pull", &src, "--tag", "d8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop it once the first pack is in blobs/.
+    let start = std::time::Instant::now();
+    while files(&e.join("blobs/sha256")).is_empty() {
+        assert!(start.elapsed().as_secs() < 60, "no pack adopted in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    reg.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "registry stopped mid-pull after {:?}: {stderr}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("registry"), "{stderr}");
+    assert!(images_json(&e).is_empty());
+    assert_eq!(
+        files(&e.join("blobs/sha256")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(
+        files(&e.join("tmp")).is_empty(),
+        "{:?}",
+        files(&e.join("tmp"))
+    );
+    ok(puzzle(&e).arg("verify"));
+
+    reg.restart();
+    let s = pull(&e, &src, "d8");
+    assert!(s.identical, "{s:?}");
+    assert_eq!(s.manifest, pushed);
+    ok(puzzle(&e).args(["verify", "--full"]));
 }

@@ -23,7 +23,8 @@ pub(crate) const REGISTRY: &str = "/usr/bin/docker-registry";
 pub(crate) struct Registry {
     child: Child,
     pub(crate) port: u16,
-    _dir: tempfile::TempDir,
+    /// Its config and data (kept across [`Registry::restart`]).
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Registry {
@@ -31,6 +32,17 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `docker-registry serve config`.
+fn serve(config: &Path) -> Child {
+    Command::new(REGISTRY)
+        .arg("serve")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -90,20 +102,26 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let reg = Registry {
-            child,
+            child: serve(&config),
             port,
-            _dir: dir,
+            dir,
         };
         wait_for_port(port);
         Some(reg)
+    }
+
+    /// Kills the registry (its data stays).
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data, after [`Registry::stop`].
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        self.child = serve(&self.dir.path().join("config.yml"));
+        wait_for_port(self.port);
     }
 
     /// `skopeo copy`s corpus image `tag` to `REPO:TAG` here.
@@ -139,15 +157,20 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn start(upstream: u16, cut_at: Option<u64>) -> Proxy {
-        Proxy::with(upstream, cut_at, None)
+        Proxy::with(upstream, cut_at, None, None)
+    }
+
+    /// A proxy that passes responses on at about `bytes_per_sec`.
+    pub(crate) fn slow(upstream: u16, bytes_per_sec: u64) -> Proxy {
+        Proxy::with(upstream, None, None, Some(bytes_per_sec))
     }
 
     /// A proxy that passes request bodies on at about `bytes_per_sec`.
     pub(crate) fn throttled(upstream: u16, bytes_per_sec: u64) -> Proxy {
-        Proxy::with(upstream, None, Some(bytes_per_sec))
+        Proxy::with(upstream, None, Some(bytes_per_sec), None)
     }
 
-    fn with(upstream: u16, cut_at: Option<u64>, throttle: Option<u64>) -> Proxy {
+    fn with(upstream: u16, cut_at: Option<u64>, throttle: Option<u64>, down: Option<u64>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -162,7 +185,7 @@ impl Proxy {
                 let (log, cut) = (Arc::clone(&log2), Arc::clone(&cut2));
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || requests(client, server, &log, throttle));
-                std::thread::spawn(move || responses(s2, c2, cut_at, &cut));
+                std::thread::spawn(move || responses(s2, c2, cut_at, &cut, down));
             }
         });
         Proxy { port, log, cut }
@@ -257,6 +280,7 @@ pub(crate) fn responses(
     mut to: TcpStream,
     cut_at: Option<u64>,
     cut: &AtomicBool,
+    throttle: Option<u64>,
 ) {
     let mut buf = [0u8; 16 << 10];
     let mut sent = 0u64;
@@ -276,6 +300,9 @@ pub(crate) fn responses(
             break;
         }
         sent += n as u64;
+        if let Some(rate) = throttle {
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+        }
     }
     let _ = to.shutdown(Shutdown::Both);
 }

@@ -14,6 +14,7 @@
 //! Everything read from outside is checked against its digest while it
 //! streams; errors name the file, blob or tar entry involved ([`Error`]).
 
+mod adopt;
 pub mod build;
 pub mod error;
 pub mod export;

@@ -7,7 +7,9 @@
 //! frame that holds them, frames read by range (a pack's neighbouring frames
 //! in one request), each frame decompressed, every chunk checked against its
 //! BLAKE3 id and stored through the store's own [`ChunkWriter`] (local frame
-//! target and level). Then the image is written as a local twin: the same
+//! target and level). A pack none of whose chunks the store holds (every
+//! pack, for an empty store) is instead fetched whole, checked and adopted
+//! as it is (`adopt.rs`), so its chunks keep the remote's places. Then the image is written as a local twin: the same
 //! tree with the chunk table pointing at the store's copies, and a manifest
 //! as the store writes them; `index.json` names the twin, with the remote
 //! manifest's digest and reference in its annotations.
@@ -103,6 +105,11 @@ pub struct PullSummary {
     pub frames_fetched: u64,
     /// Their compressed bytes.
     pub frame_bytes_fetched: u64,
+    /// Packs fetched whole and stored as they are (the store held none of
+    /// their chunks); their frames are not counted in `frames_fetched`.
+    pub packs_adopted: usize,
+    /// Their bytes.
+    pub pack_bytes_adopted: u64,
     /// Packs the remote image names.
     pub blobs: usize,
     /// Of those, packs nothing was fetched from.
@@ -113,7 +120,7 @@ pub struct PullSummary {
     pub bytes_transferred: u64,
     /// HTTP requests for blob ranges (set by the caller; 0 otherwise).
     pub requests: u64,
-    /// Compressed bytes written to new local packs.
+    /// Compressed bytes written to new local packs (adopted packs aside).
     pub stored_bytes: u64,
     pub packs_written: usize,
     pub seconds: f64,
@@ -303,8 +310,10 @@ pub fn pull(
     // point at nothing: drop them first, as a build does.
     puzzle_store::verify::check_packs(store, index)?;
 
-    // What is missing, by remote frame.
+    // What is missing, by remote frame; the packs holding a chunk the
+    // store has (the others are adopted whole).
     let mut seen: HashSet<ChunkId> = HashSet::new();
+    let mut partly_local: HashSet<BlobDigest> = HashSet::new();
     let mut want: BTreeMap<BlobDigest, BTreeMap<u64, FrameWant>> = BTreeMap::new();
     for i in 0..meta.chunk_count() {
         let rec = meta.chunk(i as u32)?;
@@ -314,6 +323,7 @@ pub fn pull(
         s.chunks += 1;
         if index.has(&rec.id)? {
             s.chunks_local += 1;
+            partly_local.insert(rec.loc.pack);
             continue;
         }
         let frame = want
@@ -337,11 +347,30 @@ pub fn pull(
     // pack order: the order the remote build stored them in.
     let mut writer = ChunkWriter::new(store, index, opts.threads.max(1));
     writer.cancel_on(opts.cancel.clone());
+    let mut adopted = crate::adopt::Adopted::new(store, origin);
     for pack in &order {
         let Some(frames) = want.remove(pack) else {
             s.blobs_skipped += 1;
             continue;
         };
+        if !partly_local.contains(pack) {
+            let wanted: Vec<ChunkId> = frames
+                .values()
+                .flat_map(|f| f.chunks.iter().map(|c| c.0))
+                .collect();
+            let n = wanted.len() as u64;
+            let raw: u64 = frames
+                .values()
+                .flat_map(|f| f.chunks.iter().map(|c| u64::from(c.1.rlen)))
+                .sum();
+            let size = pack_sizes[pack];
+            adopted.fetch(remote, pack, size, wanted, &opts.cancel, progress)?;
+            s.chunks_fetched += n;
+            s.chunk_bytes_fetched += raw;
+            s.packs_adopted += 1;
+            s.pack_bytes_adopted += size;
+            continue;
+        }
         let frames: Vec<FrameWant> = frames.into_values().collect();
         let total: u64 = frames.iter().map(|f| u64::from(f.loc.clen)).sum();
         progress.blob_start(pack, "pack", total);
@@ -392,7 +421,7 @@ pub fn pull(
         }
         progress.blob_done(pack);
     }
-    s.bytes_transferred += s.frame_bytes_fetched;
+    s.bytes_transferred += s.frame_bytes_fetched + s.pack_bytes_adopted;
     // The last point to stop at: from here the image is committed.
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(Error::Cancelled);
@@ -401,6 +430,7 @@ pub fn pull(
     // Commit as a build does: packs (durable) -> index -> metadata, config,
     // manifest -> tag.
     let written = writer.finish()?;
+    adopted.index(index)?;
     for p in &written.packs {
         index.add_pack(p)?;
     }

@@ -203,22 +203,40 @@ fn a_pull_reads_only_the_frames_holding_missing_chunks() {
     assert_eq!(s.manifest, digest);
 }
 
+/// Issue 13: into an empty store every pack is adopted whole (each read
+/// once, front to back) and the twin is the remote manifest itself.
 #[test]
-fn a_pull_into_an_empty_store_reads_every_frame_once() {
+fn a_pull_into_an_empty_store_adopts_every_pack_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let (b, _) = built(t, "b", 2, 3);
     let (m, manifest) = registry(&b);
     let packs = packs_of(&b);
     let (e, ei) = store_at(&t.join("e"), 3);
-    let (want, all) = frames(&b, &ei);
-    assert_eq!(want.len(), all);
     let s = pull_into(&e, &ei, &m, &manifest, "v");
-    let reads = pack_reads(&m, &packs);
-    let once: BTreeSet<_> = reads.iter().copied().collect();
-    assert_eq!(reads.len(), once.len(), "a frame read twice");
-    assert_eq!(once, want);
-    assert_eq!(s.chunks_local, 0);
+    let mut reads = pack_reads(&m, &packs);
+    reads.sort();
+    let mut want = Vec::new();
+    for p in &packs {
+        let size = std::fs::metadata(b.blob_path(p)).unwrap().len();
+        // Ranges of at most REQUEST_CAP, front to back.
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(puzzle_oci::pull::REQUEST_CAP);
+            want.push((*p, at, n as usize));
+            at += n;
+        }
+        assert_eq!(
+            std::fs::read(e.blob_path(p)).unwrap(),
+            std::fs::read(b.blob_path(p)).unwrap()
+        );
+    }
+    assert_eq!(reads, want);
+    assert_eq!((s.chunks_local, s.frames_fetched), (0, 0), "{s:?}");
+    assert_eq!(s.packs_adopted, packs.len(), "{s:?}");
+    assert_eq!(s.packs_written, 0, "{s:?}");
+    assert!(s.identical, "{s:?}");
+    assert_eq!(s.manifest, BlobDigest::of(&manifest).to_string());
     same_tree((&e, "v"), (&b, "v"), t);
 }
 
@@ -274,6 +292,26 @@ fn a_failed_or_cancelled_pull_keeps_nothing() {
     );
     assert_eq!(a.blobs().unwrap(), before, "blobs were left behind");
     assert!(a.resolve("x").is_err());
+
+    // The same pack adopted whole into an empty store: its digest fails,
+    // nothing is stored.
+    let (e, ei) = store_at(&t.join("e"), 3);
+    let _lock = e.lock().unwrap();
+    let err = pull(
+        &e,
+        &ei,
+        &from,
+        "x",
+        &PullOptions::default(),
+        &puzzle_oci::pull::Quiet,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, puzzle_oci::Error::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(e.images().unwrap().is_empty());
+    assert!(e.blobs().unwrap().is_empty(), "{:?}", e.blobs().unwrap());
 }
 
 #[test]
