@@ -45,8 +45,9 @@ pub(crate) struct Faults {
     /// Flip the bits of the body byte at this offset of the first blob
     /// response over 64 KiB (a layer, not a config).
     pub(crate) flip_blob_at: Mutex<Option<u64>>,
-    /// The same, in the first partial (206) blob response only.
-    pub(crate) flip_range_at: Mutex<Option<u64>>,
+    /// The same, in the first partial (206) response over 64 KiB for a blob
+    /// other than the one named (a pack, not the metadata blob).
+    pub(crate) flip_range_at: Mutex<Option<(u64, String)>>,
     /// Send blob GETs to `http://127.0.0.1:PORT` (same path) with a 307.
     pub(crate) redirect_blobs_to: Mutex<Option<u16>>,
     pub(crate) delay: Mutex<Duration>,
@@ -405,7 +406,20 @@ impl Conn<'_> {
         }
         let flip = match once(&f.flip_blob_at, 64 << 10) {
             Some(n) => Some(n),
-            None if status == 206 => once(&f.flip_range_at, 0),
+            None if status == 206 => {
+                let first = text.lines().next().unwrap_or("");
+                let mut slot = f.flip_range_at.lock().unwrap();
+                match &*slot {
+                    Some((n, skip))
+                        if blob
+                            && length > (*n).max(64 << 10)
+                            && !first.contains(skip.as_str()) =>
+                    {
+                        slot.take().map(|(n, _)| n)
+                    }
+                    _ => None,
+                }
+            }
             None => None,
         };
         if let Some(n) = flip {
