@@ -312,3 +312,24 @@ fn a_registry_that_stalls_mid_blob_is_resumed_after_the_read_timeout() {
         metadata_of(&layout_build(&corpus, tmp.path()), "b")
     );
 }
+
+#[test]
+fn a_registry_that_never_answers_fails_within_the_retries_of_the_read_timeout() {
+    let Some((reg, _)) = base_registry() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(reg.port);
+    // Every request is held 40 s before it is answered.
+    *proxy.faults.delay.lock().unwrap() = Duration::from_secs(40);
+    let store = tmp.path().join("store");
+    let src = format!("docker://127.0.0.1:{}/lib/base:1", proxy.port);
+    let start = Instant::now();
+    let r = run(puzzle(&store).args(["build", &src, "--tag", "b", "--read-timeout", "1"]));
+    let took = start.elapsed();
+    one_line_failure(&r);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    // 6 tries of 1 s and their backoff, not 40 s.
+    assert!(took < Duration::from_secs(35), "{took:?}");
+    nothing_stored(&store);
+}
