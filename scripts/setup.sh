@@ -18,8 +18,9 @@ export DEBIAN_FRONTEND=noninteractive
 #   gnuplot-nox       the store-size plot of benches/run.sh
 #   docker-registry   a local registry for the docker:// source tests (cli/tests/registry.rs)
 #   apache2-utils     htpasswd -B, for the registry basic-auth tests (cli/tests/registry_auth.rs)
+#   openssl           a CA and server certificate for the TLS registry test (cli/tests/registry_tls.rs)
 PKGS=(umoci skopeo debootstrap pigz jq fuse3 zstd ca-certificates python3 chromium chromium-driver
-      casync gnuplot-nox docker-registry apache2-utils)
+      casync gnuplot-nox docker-registry apache2-utils openssl)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

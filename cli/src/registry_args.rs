@@ -35,8 +35,9 @@ pub struct RegistryArgs {
     #[arg(long, value_name = "FILE")]
     authfile: Option<PathBuf>,
     /// Verify registry TLS certificates and require HTTPS (loopback
-    /// registries are spoken to in plain HTTP either way);
-    /// --tls-verify=false allows plain HTTP and unverified certificates.
+    /// registries are spoken to in plain HTTP unless --cert-dir is given);
+    /// --tls-verify=false tries HTTPS without checking certificates, then
+    /// plain HTTP, for any registry.
     #[arg(
         long,
         value_name = "BOOL",
@@ -49,8 +50,15 @@ pub struct RegistryArgs {
     tls_verify: bool,
     /// A directory of registry certificates: *.crt are added as CA
     /// certificates, a NAME.cert with NAME.key is the client certificate.
+    /// With it, loopback registries (localhost, 127.0.0.1, [::1]) are
+    /// spoken to over HTTPS too.
     #[arg(long, value_name = "DIR")]
     cert_dir: Option<PathBuf>,
+    /// How long a download may wait for the registry's answer or its next
+    /// bytes before the connection is dropped and tried again (a blob
+    /// resumes where it stopped). Uploads have no such deadline.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
 }
 
 impl RegistryArgs {
@@ -60,6 +68,7 @@ impl RegistryArgs {
             authfile: self.authfile.clone(),
             insecure: !self.tls_verify,
             cert_dir: self.cert_dir.clone(),
+            read_timeout: Some(std::time::Duration::from_secs(self.read_timeout)),
             ..ClientOptions::default()
         }
     }
@@ -93,6 +102,10 @@ mod tests {
         assert_eq!(o.authfile, Some("/a".into()));
         assert_eq!(o.cert_dir, Some("/c".into()));
         assert!(parse(&["--creds", "nopassword"]).is_err());
+        assert_eq!(o.read_timeout, Some(std::time::Duration::from_secs(60)));
+        let o = parse(&["--read-timeout", "3"]).unwrap();
+        assert_eq!(o.read_timeout, Some(std::time::Duration::from_secs(3)));
+        assert!(parse(&["--read-timeout", "0"]).is_err());
     }
 
     #[test]

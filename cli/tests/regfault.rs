@@ -39,6 +39,15 @@ pub(crate) struct Faults {
     pub(crate) ignore_range: AtomicBool,
     /// Cut the first blob response after this many body bytes.
     pub(crate) cut_blob_at: Mutex<Option<u64>>,
+    /// Stop sending the first blob response after this many body bytes,
+    /// keeping the connection open (for two minutes).
+    pub(crate) stall_blob_at: Mutex<Option<u64>>,
+    /// Flip the bits of the body byte at this offset of the first blob
+    /// response over 64 KiB (a layer, not a config).
+    pub(crate) flip_blob_at: Mutex<Option<u64>>,
+    /// The same, in the first partial (206) response over 64 KiB for a blob
+    /// other than the one named (a pack, not the metadata blob).
+    pub(crate) flip_range_at: Mutex<Option<(u64, String)>>,
     /// Send blob GETs to `http://127.0.0.1:PORT` (same path) with a 307.
     pub(crate) redirect_blobs_to: Mutex<Option<u16>>,
     pub(crate) delay: Mutex<Duration>,
@@ -381,6 +390,47 @@ impl Conn<'_> {
                 _ => None,
             }
         };
+        // The first blob response over `min` bytes and longer than n.
+        let once = |slot: &Mutex<Option<u64>>, min: u64| {
+            let mut slot = slot.lock().unwrap();
+            match *slot {
+                Some(n) if blob && length > n.max(min) => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(n) = once(&f.stall_blob_at, 0) {
+            let _ = std::io::copy(&mut (&mut up).take(n), client);
+            let _ = client.flush();
+            std::thread::sleep(Duration::from_secs(120));
+            return status;
+        }
+        let flip = match once(&f.flip_blob_at, 64 << 10) {
+            Some(n) => Some(n),
+            None if status == 206 => {
+                let first = text.lines().next().unwrap_or("");
+                let mut slot = f.flip_range_at.lock().unwrap();
+                match &*slot {
+                    Some((n, skip))
+                        if blob
+                            && length > (*n).max(64 << 10)
+                            && !first.contains(skip.as_str()) =>
+                    {
+                        slot.take().map(|(n, _)| n)
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(n) = flip {
+            let _ = std::io::copy(&mut (&mut up).take(n), client);
+            let mut byte = [0u8; 1];
+            if up.read_exact(&mut byte).is_ok() {
+                let _ = client.write_all(&[!byte[0]]);
+            }
+            let _ = std::io::copy(&mut up, client);
+            return status;
+        }
         match cut {
             Some(n) => {
                 let _ = std::io::copy(&mut (&mut up).take(n), client);

@@ -74,6 +74,15 @@ impl Registry {
     /// Like [`Registry::start`], demanding basic authentication from the
     /// users of `htpasswd` (bcrypt entries).
     pub(crate) fn start_with(htpasswd: Option<&Path>) -> Option<Registry> {
+        Self::start_tls(htpasswd, None)
+    }
+
+    /// Like [`Registry::start_with`], serving HTTPS only with `tls`'s
+    /// certificate and key (PEM files).
+    pub(crate) fn start_tls(
+        htpasswd: Option<&Path>,
+        tls: Option<(&Path, &Path)>,
+    ) -> Option<Registry> {
         if !Path::new(REGISTRY).exists() {
             assert!(
                 !require_tools(),
@@ -93,8 +102,13 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{}",
+                 http:\n  addr: 127.0.0.1:{port}\n{}{}",
                 dir.path().join("data").display(),
+                tls.map_or(String::new(), |(c, k)| format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                )),
                 htpasswd.map_or(String::new(), |h| format!(
                     "auth:\n  htpasswd:\n    realm: puzzle-test\n    path: {}\n",
                     h.display()

@@ -25,6 +25,7 @@ mod registry;
 mod registry_auth;
 mod registry_pull;
 mod registry_push;
+mod registry_tls;
 mod regkit;
 mod report;
 mod stats;

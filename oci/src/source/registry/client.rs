@@ -30,12 +30,14 @@ use super::{
 };
 
 /// One repository of a registry. Every request goes through
-/// [`Client::send`], which adds authentication (answering challenges,
+/// [`Client::send_with`], which adds authentication (answering challenges,
 /// refreshing tokens before they expire, re-authenticating once when a
 /// cached one is refused) and retries (429, 502, 503, 504, dropped
 /// connections; jittered backoff honouring `Retry-After`).
 pub(crate) struct Client {
     http: Http,
+    /// For GET and HEAD: with the idle read deadline.
+    reads: Http,
     pub(crate) r: RegistryRef,
     /// `http(s)://HOST/v2/REPO/`.
     base: String,
@@ -156,7 +158,10 @@ pub(crate) fn describe_status(resp: Response) -> String {
 impl Client {
     pub(crate) fn with_options(r: RegistryRef, opts: &ClientOptions) -> Result<Self> {
         let http = opts.http_client()?;
-        let base = if r.plain_http() {
+        let reads = opts.read_client()?;
+        // Loopback registries are spoken to in plain HTTP unless --cert-dir
+        // (HTTPS) or --tls-verify=false (HTTPS if it answers) says otherwise.
+        let base = if r.plain_http() && opts.cert_dir.is_none() && !opts.insecure {
             r.base_url_with("http")
         } else if opts.insecure {
             // HTTPS if it answers at all, else plain HTTP.
@@ -176,6 +181,7 @@ impl Client {
         let scopes = vec![format!("repository:{}:pull", r.repo)];
         Ok(Client {
             http,
+            reads,
             r,
             base,
             opts: opts.clone(),
@@ -225,8 +231,28 @@ impl Client {
     /// authentication and retries. Returns any other status; callers judge
     /// it. `idempotent`: whether a request that may have reached the
     /// registry can be sent again (GET, HEAD, PUT).
-    pub(crate) fn send(
+    /// [`Client::send_with`] for a download: the answer and each read of its
+    /// body have the idle read deadline.
+    pub(crate) fn send_read(&self, build: &dyn Fn(&Http) -> RequestBuilder) -> Result<Response> {
+        self.send_with(&self.reads, true, build)
+    }
+
+    /// The HTTP client for `method`: a GET or HEAD has the read deadline.
+    pub(crate) fn http_for(&self, method: &reqwest::Method) -> &Http {
+        if matches!(*method, reqwest::Method::GET | reqwest::Method::HEAD) {
+            &self.reads
+        } else {
+            &self.http
+        }
+    }
+
+    /// Sends the request `build` makes with `http` (called again for each
+    /// try), with authentication and retries. Returns any other status;
+    /// callers judge it. `idempotent`: whether a request that may have
+    /// reached the registry can be sent again (GET, HEAD, PUT).
+    pub(crate) fn send_with(
         &self,
+        http: &Http,
         idempotent: bool,
         build: &dyn Fn(&Http) -> RequestBuilder,
     ) -> Result<Response> {
@@ -235,13 +261,16 @@ impl Client {
         loop {
             let sent = self.authorization()?;
             let resp = self.retrying(started, idempotent, &|| {
-                let mut req = build(&self.http);
+                let mut req = build(http);
                 if let Some(a) = &sent.value {
                     req = req.header(AUTHORIZATION, a);
                 }
                 req.send()
             })?;
             let status = resp.status();
+            if status == StatusCode::BAD_REQUEST && self.base.starts_with("http:") {
+                return self.plain_to_https(resp);
+            }
             let refused = status == StatusCode::UNAUTHORIZED
                 || (status == StatusCode::FORBIDDEN && sent.value.is_some());
             if !refused {
@@ -255,9 +284,48 @@ impl Client {
         }
     }
 
+    /// A 400 to plain HTTP: an HTTPS-only server (Go's answers "Client sent
+    /// an HTTP request to an HTTPS server") is one line with the fix; a
+    /// registry's own 400 (JSON) is passed on.
+    fn plain_to_https(&self, resp: Response) -> Result<Response> {
+        if resp.headers().contains_key(CONTENT_TYPE)
+            && !resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/plain"))
+        {
+            return Ok(resp);
+        }
+        let mut body = Vec::new();
+        let _ = resp.take(4 << 10).read_to_end(&mut body);
+        let text = String::from_utf8_lossy(&body);
+        let why = if text.contains("HTTPS") {
+            format!(
+                "the registry {} speaks HTTPS only and loopback registries are spoken to \
+                 in plain HTTP; give its CA certificate with --cert-dir DIR (as DIR/ca.crt) \
+                 to use HTTPS, or --tls-verify=false to not verify its certificate",
+                self.r.api_host()
+            )
+        } else {
+            format!(
+                "the registry {} answered 400 in plain HTTP ({}); check that it is a \
+                 registry",
+                self.r.api_host(),
+                text.trim()
+                    .escape_debug()
+                    .to_string()
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            )
+        };
+        Err(Error::io(self.r.to_string(), io::Error::other(why)))
+    }
+
     /// GETs `url` (from byte `from` on, with `Range`, if not 0).
     pub(crate) fn get(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response> {
-        self.send(true, &|http| {
+        self.send_read(&|http| {
             let mut req = http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
@@ -273,9 +341,7 @@ impl Client {
     /// header. Returns any status; callers judge it (a 200 means the registry
     /// ignored the range and sends the whole blob).
     pub(crate) fn get_range(&self, url: &str, start: u64, end: u64) -> Result<Response> {
-        self.send(true, &|http| {
-            http.get(url).header(RANGE, format!("bytes={start}-{end}"))
-        })
+        self.send_read(&|http| http.get(url).header(RANGE, format!("bytes={start}-{end}")))
     }
 
     /// Tries `send` until it gets an answer that is not 429/502/503/504, or

@@ -21,15 +21,24 @@ pub struct ClientOptions {
     /// auth files.
     pub authfile: Option<PathBuf>,
     /// `--tls-verify=false`: plain HTTP allowed for any registry (tried
-    /// after HTTPS) and certificates not checked. Loopback registries are
-    /// spoken to in plain HTTP either way.
+    /// after HTTPS, loopback ones included) and certificates not checked.
     pub insecure: bool,
     /// `--cert-dir DIR`: `*.crt` files are extra CA certificates, a
     /// `NAME.cert` with a `NAME.key` a client certificate (docker's
-    /// `certs.d` layout).
+    /// `certs.d` layout). Loopback registries, spoken to in plain HTTP by
+    /// default, are spoken to over HTTPS when it is given.
     pub cert_dir: Option<PathBuf>,
+    /// How long a download (a GET or HEAD) may wait for the answer or for
+    /// its next bytes before the connection is given up and the request
+    /// tried again (blobs resume with `Range`); `None`:
+    /// [`DEFAULT_READ_TIMEOUT`]. Uploads have no such deadline.
+    pub read_timeout: Option<Duration>,
     pub retry: RetryPolicy,
 }
+
+/// The idle deadline of downloads when [`ClientOptions::read_timeout`] is
+/// not given.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,6 +50,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("authfile", &self.authfile)
             .field("insecure", &self.insecure)
             .field("cert_dir", &self.cert_dir)
+            .field("read_timeout", &self.read_timeout)
             .field("retry", &self.retry)
             .finish()
     }
@@ -111,6 +121,18 @@ impl ClientOptions {
     /// which drops `Authorization` when the host, port or scheme changes
     /// (pinned by a test).
     pub(crate) fn http_client(&self) -> Result<Http> {
+        self.client_with(None)
+    }
+
+    /// The client for downloads (GET, HEAD): waiting for an answer and each
+    /// read of its body are bounded by the read timeout (reqwest's blocking
+    /// `timeout` is per read, not for the whole body; it would bound a
+    /// whole request body's send, which is why uploads use the other).
+    pub(crate) fn read_client(&self) -> Result<Http> {
+        self.client_with(Some(self.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)))
+    }
+
+    fn client_with(&self, timeout: Option<Duration>) -> Result<Http> {
         // reqwest is built without a TLS crypto provider of its own: use
         // ring's (an error means one is installed already). Deprecated only
         // for lacking post-quantum key exchange; aws-lc-rs, which has it,
@@ -118,9 +140,9 @@ impl ClientOptions {
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = Http::builder()
-            // The blocking client's default 30 s total timeout would cut off
-            // large layers; only connecting is bounded.
-            .timeout(None::<Duration>)
+            // The blocking client's default 30 s would cut off large
+            // uploads; without one only connecting is bounded.
+            .timeout(timeout)
             .connect_timeout(Duration::from_secs(30))
             .user_agent(concat!("puzzle/", env!("CARGO_PKG_VERSION")));
         if self.insecure {

@@ -3,7 +3,7 @@
 //! one monolithic `PUT` streaming the file), and put a manifest.
 //!
 //! Every request goes through [`Client::request`], on top of the client's
-//! one path for authentication and retries ([`Client::send`]).
+//! one path for authentication and retries ([`Client::send_with`]).
 
 use std::{
     fs::File,
@@ -96,7 +96,7 @@ impl Payload {
 
 impl Client {
     /// Sends `method url` with `headers` and `payload` through
-    /// [`Client::send`] (authentication, retries). A file upload is not
+    /// [`Client::send_with`] (authentication, retries). A file upload is not
     /// sent again once it may have reached the registry: a cancelled or cut
     /// upload fails at once, and a rerun starts that blob afresh. Returns
     /// any other status; callers judge it.
@@ -111,7 +111,7 @@ impl Client {
         // empty body.
         payload.body()?;
         let idempotent = method != Method::POST && !matches!(payload, Payload::File { .. });
-        self.send(idempotent, &|http| {
+        self.send_with(self.http_for(&method), idempotent, &|http| {
             let mut req = http.request(method.clone(), url);
             for (k, v) in headers {
                 req = req.header(k, v);
