@@ -43,18 +43,7 @@ fn pull(store: &Path, src: &str, tag: &str) -> Pulled {
 /// Copies image `tag` of store `store` to `dest` in the registry, blobs and
 /// manifest byte for byte.
 fn push_store(reg: &Registry, store: &Path, tag: &str, dest: &str) {
-    let out = std::process::Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "-q", "--preserve-digests"])
-        .arg("--dest-tls-verify=false")
-        .arg(format!("oci:{}:{tag}", store.display()))
-        .arg(format!("docker://127.0.0.1:{}/{dest}", reg.port))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reg.copy_from(store, tag, dest, &["--preserve-digests"]);
 }
 
 fn image<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {

@@ -145,10 +145,23 @@ impl Registry {
 
     /// [`Registry::push`] with `USER:PASS` for a registry that wants them.
     pub(crate) fn push_as(&self, corpus: &Path, tag: &str, dest: &str, creds: Option<&str>) {
+        let creds = creds.map(|c| format!("--dest-creds={c}"));
+        self.copy_from(corpus, tag, dest, creds.as_slice());
+    }
+
+    /// `skopeo copy`s image `tag` of the OCI layout `layout` (a corpus or a
+    /// puzzle store) to `REPO:TAG` here, with `extra` skopeo flags.
+    pub(crate) fn copy_from<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        layout: &Path,
+        tag: &str,
+        dest: &str,
+        extra: &[S],
+    ) {
         let out = Command::new("skopeo")
             .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
-            .args(creds.map(|c| format!("--dest-creds={c}")))
-            .arg(format!("oci:{}:{tag}", corpus.display()))
+            .args(extra)
+            .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://127.0.0.1:{}/{dest}", self.port))
             .output()
             .unwrap();
