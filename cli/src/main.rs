@@ -5,6 +5,7 @@ mod build;
 mod docs;
 mod export;
 mod html;
+mod lazy;
 mod lifecycle;
 mod mount;
 mod output;
@@ -87,6 +88,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `puzzle mount` and wait for its daemon to exit.
     Umount(mount::UmountArgs),
+    /// List puzzle mounts; for lazy ones, bytes fetched, requests, cache hits and the share now local.
+    Mounts(mount::MountsArgs),
     /// Check every image's manifest, metadata and packs, and the index; exit 5 on any problem.
     Verify(lifecycle::VerifyArgs),
     /// Delete what no image (tagged or in use) needs; rewrite sparse packs.
@@ -294,6 +297,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Stats(args) => stats::run(&root, args),
         Command::Mount(args) => mount::mount(&root, args),
         Command::Umount(args) => mount::umount(args),
+        Command::Mounts(args) => mount::list(&root, args),
         Command::Verify(args) => lifecycle::verify(&root, args, &progress),
         Command::Gc(args) => lifecycle::gc(&root, args, &progress),
         Command::Completion(_) | Command::Man(_) => unreachable!("handled above"),

@@ -24,7 +24,10 @@ use crate::exit;
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// Image name, as given to `build --tag`.
+    /// Image name, as given to `build --tag`; or a puzzle image in a
+    /// registry, docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (as `puzzle push`
+    /// wrote it), mounted lazily: only the frames reads need are fetched,
+    /// and kept in the store.
     name: String,
     /// Mount point: an existing empty directory (see --nonempty).
     dir: PathBuf,
@@ -52,6 +55,8 @@ pub struct MountArgs {
     /// Let the image's device nodes act as devices (mounts are nodev by default); for a container root, as root.
     #[arg(long)]
     dev: bool,
+    #[command(flatten)]
+    lazy: crate::lazy::LazyArgs,
 }
 
 /// Set in the environment of the daemon that `--daemon` starts (not a flag,
@@ -217,13 +222,34 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     let log_sink = sink.clone();
     let log: puzzle_fuse::Log = Arc::new(move |line: &str| log_sink.line(line));
 
-    let store = Store::open(root)?;
-    let img = image::open_mapped(&store, &args.name, true)
-        .with_context(|| format!("opening image {}", args.name))?;
-    crate::warn_unpinned(&store, &args.name, &img.pin);
     let cache = Arc::new(ChunkCache::new(args.cache_mb.max(1) << 20));
-    let fs = ImageFs::new(img, Arc::new(store.blob_reader()), cache, log)
-        .with_context(|| format!("opening image {}", args.name))?;
+    let mut lazy_state = None;
+    let fs = if let Some(reference) = args.name.strip_prefix("docker://") {
+        let mut largs = args.lazy.clone();
+        if daemon_child {
+            // The parent sends --creds on stdin, never in the command line.
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_ok() && !line.trim().is_empty() {
+                largs
+                    .registry
+                    .set_creds(line.trim_end_matches('\n'))
+                    .map_err(anyhow::Error::msg)?;
+            }
+        }
+        let what = || format!("mounting {}", args.name);
+        let l = crate::lazy::open(root, reference, &largs).with_context(what)?;
+        let state = l.state();
+        sink.line(&state.opened_line());
+        lazy_state = Some(state);
+        ImageFs::new(l.image, Arc::new(l.blobs), cache, log).with_context(what)?
+    } else {
+        let store = Store::open(root)?;
+        let img = image::open_mapped(&store, &args.name, true)
+            .with_context(|| format!("opening image {}", args.name))?;
+        crate::warn_unpinned(&store, &args.name, &img.pin);
+        ImageFs::new(img, Arc::new(store.blob_reader()), cache, log)
+            .with_context(|| format!("opening image {}", args.name))?
+    };
     let opts = MountOptions {
         threads: args.threads.max(1),
         fsname: format!("puzzle:{}:{}", args.name, std::process::id()),
@@ -252,8 +278,18 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         };
         sink.set(out);
     }
+    let mut last_stats = Instant::now() - Duration::from_secs(2);
     while !stop.load(Ordering::Relaxed) && mounted.is_alive() {
+        if let Some(st) = &lazy_state {
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                st.write_stats(&dir);
+                last_stats = Instant::now();
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(st) = &lazy_state {
+        st.remove_stats();
     }
     let external = !mounted.is_alive();
     mounted
@@ -293,13 +329,25 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
     if args.nonempty {
         cmd.arg("--nonempty");
     }
+    let (lazy_args, creds) = args.lazy.to_args();
+    if args.name.starts_with("docker://") {
+        cmd.args(lazy_args);
+    }
     cmd.env(DAEMON_CHILD, "1")
-        .stdin(Stdio::null())
+        .stdin(if creds.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .current_dir("/")
         .process_group(0);
     let mut child = cmd.spawn().context("starting the mount daemon")?;
+    if let (Some(c), Some(mut stdin)) = (creds, child.stdin.take()) {
+        // Dropped at once: the daemon reads one line, then end of file.
+        writeln!(stdin, "{c}").context("passing credentials to the mount daemon")?;
+    }
     let err = child.stderr.take().context("daemon stderr")?;
     let mut lines = Vec::new();
     for line in BufReader::new(err).lines() {
@@ -399,4 +447,86 @@ fn alive(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+#[derive(Args, Debug)]
+pub struct MountsArgs {
+    /// One JSON record per mount (type "mount"), with the lazy mount's
+    /// counters in full.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `puzzle mounts`: the puzzle mounts of this machine, and for lazy mounts
+/// of this store what they fetched (from `STORE/mounts/PID.json`).
+pub fn list(root: &Path, args: &MountsArgs) -> Result<u8> {
+    use crate::output::{bytes, Envelope};
+    let ours: Vec<MountEntry> = mounts()?
+        .into_iter()
+        .filter(|m| m.fstype.starts_with("fuse") && m.source.starts_with("puzzle:"))
+        .collect();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !args.json {
+        writeln!(
+            out,
+            "{:<24}  {:>7}  {:>6}  {:>10}  {:>8}  {:>7}  {:>7}  {:>8}  IMAGE",
+            "MOUNT POINT", "PID", "LOCAL", "FETCHED", "REQUESTS", "HITS", "MISSES", "FAILURES"
+        )?;
+    }
+    for m in &ours {
+        let pid = daemon_pid(m);
+        let image = m
+            .source
+            .strip_prefix("puzzle:")
+            .and_then(|s| s.rsplit_once(':'))
+            .map_or(m.source.as_str(), |(name, _)| name);
+        let lazy = image
+            .starts_with("docker://")
+            .then(|| pid.and_then(|p| crate::lazy::read_stats(root, p)))
+            .flatten();
+        if args.json {
+            let line = Envelope::new(
+                "mount",
+                serde_json::json!({
+                    "dir": m.point,
+                    "image": image,
+                    "pid": pid,
+                    "alive": pid.is_some_and(alive),
+                    "lazy": lazy,
+                }),
+            );
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+            continue;
+        }
+        let dash = || "-".to_string();
+        let (local, fetched, requests, hits, misses, failures) = match &lazy {
+            Some(s) => (
+                format!("{:.0}%", s.local_share * 100.0),
+                bytes(s.bytes_received),
+                s.requests.to_string(),
+                (s.kept_hits + s.local_hits).to_string(),
+                s.misses.to_string(),
+                s.failures.to_string(),
+            ),
+            None if image.starts_with("docker://") => {
+                (dash(), dash(), dash(), dash(), dash(), dash())
+            }
+            None => ("100%".into(), dash(), dash(), dash(), dash(), dash()),
+        };
+        writeln!(
+            out,
+            "{:<24}  {:>7}  {:>6}  {:>10}  {:>8}  {:>7}  {:>7}  {:>8}  {image}",
+            m.point.display(),
+            pid.map_or_else(dash, |p| p.to_string()),
+            local,
+            fetched,
+            requests,
+            hits,
+            misses,
+            failures
+        )?;
+    }
+    Ok(exit::OK)
 }

@@ -74,6 +74,40 @@ impl RegistryArgs {
     }
 }
 
+impl RegistryArgs {
+    /// The flags that give a re-executed puzzle (a mount daemon) these
+    /// settings, and the `USER:PASSWORD` of `--creds` apart: it must not
+    /// show in the daemon's command line.
+    pub fn to_args(&self) -> (Vec<std::ffi::OsString>, Option<String>) {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(f) = &self.authfile {
+            a.extend(["--authfile".into(), f.into()]);
+        }
+        a.push(format!("--tls-verify={}", self.tls_verify).into());
+        if let Some(d) = &self.cert_dir {
+            a.extend(["--cert-dir".into(), d.into()]);
+        }
+        a.extend([
+            "--read-timeout".into(),
+            self.read_timeout.to_string().into(),
+        ]);
+        let creds = self.creds.as_ref().map(|Creds(u, p)| format!("{u}:{p}"));
+        (a, creds)
+    }
+
+    /// Sets `--creds` from `USER:PASSWORD` (what [`RegistryArgs::to_args`]
+    /// kept apart).
+    pub fn set_creds(&mut self, s: &str) -> Result<(), String> {
+        self.creds = Some(creds(s)?);
+        Ok(())
+    }
+
+    /// The read deadline, in seconds.
+    pub fn read_timeout(&self) -> u64 {
+        self.read_timeout
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +140,32 @@ mod tests {
         let o = parse(&["--read-timeout", "3"]).unwrap();
         assert_eq!(o.read_timeout, Some(std::time::Duration::from_secs(3)));
         assert!(parse(&["--read-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_daemon_gets_the_same_settings_and_the_password_apart() {
+        let t = T::try_parse_from([
+            "t",
+            "--creds",
+            "me:s3cr3t",
+            "--authfile",
+            "/a",
+            "--tls-verify=false",
+            "--cert-dir",
+            "/c",
+            "--read-timeout",
+            "7",
+        ])
+        .unwrap();
+        let (args, creds) = t.r.to_args();
+        assert!(!args.iter().any(|a| a.to_string_lossy().contains("s3cr3t")));
+        let mut again = T::try_parse_from(std::iter::once("t".into()).chain(args)).unwrap();
+        again.r.set_creds(&creds.unwrap()).unwrap();
+        assert_eq!(
+            format!("{:?}", again.r.options()),
+            format!("{:?}", t.r.options())
+        );
+        assert_eq!(again.r.options().creds, t.r.options().creds);
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn bin() -> Command {
 }
 
 /// The subcommands every completion script and man page must name.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "init",
     "build",
     "pull",
@@ -26,6 +26,7 @@ const COMMANDS: [&str; 15] = [
     "stats",
     "mount",
     "umount",
+    "mounts",
     "verify",
     "gc",
     "completion",

@@ -17,6 +17,7 @@ mod docs;
 mod errors;
 mod export;
 mod heal;
+mod lazy;
 mod lifecycle;
 mod mount;
 mod progress;

@@ -225,6 +225,7 @@ impl ImageFs {
     /// Failures are left for the caller's own pass to report.
     fn prefetch(&self, file: &InodeRec, first: u32, end: u64) -> Result<()> {
         let mut missing: Vec<u32> = Vec::new();
+        let mut wanted: HashMap<BlobDigest, Vec<(u64, u64)>> = HashMap::new();
         let mut last: Option<FrameKey> = None;
         let mut i = first;
         while i < file.count() {
@@ -236,12 +237,20 @@ impl ImageFs {
             let key = (loc.pack, loc.offset);
             if last != Some(key) && !self.cache.contains(&key) {
                 missing.push(e.chunk);
+                wanted
+                    .entry(loc.pack)
+                    .or_default()
+                    .push((loc.offset, u64::from(loc.clen)));
             }
             last = Some(key);
             i += 1;
         }
         if missing.len() < 2 {
             return Ok(());
+        }
+        // A remote source fetches the frames of one read together.
+        for (pack, ranges) in &wanted {
+            self.blobs.want(pack, ranges);
         }
         let (a, b) = missing.split_at(missing.len() / 2);
         std::thread::scope(|s| {

@@ -19,6 +19,7 @@ pub mod build;
 pub mod error;
 pub mod export;
 pub mod layer;
+pub mod lazy;
 pub mod pull;
 pub mod push;
 pub mod source;

@@ -202,7 +202,7 @@ pub fn config_of(bytes: &[u8], origin: &str) -> Result<puzzle_store::StoreConfig
 
 /// Reads blob `d` (`size` bytes, at most `limit`) whole from `remote` and
 /// checks its digest.
-fn fetch_blob(
+pub(crate) fn fetch_blob(
     remote: &dyn BlobRead,
     d: &Descriptor,
     limit: u64,

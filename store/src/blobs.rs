@@ -37,6 +37,11 @@ pub trait BlobRead: Send + Sync {
         }
         Ok(())
     }
+
+    /// Says that the ranges `(offset, len)` of a blob are about to be read
+    /// (the frames of one large read): a remote source may start fetching
+    /// them together now. Waits for nothing; by default does nothing.
+    fn want(&self, _digest: &BlobDigest, _ranges: &[(u64, u64)]) {}
 }
 
 /// The error for a blob that ends before a read does.

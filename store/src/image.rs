@@ -60,6 +60,23 @@ pub fn write_image(
     config: Descriptor,
     config_bytes: Option<&[u8]>,
 ) -> Result<(Descriptor, Descriptor, usize)> {
+    let size = |pack: &BlobDigest| {
+        let path = store.blob_path(pack);
+        Ok(std::fs::metadata(&path).at(&path)?.len())
+    };
+    write_image_sized(store, meta_bytes, config, config_bytes, size)
+}
+
+/// [`write_image`] for an image whose packs need not all be stored: `size`
+/// gives each pack's size (a lazy mount's image names packs still in the
+/// registry).
+pub fn write_image_sized(
+    store: &Store,
+    meta_bytes: &[u8],
+    config: Descriptor,
+    config_bytes: Option<&[u8]>,
+    size: impl Fn(&BlobDigest) -> Result<u64>,
+) -> Result<(Descriptor, Descriptor, usize)> {
     let view = MetaBlob::open(meta_bytes)?;
     let stored = meta::compress(meta_bytes);
     let metadata = Descriptor::new(
@@ -69,9 +86,7 @@ pub fn write_image(
     );
     let mut layers = vec![metadata.clone()];
     for pack in view.packs()? {
-        let path = store.blob_path(&pack);
-        let size = std::fs::metadata(&path).at(&path)?.len();
-        layers.push(Descriptor::new(MEDIA_TYPE_PACK, pack, size));
+        layers.push(Descriptor::new(MEDIA_TYPE_PACK, pack, size(&pack)?));
     }
     let packs = layers.len() - 1;
     let cfg = store.config();

@@ -1,0 +1,278 @@
+//! `puzzle mount docker://REF DIR`: the lazy mount's flags, opening the
+//! remote image, and the stats file `puzzle mounts` reads
+//! (`STORE/mounts/PID.json`, rewritten every second while mounted).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use puzzle_oci::lazy::{self, FrameKey, LazyBlobs, LazyOpened, LazyOptions, LazyStats};
+use puzzle_oci::pull::{self, RegistryBlobs};
+use puzzle_store::image::MappedImage;
+use puzzle_store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::output;
+use crate::registry_args::RegistryArgs;
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Lazy mounts (docker://REF)")]
+pub struct LazyArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// How long a read of data not yet local waits for the registry before
+    /// it fails with EIO; the mount keeps serving what is local, and reads
+    /// work again once the registry answers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Most bytes the frames kept from lazy mounts (STORE/lazy) may take,
+    /// e.g. 500M or 2G; the least recently used go first. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_max: Option<u64>,
+}
+
+impl LazyArgs {
+    /// The flags that give the mount daemon these settings, and the
+    /// credentials apart (see [`RegistryArgs::to_args`]).
+    pub fn to_args(&self) -> (Vec<std::ffi::OsString>, Option<String>) {
+        let (mut a, creds) = self.registry.to_args();
+        a.extend(["--timeout".into(), self.timeout.to_string().into()]);
+        if let Some(c) = self.cache_max {
+            a.extend(["--cache-max".into(), c.to_string().into()]);
+        }
+        (a, creds)
+    }
+}
+
+/// A size: bytes, or a number with K, M, G or T (powers of 1024; `KiB`,
+/// `MB` and the like read the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 500M or 2G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{s:?}: unknown unit; use K, M, G or T")),
+    };
+    let v = n * (1u64 << shift) as f64;
+    if !v.is_finite() || v < 0.0 || v >= u64::MAX as f64 {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// A lazily opened image, ready to mount.
+pub struct Lazy {
+    pub image: MappedImage,
+    pub blobs: LazyBlobs,
+    state: Arc<State>,
+}
+
+/// What the stats file is made from.
+pub struct State {
+    blobs: LazyBlobs,
+    remote: Arc<RegistryBlobs>,
+    manifest_bytes: u64,
+    needed: Vec<FrameKey>,
+    opened: LazyOpened,
+    stats_path: Option<PathBuf>,
+    started: Instant,
+}
+
+/// The stats file's content (`puzzle mounts --json` shows it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountStats {
+    pub pid: u32,
+    pub dir: PathBuf,
+    pub reference: String,
+    pub remote_manifest: String,
+    /// Bytes received from the registry: manifest, metadata, config, frames.
+    pub bytes_received: u64,
+    /// HTTP Range requests for blobs.
+    pub requests: u64,
+    pub frames_fetched: u64,
+    pub kept_hits: u64,
+    pub local_hits: u64,
+    pub misses: u64,
+    pub failures: u64,
+    pub bad_frames: u64,
+    /// Remote frames the image needs (holding chunks the store lacks), and
+    /// how many of them are local now.
+    pub frames_needed: u64,
+    pub frames_local: u64,
+    /// Share of the image's chunks local now (0 to 1), by frame bytes.
+    pub local_share: f64,
+    pub seconds: f64,
+}
+
+impl Lazy {
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+}
+
+/// Fetches the manifest and metadata of `reference` (what follows
+/// `docker://`) and opens the image against the store at `root` (created
+/// with the image's settings if missing).
+pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
+    let started = Instant::now();
+    let mut o = args.registry.options();
+    // A read that waits longer than --timeout is failed anyway.
+    o.read_timeout = Some(Duration::from_secs(
+        args.timeout.min(args.registry.read_timeout()),
+    ));
+    let remote = pull::open_remote(reference, &o)?;
+    let store = match Store::open(root) {
+        Err(puzzle_store::Error::NotAStore(_)) => {
+            let config = pull::config_of(&remote.manifest, &remote.reference)?;
+            Store::open_or_create(root, &config)?
+        }
+        r => r?,
+    };
+    let pull::RemoteImage {
+        reference,
+        manifest,
+        blobs,
+        ..
+    } = remote;
+    let remote = Arc::new(blobs);
+    let opts = LazyOptions {
+        deadline: Duration::from_secs(args.timeout),
+        cache_max: args.cache_max,
+    };
+    let l = lazy::open(&store, remote.clone(), &manifest, &reference, &opts)?;
+    if !l.opened.keeping {
+        eprintln!(
+            "puzzle: warning: store {} is read-only here: fetched frames are not kept, \
+             a remount fetches them again",
+            store.root().display()
+        );
+    }
+    let stats_path = store
+        .is_writable()
+        .then(|| store.root().join("mounts"))
+        .and_then(|d| std::fs::create_dir_all(&d).ok().map(|()| d))
+        .map(|d| d.join(format!("{}.json", std::process::id())));
+    let state = Arc::new(State {
+        blobs: l.blobs.clone(),
+        remote,
+        manifest_bytes: manifest.len() as u64,
+        needed: l.needed,
+        opened: l.opened,
+        stats_path,
+        started,
+    });
+    Ok(Lazy {
+        image: l.image,
+        blobs: l.blobs,
+        state,
+    })
+}
+
+impl State {
+    /// One line on what opening found and fetched.
+    pub fn opened_line(&self) -> String {
+        let o = &self.opened;
+        format!(
+            "{}: {} of {} chunks already in the store; {} frames ({}) to fetch on demand, {} kept from before; \
+             opened in {:.2} s after fetching {}",
+            o.reference,
+            o.chunks_local,
+            o.chunks,
+            o.frames_needed - o.frames_kept,
+            output::bytes(o.frame_bytes_needed - o.frame_bytes_kept),
+            o.frames_kept,
+            self.started.elapsed().as_secs_f64(),
+            output::bytes(o.bytes_fetched + self.manifest_bytes),
+        )
+    }
+
+    pub fn stats(&self, dir: &Path) -> MountStats {
+        let s: LazyStats = self.blobs.stats();
+        let t = self.remote.transfer();
+        let (n, bytes, kn, kbytes) = self.blobs.local_share(&self.needed);
+        let o = &self.opened;
+        MountStats {
+            pid: std::process::id(),
+            dir: dir.to_path_buf(),
+            reference: o.reference.clone(),
+            remote_manifest: o.remote_manifest.clone(),
+            bytes_received: self.manifest_bytes + o.bytes_fetched + t.bytes,
+            requests: t.requests,
+            frames_fetched: s.frames_fetched,
+            kept_hits: s.kept_hits,
+            local_hits: s.local_hits,
+            misses: s.misses,
+            failures: s.failures,
+            bad_frames: s.bad_frames,
+            frames_needed: n,
+            frames_local: kn,
+            local_share: if bytes == 0 {
+                1.0
+            } else {
+                // Chunks local from the start count as local bytes too.
+                let local_from_start = o.chunks_local as f64 / o.chunks.max(1) as f64;
+                local_from_start + (1.0 - local_from_start) * kbytes as f64 / bytes as f64
+            },
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Rewrites the stats file (best effort: a full disk must not stop the
+    /// mount).
+    pub fn write_stats(&self, dir: &Path) {
+        let Some(p) = &self.stats_path else { return };
+        let Ok(text) = serde_json::to_vec_pretty(&self.stats(dir)) else {
+            return;
+        };
+        let tmp = p.with_extension("json.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
+    }
+
+    /// Removes the stats file (at unmount).
+    pub fn remove_stats(&self) {
+        if let Some(p) = &self.stats_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The stats of the lazy mount served by `pid` from the store at `root`.
+pub fn read_stats(root: &Path, pid: u32) -> Option<MountStats> {
+    let p = root.join("mounts").join(format!("{pid}.json"));
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("3T"), Ok(3 << 40));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("1e30T").is_err());
+    }
+}

@@ -1,0 +1,473 @@
+//! [`LazyBlobs`]: the packs of a lazily mounted image as one [`BlobRead`].
+//!
+//! A read of a pack the store holds is a local read. A read of a remote
+//! frame is served from the frames kept under `lazy/` when they are there
+//! and check out, and otherwise fetched: one fetch per frame however many
+//! readers want it at once, on a thread of its own, with the readers
+//! waiting at most the deadline (then EIO for them; the fetch goes on and
+//! keeps what it gets). A fetched frame is checked chunk by chunk against
+//! the BLAKE3 ids the metadata gives before it is kept or served; one that
+//! fails is neither, and the next read fetches it again.
+//!
+//! [`BlobRead::want`] starts the fetch of frames a read is about to need,
+//! together: neighbouring frames of a pack go in one Range request
+//! ([`crate::pull::GAP`], [`crate::pull::REQUEST_CAP`]).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use puzzle_chunker::ChunkId;
+use puzzle_store::blobs::{BlobRead, LocalBlobs};
+use puzzle_store::meta::MetaBlob;
+use puzzle_store::pack::{chunk_in_frame, decompress_frame, ChunkLoc};
+use puzzle_store::BlobDigest;
+use serde::Serialize;
+
+use super::kept::{FrameKey, Kept};
+
+/// Fetches running at once (each one Range request at a time).
+const IN_FLIGHT: usize = 8;
+
+/// A remote frame: its compressed and raw lengths and the chunks in it.
+pub struct FrameInfo {
+    pub clen: u32,
+    pub rlen: u32,
+    pub chunks: Vec<(ChunkId, ChunkLoc)>,
+}
+
+/// The frames of a remote image, from its metadata.
+#[derive(Default)]
+pub struct FrameTable(pub HashMap<FrameKey, FrameInfo>);
+
+impl FrameTable {
+    pub fn of<B: AsRef<[u8]>>(meta: &MetaBlob<B>) -> puzzle_store::Result<FrameTable> {
+        let mut t: HashMap<FrameKey, FrameInfo> = HashMap::new();
+        let mut seen = HashSet::new();
+        for i in 0..meta.chunk_count() {
+            let rec = meta.chunk(i as u32)?;
+            if !seen.insert(rec.id) {
+                continue;
+            }
+            let f = t
+                .entry((rec.loc.pack, rec.loc.offset))
+                .or_insert_with(|| FrameInfo {
+                    clen: rec.loc.clen,
+                    rlen: rec.loc.frame_rlen,
+                    chunks: Vec::new(),
+                });
+            f.chunks.push((rec.id, rec.loc));
+        }
+        Ok(FrameTable(t))
+    }
+
+    /// Checks a frame's bytes: it decompresses to its length and every chunk
+    /// in it hashes to its id.
+    pub fn check(&self, key: &FrameKey, bytes: &[u8]) -> puzzle_store::Result<()> {
+        let info = &self.0[key];
+        let first = &info.chunks[0];
+        let raw = decompress_frame(bytes, info.rlen, &first.0, &key.0)?;
+        for (id, loc) in &info.chunks {
+            chunk_in_frame(&raw, id, loc)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a lazy mount did so far (`puzzle mounts`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LazyStats {
+    /// Frames fetched from the registry (checked and kept).
+    pub frames_fetched: u64,
+    /// Their compressed bytes.
+    pub bytes_fetched: u64,
+    /// Fetches started (each one or more Range requests).
+    pub fetches: u64,
+    /// Frame reads served from frames kept in the store.
+    pub kept_hits: u64,
+    /// Frame reads served from the store's own packs.
+    pub local_hits: u64,
+    /// Reads that had to wait for the registry.
+    pub misses: u64,
+    /// Reads that failed (deadline passed, registry error, bad bytes).
+    pub failures: u64,
+    /// Fetched frames refused because a chunk did not match its id.
+    pub bad_frames: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_fetched: AtomicU64,
+    bytes_fetched: AtomicU64,
+    fetches: AtomicU64,
+    kept_hits: AtomicU64,
+    local_hits: AtomicU64,
+    misses: AtomicU64,
+    failures: AtomicU64,
+    bad_frames: AtomicU64,
+}
+
+type Outcome = Result<Arc<Vec<u8>>, String>;
+
+/// One frame being fetched: its outcome once known.
+#[derive(Default)]
+struct Slot {
+    done: Mutex<Option<Outcome>>,
+    cv: Condvar,
+}
+
+impl Slot {
+    fn set(&self, r: Outcome) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.cv.notify_all();
+    }
+
+    /// The outcome, or None once `deadline` passed.
+    fn wait(&self, deadline: Instant) -> Option<Outcome> {
+        let mut g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = &*g {
+                return Some(r.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+struct Shared {
+    local: LocalBlobs,
+    /// Packs the store holds (read locally).
+    local_packs: HashSet<BlobDigest>,
+    remote: Arc<dyn BlobRead>,
+    /// Where the remote is, for messages (`HOST/REPO`).
+    origin: String,
+    frames: FrameTable,
+    pack_sizes: HashMap<BlobDigest, u64>,
+    kept: Option<Kept>,
+    inflight: Mutex<HashMap<FrameKey, Arc<Slot>>>,
+    running: (Mutex<usize>, Condvar),
+    deadline: Duration,
+    counters: Counters,
+    /// Readers waiting for the registry now (background work yields to them).
+    waiting: AtomicUsize,
+}
+
+/// The packs of a lazily mounted image. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct LazyBlobs(Arc<Shared>);
+
+/// How [`LazyBlobs`] reads.
+pub struct LazyParts {
+    /// The store's blobs.
+    pub local: LocalBlobs,
+    pub local_packs: HashSet<BlobDigest>,
+    pub remote: Arc<dyn BlobRead>,
+    pub origin: String,
+    pub frames: FrameTable,
+    pub pack_sizes: HashMap<BlobDigest, u64>,
+    /// Where fetched frames are kept (None: a read-only store; frames then
+    /// live only in the mount's memory cache).
+    pub kept: Option<Kept>,
+    /// How long a read waits for the registry.
+    pub deadline: Duration,
+}
+
+impl LazyBlobs {
+    pub fn new(p: LazyParts) -> LazyBlobs {
+        LazyBlobs(Arc::new(Shared {
+            local: p.local,
+            local_packs: p.local_packs,
+            remote: p.remote,
+            origin: p.origin,
+            frames: p.frames,
+            pack_sizes: p.pack_sizes,
+            kept: p.kept,
+            inflight: Mutex::new(HashMap::new()),
+            running: (Mutex::new(0), Condvar::new()),
+            deadline: p.deadline,
+            counters: Counters::default(),
+            waiting: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn stats(&self) -> LazyStats {
+        let c = &self.0.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LazyStats {
+            frames_fetched: l(&c.frames_fetched),
+            bytes_fetched: l(&c.bytes_fetched),
+            fetches: l(&c.fetches),
+            kept_hits: l(&c.kept_hits),
+            local_hits: l(&c.local_hits),
+            misses: l(&c.misses),
+            failures: l(&c.failures),
+            bad_frames: l(&c.bad_frames),
+        }
+    }
+
+    /// Readers waiting for the registry right now.
+    pub fn waiting(&self) -> usize {
+        self.0.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The remote frames the image still needs (they hold chunks the store
+    /// lacks), and how many of them, and of their bytes, are kept.
+    pub fn local_share(&self, needed: &[FrameKey]) -> (u64, u64, u64, u64) {
+        let s = &self.0;
+        let (mut n, mut bytes, mut kept_n, mut kept_bytes) = (0, 0, 0, 0);
+        for key in needed {
+            let len = u64::from(s.frames.0[key].clen);
+            n += 1;
+            bytes += len;
+            if s.local_packs.contains(&key.0)
+                || s.kept.as_ref().is_some_and(|k| k.has(&key.0, key.1, len))
+            {
+                kept_n += 1;
+                kept_bytes += len;
+            }
+        }
+        (n, bytes, kept_n, kept_bytes)
+    }
+
+    /// Whether the frame at `key` is local (a store pack or kept).
+    pub fn is_local(&self, key: &FrameKey) -> bool {
+        let s = &self.0;
+        s.local_packs.contains(&key.0)
+            || s.frames.0.get(key).is_some_and(|f| {
+                s.kept
+                    .as_ref()
+                    .is_some_and(|k| k.has(&key.0, key.1, u64::from(f.clen)))
+            })
+    }
+
+    fn err(&self, pack: &BlobDigest, kind: io::ErrorKind, why: String) -> puzzle_store::Error {
+        puzzle_store::Error::Io {
+            path: PathBuf::from(format!("{}@{pack}", self.0.origin)),
+            source: io::Error::new(kind, why),
+        }
+    }
+
+    /// Starts fetching the frames of `pack` at `offsets` that are not being
+    /// fetched yet (one fetch for all of them) and returns the slot of
+    /// every offset.
+    fn start(&self, pack: &BlobDigest, offsets: &[u64]) -> Vec<Arc<Slot>> {
+        let mut slots = Vec::with_capacity(offsets.len());
+        let mut new = Vec::new();
+        {
+            let mut inflight = self.0.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for &off in offsets {
+                let slot = inflight
+                    .entry((*pack, off))
+                    .or_insert_with(|| {
+                        new.push(off);
+                        Arc::new(Slot::default())
+                    })
+                    .clone();
+                slots.push(slot);
+            }
+        }
+        if !new.is_empty() {
+            let me = self.clone();
+            let pack = *pack;
+            let fresh: Vec<(u64, Arc<Slot>)> = new
+                .iter()
+                .map(|off| {
+                    let i = offsets.iter().position(|o| o == off).expect("asked");
+                    (*off, slots[i].clone())
+                })
+                .collect();
+            self.0.counters.fetches.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || me.fetch(pack, fresh));
+        }
+        slots
+    }
+
+    /// The body of a fetch: reads the frames, checks, keeps and hands each
+    /// to its waiters, then forgets the slots.
+    fn fetch(&self, pack: BlobDigest, frames: Vec<(u64, Arc<Slot>)>) {
+        let s = &self.0;
+        {
+            let mut n = s.running.0.lock().unwrap_or_else(|p| p.into_inner());
+            while *n >= IN_FLIGHT {
+                n = s.running.1.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n += 1;
+        }
+        let mut bufs: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|(off, _)| vec![0u8; s.frames.0[&(pack, *off)].clen as usize])
+            .collect();
+        let mut ranges: Vec<(u64, &mut [u8])> = frames
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((off, _), b)| (*off, b.as_mut_slice()))
+            .collect();
+        let got = s.remote.read_ranges(&pack, &mut ranges);
+        drop(ranges);
+        for ((off, slot), buf) in frames.iter().zip(bufs) {
+            let key = (pack, *off);
+            let outcome = match &got {
+                Err(e) => Err(puzzle_store::error::line(e)),
+                Ok(()) => match s.frames.check(&key, &buf) {
+                    Err(e) => {
+                        s.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        Err(format!(
+                            "the registry sent bad bytes: {}",
+                            puzzle_store::error::line(&e)
+                        ))
+                    }
+                    Ok(()) => {
+                        s.counters.frames_fetched.fetch_add(1, Ordering::Relaxed);
+                        s.counters
+                            .bytes_fetched
+                            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        if let (Some(k), Some(size)) = (&s.kept, s.pack_sizes.get(&pack)) {
+                            // Not kept is not fatal: it is fetched again.
+                            let _ = k.write(&pack, *size, *off, &buf);
+                        }
+                        Ok(Arc::new(buf))
+                    }
+                },
+            };
+            slot.set(outcome);
+            let mut inflight = s.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.get(&key).is_some_and(|x| Arc::ptr_eq(x, slot)) {
+                inflight.remove(&key);
+            }
+        }
+        let mut n = s.running.0.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        s.running.1.notify_one();
+    }
+
+    /// The kept copy of a frame, checked; a copy that fails is punched out.
+    fn read_kept(&self, key: &FrameKey, buf: &mut [u8]) -> bool {
+        let s = &self.0;
+        let Some(k) = &s.kept else { return false };
+        match k.read(&key.0, key.1, buf) {
+            Ok(true) if s.frames.check(key, buf).is_ok() => {
+                s.counters.kept_hits.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok(true) => {
+                k.forget(&key.0, key.1, buf.len() as u64);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Fetches the frames at `offsets` of `pack` that are neither local nor
+    /// being fetched, together, in the background, and waits for none of
+    /// them. Used to fetch ahead (a prefetch list, `--fill`).
+    pub fn fetch_ahead(&self, pack: &BlobDigest, offsets: &[u64]) -> Vec<u64> {
+        let missing: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|&off| {
+                let key = (*pack, off);
+                self.0.frames.0.contains_key(&key) && !self.is_local(&key)
+            })
+            .collect();
+        if !missing.is_empty() {
+            self.start(pack, &missing);
+        }
+        missing
+    }
+
+    /// Waits until the frame at `key` is fetched (if it is being fetched)
+    /// or the deadline passes; true if it is local now.
+    pub fn wait_for(&self, key: &FrameKey) -> bool {
+        let slot = self
+            .0
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(slot) = slot {
+            return matches!(slot.wait(Instant::now() + self.0.deadline), Some(Ok(_)));
+        }
+        self.is_local(key)
+    }
+}
+
+impl BlobRead for LazyBlobs {
+    fn size(&self, digest: &BlobDigest) -> puzzle_store::Result<u64> {
+        let s = &self.0;
+        if s.local_packs.contains(digest) {
+            return s.local.size(digest);
+        }
+        match s.pack_sizes.get(digest) {
+            Some(n) => Ok(*n),
+            None => s.remote.size(digest),
+        }
+    }
+
+    fn read_at(
+        &self,
+        digest: &BlobDigest,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> puzzle_store::Result<()> {
+        let s = &self.0;
+        if s.local_packs.contains(digest) {
+            s.counters.local_hits.fetch_add(1, Ordering::Relaxed);
+            return s.local.read_at(digest, offset, buf);
+        }
+        let key = (*digest, offset);
+        match s.frames.0.get(&key) {
+            Some(f) if f.clen as usize == buf.len() => {}
+            // Not a frame of the image (a whole blob): straight through.
+            _ => return s.remote.read_at(digest, offset, buf),
+        }
+        if self.read_kept(&key, buf) {
+            return Ok(());
+        }
+        s.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let slot = self.start(digest, &[offset]).remove(0);
+        s.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = slot.wait(Instant::now() + s.deadline);
+        s.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Some(Ok(bytes)) => {
+                buf.copy_from_slice(&bytes);
+                Ok(())
+            }
+            Some(Err(why)) => {
+                s.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(self.err(digest, io::ErrorKind::Other, why))
+            }
+            None => {
+                s.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(self.err(
+                    digest,
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from the registry within {} s (--timeout) for the frame at {offset}",
+                        s.deadline.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn want(&self, digest: &BlobDigest, ranges: &[(u64, u64)]) {
+        if self.0.local_packs.contains(digest) {
+            return;
+        }
+        let offsets: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+        self.fetch_ahead(digest, &offsets);
+    }
+}
