@@ -3,6 +3,7 @@
 //! (`STORE/mounts/PID.json`, rewritten every second while mounted).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,15 @@ pub struct LazyArgs {
     /// e.g. 500M or 2G; the least recently used go first. Default: no limit.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_max: Option<u64>,
+    /// Fetch the rest of the image in the background, at low priority
+    /// (reads go first); once all of it is here, it is committed as an
+    /// ordinary local image (named by --tag) that works offline.
+    #[arg(long)]
+    pub fill: bool,
+    /// With --fill: the local image's name [default: the repository's last
+    /// component and the tag, e.g. django:5.0.8].
+    #[arg(long, value_name = "NAME", requires = "fill", value_parser = crate::build::parse_tag)]
+    pub tag: Option<String>,
 }
 
 impl LazyArgs {
@@ -42,6 +52,12 @@ impl LazyArgs {
         a.extend(["--timeout".into(), self.timeout.to_string().into()]);
         if let Some(c) = self.cache_max {
             a.extend(["--cache-max".into(), c.to_string().into()]);
+        }
+        if self.fill {
+            a.push("--fill".into());
+        }
+        if let Some(t) = &self.tag {
+            a.extend(["--tag".into(), t.into()]);
         }
         (a, creds)
     }
@@ -84,6 +100,7 @@ pub struct Lazy {
 pub struct State {
     blobs: LazyBlobs,
     remote: Arc<RegistryBlobs>,
+    manifest: Vec<u8>,
     manifest_bytes: u64,
     needed: Vec<FrameKey>,
     opened: LazyOpened,
@@ -153,6 +170,12 @@ pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
         cache_max: args.cache_max,
     };
     let l = lazy::open(&store, remote.clone(), &manifest, &reference, &opts)?;
+    if args.fill && !l.opened.keeping {
+        anyhow::bail!(
+            "store {} is read-only here: --fill stores the image; mount without it, or use a store you can write",
+            store.root().display()
+        );
+    }
     if !l.opened.keeping {
         eprintln!(
             "puzzle: warning: store {} is read-only here: fetched frames are not kept, \
@@ -169,6 +192,7 @@ pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
         blobs: l.blobs.clone(),
         remote,
         manifest_bytes: manifest.len() as u64,
+        manifest,
         needed: l.needed,
         opened: l.opened,
         stats_path,
@@ -251,6 +275,95 @@ impl State {
     }
 }
 
+/// The name `--fill` gives the image without `--tag`: the repository's
+/// last component and the tag (or the digest's first 12 digits).
+pub fn default_tag(reference: &str) -> Option<String> {
+    let last = reference.rsplit('/').next()?;
+    let name = match last.split_once('@') {
+        Some((repo, digest)) => {
+            let hex = digest.split_once(':').map_or(digest, |d| d.1);
+            format!("{repo}:{}", hex.get(..12)?)
+        }
+        None if last.contains(':') => last.to_string(),
+        None => format!("{last}:latest"),
+    };
+    crate::build::parse_tag(&name).ok()
+}
+
+impl State {
+    /// Fetches every frame the image still needs, a batch at a time and
+    /// only while no read waits for the registry, then commits the image
+    /// as an ordinary local one named `tag` (a pull that finds every frame
+    /// kept). Returns the line to log.
+    pub fn fill(&self, root: &Path, tag: &str, stop: &Arc<AtomicBool>) -> Result<String> {
+        let started = Instant::now();
+        let todo: Vec<FrameKey> = self
+            .needed
+            .iter()
+            .filter(|k| !self.blobs.is_local(k))
+            .copied()
+            .collect();
+        let mut i = 0;
+        while i < todo.len() {
+            // A batch: frames of one pack, up to REQUEST_CAP bytes.
+            let pack = todo[i].0;
+            let mut j = i;
+            let mut bytes = 0u64;
+            while j < todo.len()
+                && todo[j].0 == pack
+                && (j == i || bytes + self.blobs.frame_len(&todo[j]) <= pull::REQUEST_CAP)
+            {
+                bytes += self.blobs.frame_len(&todo[j]);
+                j += 1;
+            }
+            let offsets: Vec<u64> = todo[i..j].iter().map(|k| k.1).collect();
+            let mut attempt = 0;
+            loop {
+                while self.blobs.waiting() > 0 && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    anyhow::bail!("stopped: unmounted before the image was complete");
+                }
+                self.blobs.fetch_ahead(&pack, &offsets);
+                if offsets.iter().all(|&o| self.blobs.wait_for(&(pack, o))) {
+                    break;
+                }
+                attempt += 1;
+                if attempt == 5 {
+                    anyhow::bail!(
+                        "frames of pack {pack} could not be fetched 5 times (see the lines above); \
+                         remount with --fill to try again"
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(1 << attempt));
+            }
+            i = j;
+        }
+        let store = Store::open(root)?;
+        let _lock = crate::lock_store(&store, Some(stop), false, false)?;
+        let index = crate::lifecycle::open_index(&store, &crate::output::Progress::new(true))?;
+        let from = pull::Remote {
+            blobs: self.remote.as_ref(),
+            manifest: &self.manifest,
+            origin: &self.opened.reference,
+        };
+        let opts = pull::PullOptions {
+            threads: 1,
+            cancel: stop.clone(),
+        };
+        let s = pull::pull(&store, &index, &from, tag, &opts, &pull::Quiet)?;
+        drop(index);
+        let _ = lazy::prune(&store, false);
+        Ok(format!(
+            "filled: {tag} is a local image now (manifest {}), {} frames fetched in the background in {:.1} s",
+            s.manifest,
+            todo.len(),
+            started.elapsed().as_secs_f64()
+        ))
+    }
+}
+
 /// The stats of the lazy mount served by `pid` from the store at `root`.
 pub fn read_stats(root: &Path, pid: u32) -> Option<MountStats> {
     let p = root.join("mounts").join(format!("{pid}.json"));
@@ -274,5 +387,19 @@ mod tests {
         assert!(parse_size("5X").is_err());
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("1e30T").is_err());
+    }
+
+    #[test]
+    fn fill_names_the_image_after_the_repository_and_tag() {
+        assert_eq!(
+            default_tag("127.0.0.1:5000/lib/django:5.0.8").as_deref(),
+            Some("django:5.0.8")
+        );
+        assert_eq!(
+            default_tag("docker.io/library/python").as_deref(),
+            Some("python:latest")
+        );
+        let d = format!("h:1/app@sha256:{}", "ab".repeat(32));
+        assert_eq!(default_tag(&d).as_deref(), Some("app:abababababab"));
     }
 }

@@ -215,6 +215,11 @@ struct GcSummary {
     dead_bytes_kept: u64,
     tmp_files_removed: u64,
     tmp_bytes_removed: u64,
+    /// Files of `lazy/` removed (frames of packs the store now holds whole),
+    /// their bytes, and the bytes of frames that stay.
+    lazy_files_removed: u64,
+    lazy_bytes_removed: u64,
+    lazy_bytes_kept: u64,
     images_rewritten: usize,
     layer_records_removed: usize,
     duplicate_chunks_removed: u64,
@@ -267,6 +272,12 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         },
     };
     let r = gc::gc(&store, &index, &opts).context("gc")?;
+    // Frames lazy mounts kept of packs now stored whole are copies.
+    let lazy = match read_only {
+        true => puzzle_oci::lazy::prune(&store, true),
+        false => puzzle_oci::lazy::prune(&store, args.dry_run),
+    }
+    .with_context(|| format!("pruning {}", store.root().join("lazy").display()))?;
     drop(spinner);
     let s = GcSummary {
         dry_run: args.dry_run,
@@ -287,7 +298,10 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         images_rewritten: r.images_rewritten,
         layer_records_removed: r.layer_records_removed,
         duplicate_chunks_removed: r.duplicate_chunks_removed,
-        freed_bytes: r.freed() + tmp.bytes as i64,
+        lazy_files_removed: lazy.files_removed,
+        lazy_bytes_removed: lazy.bytes_removed,
+        lazy_bytes_kept: lazy.bytes_kept,
+        freed_bytes: r.freed() + tmp.bytes as i64 + lazy.bytes_removed as i64,
         seconds: started.elapsed().as_secs_f64(),
     };
     if args.json {
@@ -301,7 +315,7 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
     eprintln!(
         "gc {verb} {} ({} blob(s) {freed}, {} of them packs; {} of temp files {freed}; \
          chunks no image needs: {} {freed}, {} ({}) kept in packs at or above --repack-below {}; \
-         duplicate copies of chunks: {} {freed}); \
+         duplicate copies of chunks: {} {freed}; frames lazy mounts kept: {} {freed}, {} kept); \
          {} sparse pack(s) repacked into {} ({} chunks moved, {} image(s) rewritten); \
          {} image(s), {} pinned, in {:.2}s",
         output::bytes(s.freed_bytes.max(0) as u64),
@@ -313,6 +327,8 @@ pub fn gc(root: &Path, args: &GcArgs, progress: &Progress) -> Result<u8> {
         output::bytes(r.dead_bytes_kept),
         args.repack_below,
         r.duplicate_chunks_removed,
+        output::bytes(lazy.bytes_removed),
+        output::bytes(lazy.bytes_kept),
         r.packs_repacked,
         r.packs_written,
         r.chunks_moved,

@@ -266,18 +266,47 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         .with_context(|| format!("mounting {} on {}", args.name, dir.display()))?;
     sink.line(&format!("mounted {} at {}", args.name, dir.display()));
     if daemon_child {
+        let file = match &args.log {
+            Some(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening log {}", p.display()))?,
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .context("opening /dev/null")?,
+        };
+        // The parent stops reading our stderr now: anything written there
+        // later (a warning from deep inside) goes to the log instead of
+        // failing on a closed pipe.
+        let _ = rustix::stdio::dup2_stderr(&file);
         let out: Box<dyn Write + Send> = match &args.log {
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("opening log {}", p.display()))?,
-            ),
+            Some(_) => Box::new(file),
             None => Box::new(std::io::sink()),
         };
         sink.set(out);
     }
+    let filling = match (&lazy_state, args.lazy.fill) {
+        (Some(st), true) => {
+            let reference = args.name.trim_start_matches("docker://");
+            let tag = match &args.lazy.tag {
+                Some(t) => t.clone(),
+                None => crate::lazy::default_tag(reference).with_context(|| {
+                    format!("{reference}: no image name to fill into; give --tag NAME")
+                })?,
+            };
+            let (st, stop, root, sink) =
+                (st.clone(), stop.clone(), root.to_path_buf(), sink.clone());
+            Some(std::thread::spawn(move || {
+                match st.fill(&root, &tag, &stop) {
+                    Ok(line) => sink.line(&line),
+                    Err(e) => sink.line(&format!("puzzle: --fill of {tag} failed: {e:#}")),
+                }
+            }))
+        }
+        _ => None,
+    };
     let mut last_stats = Instant::now() - Duration::from_secs(2);
     while !stop.load(Ordering::Relaxed) && mounted.is_alive() {
         if let Some(st) = &lazy_state {
@@ -290,6 +319,11 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     }
     if let Some(st) = &lazy_state {
         st.remove_stats();
+    }
+    if let Some(f) = filling {
+        // An unfinished fill stops and commits nothing.
+        stop.store(true, Ordering::Relaxed);
+        let _ = f.join();
     }
     let external = !mounted.is_alive();
     mounted

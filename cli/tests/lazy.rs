@@ -130,6 +130,24 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
     assert_eq!(again["misses"], 0, "{again}");
     assert!(again["kept_hits"].as_u64().unwrap() > 0, "{again}");
     m.umount();
+
+    // A pull reads the kept frames instead of fetching them again.
+    let packs: u64 = std::fs::read_dir(src.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let r = ok(puzzle(&lazy).args(["pull", &r, "--tag", "d8", "--json"]));
+    let line: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let pulled = line["data"]["bytes_transferred"].as_u64().unwrap();
+    let frames = s["bytes_received"].as_u64().unwrap();
+    eprintln!(
+        "pull after the lazy mount: {pulled} bytes; the mount fetched {frames}; blobs {packs}"
+    );
+    assert!(
+        pulled + frames < packs + (2 << 20),
+        "{pulled} + {frames} vs {packs}"
+    );
+    ok(puzzle(&lazy).arg("verify"));
 }
 
 /// A store holding django 5.0.7 mounts 5.0.8 lazily: chunks the store has
@@ -231,4 +249,61 @@ fn a_corrupted_frame_is_eio_not_kept_and_fetched_again() {
     );
     m.umount();
     ok(puzzle(&lazy).arg("verify"));
+}
+
+/// Issue 14: `--fill` fetches the rest in the background and commits an
+/// ordinary local image, which then mounts and extracts with the registry
+/// gone; gc then drops the kept frames the image's packs made copies of.
+#[test]
+fn fill_makes_an_ordinary_local_image_that_works_offline() {
+    let Some((corpus, mut reg)) = setup() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, lazy) = (t.join("src"), t.join("lazy"));
+    let r = publish(&reg, &corpus, &src, "python3", "lib/py:3.11");
+    let log = t.join("mount.log");
+    let mut m = Mount::new(
+        &lazy,
+        &r,
+        &t.join("mnt"),
+        &["--fill", "--log", log.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !images(&lazy).iter().any(|i| i.name == "py:3.11") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("filled: py:3.11 is a local image now"),
+        "{text}"
+    );
+    m.umount();
+    reg.stop();
+    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    extract(&lazy, "py:3.11", &t.join("out"));
+    assert_same_tree(&rootfs, &t.join("out"));
+    ok(puzzle(&lazy).arg("verify"));
+    // The packs were adopted whole: the kept frames are copies, gc drops them.
+    let kept = || std::fs::read_dir(lazy.join("lazy")).map_or(0, |d| d.count());
+    ok(puzzle(&lazy).arg("gc"));
+    assert_eq!(kept(), 0);
+}
+
+/// `puzzle mount --fill` on a store it cannot write, and a bad --cache-max,
+/// are one-line refusals.
+#[test]
+fn lazy_mount_arguments_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(puzzle(tmp.path()).args(["mount", "x", "/nonexistent", "--cache-max", "5X"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
+    let r = run(puzzle(tmp.path()).args(["mount", "x", "/nonexistent", "--tag", "a:b"]));
+    assert_eq!(r.code, 2, "--tag needs --fill: {}", r.stderr);
 }

@@ -13,6 +13,7 @@
 
 pub mod blobs;
 pub mod kept;
+pub mod reader;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use serde::Serialize;
 
 pub use blobs::{FrameTable, LazyBlobs, LazyParts, LazyStats};
 pub use kept::{FrameKey, Kept};
+pub use reader::KeptFirst;
 
 use crate::error::Result;
 use crate::pull::{check_manifest, fetch_blob, Quiet};
@@ -123,6 +125,47 @@ fn local_chunks(
         pins.push(pin);
     }
     Ok((map, pins))
+}
+
+/// What [`prune`] did with `lazy/`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Pruned {
+    /// Kept files of packs the store now holds whole (a pull or `--fill`
+    /// adopted them), removed.
+    pub files_removed: u64,
+    pub bytes_removed: u64,
+    /// What stays: frames of packs the store does not hold.
+    pub files_kept: u64,
+    pub bytes_kept: u64,
+}
+
+/// Removes the kept frames of packs the store holds whole (unless
+/// `dry_run`), for gc.
+pub fn prune(store: &Store, dry_run: bool) -> std::io::Result<Pruned> {
+    let dir = store.root().join("lazy");
+    let mut r = Pruned::default();
+    for (pack, bytes, _) in kept::list(&dir)? {
+        if store.has_blob(&pack) {
+            if !dry_run {
+                std::fs::remove_file(kept::path(&dir, &pack))?;
+            }
+            r.files_removed += 1;
+            r.bytes_removed += bytes;
+        } else {
+            r.files_kept += 1;
+            r.bytes_kept += bytes;
+        }
+    }
+    Ok(r)
+}
+
+/// The frames lazy mounts kept in `store`, if it holds any of `packs`.
+pub fn kept_of<'a>(store: &Store, mut packs: impl Iterator<Item = &'a BlobDigest>) -> Option<Kept> {
+    let dir = store.root().join("lazy");
+    if !packs.any(|p| kept::path(&dir, p).exists()) {
+        return None;
+    }
+    Kept::open(dir, None).ok()
 }
 
 /// Opens the puzzle image `manifest_bytes` (from `origin`, blobs read

@@ -297,6 +297,23 @@ pub fn pull(
     }
     s.blobs = order.len();
 
+    // Frames a lazy mount kept are read from there (docs/FORMAT.md, "Lazy
+    // mounts"), checked like the others.
+    let kept = crate::lazy::kept_of(store, pack_sizes.keys());
+    let (frame_table, kept_first);
+    let remote: &dyn BlobRead = match &kept {
+        Some(k) => {
+            frame_table = crate::lazy::FrameTable::of(&meta)?;
+            kept_first = crate::lazy::KeptFirst {
+                kept: k,
+                frames: &frame_table,
+                remote,
+            };
+            &kept_first
+        }
+        None => remote,
+    };
+
     // The config, unless the store has it.
     let config_bytes = if store.has_blob(&manifest.config.digest) {
         None

@@ -240,6 +240,11 @@ impl LazyBlobs {
         (n, bytes, kept_n, kept_bytes)
     }
 
+    /// The compressed length of the frame at `key` (0 if unknown).
+    pub fn frame_len(&self, key: &FrameKey) -> u64 {
+        self.0.frames.0.get(key).map_or(0, |f| u64::from(f.clen))
+    }
+
     /// Whether the frame at `key` is local (a store pack or kept).
     pub fn is_local(&self, key: &FrameKey) -> bool {
         let s = &self.0;
@@ -429,8 +434,21 @@ impl BlobRead for LazyBlobs {
         let key = (*digest, offset);
         match s.frames.0.get(&key) {
             Some(f) if f.clen as usize == buf.len() => {}
-            // Not a frame of the image (a whole blob): straight through.
-            _ => return s.remote.read_at(digest, offset, buf),
+            // Not a frame of the image (a whole pack, for a pull): what is
+            // kept, and the rest from the remote.
+            _ => {
+                return match &s.kept {
+                    Some(k) => super::reader::read_span(
+                        k,
+                        &s.frames,
+                        s.remote.as_ref(),
+                        digest,
+                        offset,
+                        buf,
+                    ),
+                    None => s.remote.read_at(digest, offset, buf),
+                }
+            }
         }
         if self.read_kept(&key, buf) {
             return Ok(());

@@ -143,6 +143,15 @@ impl Kept {
         matches!((data, hole), (Ok(d), Ok(h)) if d == off && h >= off + len)
     }
 
+    /// Reads `buf.len()` bytes of `pack` at `off`, whether kept or not
+    /// (holes read as zeros).
+    pub fn read_raw(&self, pack: &BlobDigest, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = self
+            .file(pack, None)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        f.read_exact_at(buf, off)
+    }
+
     /// Reads `buf.len()` bytes of `pack` at `off`; false if nothing is kept
     /// there.
     pub fn read(&self, pack: &BlobDigest, off: u64, buf: &mut [u8]) -> io::Result<bool> {
