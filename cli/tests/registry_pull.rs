@@ -387,7 +387,7 @@ fn chunks_lacking(from: &Path, tag: &str, lacking: &Path) -> (u64, u64, u64) {
 /// from one and pulled into the other. With the default frames (1 MiB)
 /// only frames come (nothing adopted), exactly those holding the chunks
 /// the store lacks, and less than half the gzip layers `skopeo copy` would
-/// move; but whole frames around a few chunks are about 3x those chunks
+/// move; but whole frames around a few chunks are 2.7x those chunks
 /// compressed alone. From a store made with `--frame-target 262144`, the
 /// pull moves at most 2x the lacking chunks compressed alone (the issue's
 /// bound). Figures: benches/RESULTS.md, "Frame target".
