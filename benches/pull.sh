@@ -21,7 +21,8 @@
 #
 # Env: PUZZLE_BIN (default target/release/puzzle, else target/debug/puzzle),
 # PUZZLE_CORPUS (default corpora/out/full), SERIES ("django numpy"),
-# RUNS (3: build comparison runs), WORK (/tmp/puzzle-pull-bench).
+# RUNS (3: build comparison runs), WORK (/tmp/puzzle-pull-bench),
+# FRAME_TARGET (bytes: the build stores are made with --frame-target).
 # Needs root, ip, docker-registry, skopeo, jq, bc and the full corpus.
 set -euo pipefail
 
@@ -52,15 +53,17 @@ nsreg_up ppull "$WORK"
 p() { "$bin" --no-progress "$@"; }
 now() { date +%s.%N; }
 flags=(--tls-verify=false)
+ft=()
+[ -z "${FRAME_TARGET:-}" ] || ft=(--frame-target "$FRAME_TARGET")
 
 # Fill the registry: plain images, and the puzzle images of both cases.
 for s in $SERIES; do
   for t in $(tags_of "$s"); do
     skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$corpus:$t" "docker://$reg/plain/$s:$t"
-    p --store "$fs/kept-$s" build "oci:$corpus:$t" --tag "$t" >/dev/null 2>&1
+    p --store "$fs/kept-$s" build "oci:$corpus:$t" --tag "$t" "${ft[@]}" >/dev/null 2>&1
     p --store "$fs/kept-$s" push "$t" "docker://$reg/kept/$s:$t" "${flags[@]}" >/dev/null 2>&1
     rm -rf "$fs/fresh-build"
-    p --store "$fs/fresh-build" build "oci:$corpus:$t" --tag "$t" >/dev/null 2>&1
+    p --store "$fs/fresh-build" build "oci:$corpus:$t" --tag "$t" "${ft[@]}" >/dev/null 2>&1
     p --store "$fs/fresh-build" push "$t" "docker://$reg/fresh/$s:$t" "${flags[@]}" >/dev/null 2>&1
   done
 done
@@ -79,7 +82,7 @@ step() { # TOOL(skopeo|kept|fresh) SERIES TAG
   echo "$(echo "$(now) - $t0" | bc -l) $(($(nsreg_rx) - b0))"
 }
 
-echo "binary $bin; registry $reg in namespace $nsreg_ns (veth, unshaped)"
+echo "binary $bin; registry $reg in namespace $nsreg_ns (veth, unshaped); frame target ${FRAME_TARGET:-of the default}"
 echo
 echo "| series | step | skopeo MB | kept MB | fresh MB | kept / skopeo | fresh / skopeo | skopeo s | kept s | fresh s |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -62,6 +62,12 @@ pub struct StoreSettings {
     /// zstd level for chunk frames, for a new store [default: 3].
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
     zstd_level: Option<i32>,
+    /// Raw bytes of consecutive chunks one zstd frame collects, for a new
+    /// store [default: 1048576]. Smaller frames make a pull from a store
+    /// with other packs fetch less around the chunks it lacks, and the
+    /// store larger (benches/RESULTS.md, "Frame target").
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(4096..=i64::from(puzzle_store::pack::MAX_FRAME_RAW)))]
+    frame_target: Option<u32>,
 }
 
 impl StoreSettings {
@@ -86,10 +92,11 @@ impl StoreSettings {
         .map_err(|e| UsageError(format!("invalid chunk sizes: {e}")))?;
         let level = self.zstd_level.unwrap_or(level);
         let Some(store) = existing else {
-            return Ok(Store::open_or_create(
-                root,
-                &StoreConfig::new(params, level),
-            )?);
+            let mut config = StoreConfig::new(params, level);
+            if let Some(target) = self.frame_target {
+                config.compression.frame_target = target;
+            }
+            return Ok(Store::open_or_create(root, &config)?);
         };
         let differ: Vec<String> = [
             (
@@ -111,6 +118,11 @@ impl StoreSettings {
                 "--zstd-level",
                 self.zstd_level.map(i64::from),
                 i64::from(base.compression.level),
+            ),
+            (
+                "--frame-target",
+                self.frame_target.map(i64::from),
+                i64::from(base.compression.frame_target),
             ),
         ]
         .into_iter()

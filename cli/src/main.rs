@@ -119,7 +119,7 @@ struct InitArgs {
     /// The store directory [default: the store, see --store].
     dir: Option<PathBuf>,
     /// Restore the puzzle.json of a store that lost it, from the settings its manifests record.
-    #[arg(long, conflicts_with_all = ["chunk_min", "chunk_avg", "chunk_max", "zstd_level"])]
+    #[arg(long, conflicts_with_all = ["chunk_min", "chunk_avg", "chunk_max", "zstd_level", "frame_target"])]
     recover: bool,
     #[command(flatten)]
     settings: build::StoreSettings,

@@ -141,18 +141,37 @@ fn non_empty_directory_or_file_is_not_made_a_store() {
     std::fs::create_dir_all(empty.join("lost+found")).unwrap();
     build(&empty, &src, "x");
     let fresh = t.join("fresh");
-    let r = ok(puzzle(&fresh).args(["init", "--chunk-avg", "16384", "--chunk-min", "4096"]));
+    let r = ok(puzzle(&fresh).args([
+        "init",
+        "--chunk-avg",
+        "16384",
+        "--chunk-min",
+        "4096",
+        "--frame-target",
+        "262144",
+    ]));
     assert!(r.stderr.contains("16384"), "{}", r.stderr);
+    assert!(r.stderr.contains("frames 262144"), "{}", r.stderr);
     // The store keeps its settings: a build without them uses them; other
     // settings given explicitly are refused.
     build(&fresh, &src, "x");
-    let r = run(puzzle(&fresh).args(["build", &src, "--tag", "y", "--zstd-level", "9"]));
+    let r = run(puzzle(&fresh).args([
+        "build",
+        &src,
+        "--tag",
+        "y",
+        "--zstd-level",
+        "9",
+        "--frame-target",
+        "1048576",
+    ]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(
         r.stderr.trim_end(),
         format!(
             "puzzle: error: store {} was created with other settings: --zstd-level 9 (the store \
-             has 3); leave these options out to use the store's own",
+             has 3), --frame-target 1048576 (the store has 262144); leave these options out to \
+             use the store's own",
             fresh.display()
         )
     );
@@ -161,7 +180,14 @@ fn non_empty_directory_or_file_is_not_made_a_store() {
         &fresh,
         &src,
         "z",
-        &["--chunk-avg", "16384", "--zstd-level", "3"],
+        &[
+            "--chunk-avg",
+            "16384",
+            "--zstd-level",
+            "3",
+            "--frame-target",
+            "262144",
+        ],
     );
 }
 
@@ -181,6 +207,8 @@ fn lost_puzzle_json_keeps_every_tag_and_is_recovered() {
         "4096",
         "--zstd-level",
         "7",
+        "--frame-target",
+        "131072",
     ]));
     build(&store, &a, "a:1");
     build(&store, &b, "b:1");
