@@ -115,11 +115,33 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
         s["frames_fetched"],
         fetched as f64 * 100.0 / gzip as f64
     );
-    // The issue asks for a fifth; frames of 1 MiB raw (the default) give
-    // 28 % here, 512 KiB frames 22 %, 256 KiB ones 18 % (docs/FORMAT.md,
-    // "Lazy mounts"). Held at a third until the frame question is settled.
+    // Frames of 1 MiB raw (the default) hold many files a start does not
+    // read: 28 % of the gzip image here (measured), the issue's fifth from
+    // a store of 256 KiB frames (below).
     assert!(fetched * 3 < gzip, "{fetched} of {gzip}: {s}");
     assert!(s["misses"].as_u64().unwrap() > 0);
+    m.umount();
+
+    // Pushed from a store of 256 KiB frames (--frame-target 262144), the
+    // same import fetches less than a fifth of the gzip image.
+    let small = t.join("small");
+    build_with(
+        &small,
+        &format!("oci:{}:django-5.0.8", corpus.display()),
+        "d8",
+        &["--frame-target", "262144"],
+    );
+    let r256 = format!("docker://127.0.0.1:{}/lib/django:8-256k", reg.port);
+    ok(puzzle(&small).args(["push", "d8", &r256]));
+    let mut m = Mount::new(&t.join("lazy256"), &r256, &t.join("mnt"), &[]);
+    assert!(import(&m.dir).contains("(5, 0, 8"));
+    let s256 = settled_stats(&t.join("lazy256"), &m.dir);
+    let fetched256 = s256["bytes_received"].as_u64().unwrap();
+    eprintln!(
+        "with 256 KiB frames: {fetched256} bytes ({:.1} % of the gzip image)",
+        fetched256 as f64 * 100.0 / gzip as f64
+    );
+    assert!(fetched256 * 5 < gzip, "{fetched256} of {gzip}: {s256}");
     m.umount();
 
     // Remounted: the frames are kept in the store, nothing is fetched.
@@ -215,6 +237,61 @@ fn a_registry_gone_mid_mount_gives_eio_in_time_and_reads_return_with_it() {
     let py = read(&later).expect("the registry is back");
     let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
     assert_eq!(py, std::fs::read(rootfs.join("usr/bin/python3")).unwrap());
+    // Unmounting works with the registry gone.
+    reg.stop();
+    m.umount();
+}
+
+/// Issue 14: a long mount renews its Bearer tokens (they last 2 s here)
+/// and never sends an expired one; `--creds` reaches the daemon without
+/// showing in its command line.
+#[test]
+fn a_lazy_mount_renews_its_tokens_and_hides_its_password() {
+    use crate::regfault::TokenService;
+    let Some((corpus, reg)) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, lazy) = (t.join("src"), t.join("lazy"));
+    publish(&reg, &corpus, &src, "python3", "lib/py:1");
+    let proxy = FaultProxy::start(reg.port);
+    *proxy.faults.token.lock().unwrap() = Some(TokenService {
+        user_pass: Some(("lazy".into(), "S3cret-Pass".into())),
+        refresh_token: None,
+        expires_in: 2,
+        valid: Duration::from_secs(2),
+    });
+    let r = format!("docker://127.0.0.1:{}/lib/py:1", proxy.port);
+    let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &["--creds", "lazy:S3cret-Pass"]);
+    let pid = std::fs::read_dir(lazy.join("mounts"))
+        .unwrap()
+        .find_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("the stats file names the daemon");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("S3cret"));
+    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    for (i, f) in ["etc/os-release", "usr/bin/python3"].iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        assert_eq!(
+            read(&m.dir.join(f)).unwrap(),
+            std::fs::read(rootfs.join(f)).unwrap()
+        );
+    }
+    assert!(proxy.tokens_issued() >= 2, "{:#?}", proxy.seen());
+    assert_eq!(
+        proxy.stale_tokens.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an expired token was sent: {:#?}",
+        proxy.seen()
+    );
     m.umount();
 }
 
@@ -236,16 +313,29 @@ fn a_corrupted_frame_is_eio_not_kept_and_fetched_again() {
     *proxy.faults.flip_range_at.lock().unwrap() = Some((100, md));
     let r = format!("docker://127.0.0.1:{}/lib/py:1", proxy.port);
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
-    // A small file: its read fetches one frame, alone.
+    // A small file: its read fetches one frame, alone. The read that got
+    // the bad frame fails (EIO); the kernel may retry it at once, which
+    // fetches the frame again: wrong bytes are never what a reader sees.
+    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    let want = std::fs::read(rootfs.join("etc/os-release")).unwrap();
     let file = m.dir.join("etc/os-release");
-    let e = read(&file).expect_err("the first frame fetched is flipped");
-    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    match read(&file) {
+        Ok(got) => assert_eq!(got, want, "the retried read"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
     let s = settled_stats(&lazy, &m.dir);
     assert_eq!(s["bad_frames"], 1, "{s}");
-    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    assert_eq!(s["failures"], 1, "the read given the bad frame failed: {s}");
+    assert_eq!(read(&file).expect("fetched again"), want);
+    // Not kept: a new mount reads the frame back from lazy/ and it checks.
+    m.umount();
+    let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
+    assert_eq!(read(&m.dir.join("etc/os-release")).unwrap(), want);
+    let s = settled_stats(&lazy, &m.dir);
     assert_eq!(
-        read(&file).expect("fetched again"),
-        std::fs::read(rootfs.join("etc/os-release")).unwrap()
+        (s["kept_hits"].as_u64(), s["misses"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
     );
     m.umount();
     ok(puzzle(&lazy).arg("verify"));
