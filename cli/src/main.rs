@@ -8,6 +8,7 @@ mod html;
 mod lifecycle;
 mod mount;
 mod output;
+mod prefetch;
 mod pull;
 mod push;
 mod registry_args;
