@@ -19,6 +19,7 @@ mod export;
 mod heal;
 mod lifecycle;
 mod mount;
+mod prefetch;
 mod progress;
 mod regfault;
 mod registry;
