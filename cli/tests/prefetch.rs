@@ -195,3 +195,38 @@ fn push_prefetch_retags_and_a_pull_into_a_fresh_store_keeps_the_list() {
     assert_eq!(blob(&b, &digest), text.as_bytes());
     extract(&b, "base", &t.join("out"));
 }
+
+#[test]
+fn gc_rewriting_an_image_keeps_its_prefetch_list() {
+    let Some(corpus) = corpus() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    // 5.0.8 first: its packs hold the base both share, so once it is gone
+    // gc repacks them and gives 5.0.7 new metadata and a new manifest.
+    build(
+        &store,
+        &format!("oci:{}:django-5.0.8", corpus.display()),
+        "d8",
+    );
+    let list = t.join("list.txt");
+    let text = "puzzle-trace v1\n/usr/lib/os-release 0 100\n";
+    std::fs::write(&list, text).unwrap();
+    build_with(
+        &store,
+        &format!("oci:{}:django-5.0.7", corpus.display()),
+        "d7",
+        &["--prefetch", list.to_str().unwrap()],
+    );
+    let before = manifest(&store, "d7");
+    let digest = prefetch_layer(&before).expect("a prefetch layer");
+    ok(puzzle(&store).args(["rm", "d8"]));
+    let r = ok(puzzle(&store).args(["gc", "--repack-below", "1", "--json"]));
+    let g: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(g["data"]["images_rewritten"], 1, "{g}");
+    let after = manifest(&store, "d7");
+    assert_ne!(after["layers"][0], before["layers"][0], "new metadata");
+    assert_eq!(prefetch_layer(&after), Some(digest.clone()));
+    assert_eq!(blob(&store, &digest), text.as_bytes());
+    ok(puzzle(&store).arg("verify"));
+}
