@@ -2,7 +2,7 @@
 //! summary around the library's build ([`puzzle_oci::build`]).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -37,6 +37,11 @@ pub struct BuildArgs {
     settings: StoreSettings,
     #[command(flatten)]
     registry: RegistryArgs,
+    /// Store FILE, a trace written by `puzzle mount --trace`, with the image
+    /// as its prefetch list (what a lazy mount fetches first). Paths the
+    /// image lacks are skipped with a warning.
+    #[arg(long, value_name = "FILE")]
+    prefetch: Option<PathBuf>,
     /// Compression threads [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -238,6 +243,11 @@ fn convert(
     let src_ref: SourceRef = args.source.parse().map_err(|e| usage(&e))?;
     let what = format!("building {} from {}", args.tag, args.source);
 
+    let prefetch = args
+        .prefetch
+        .as_deref()
+        .map(crate::prefetch::read)
+        .transpose()?;
     let src = source::open_with(&src_ref, &platform, &args.registry.options())
         .with_context(|| what.clone())?;
     let store = args.settings.open_or_create(root)?;
@@ -264,6 +274,10 @@ fn convert(
         room.packs = Some(bytes);
     }
     let mut summary = built.with_context(|| what.clone())?;
+    if let Some(trace) = &prefetch {
+        let set = crate::prefetch::attach(&store, &args.tag, trace)?;
+        summary.manifest = set.manifest.digest.to_string();
+    }
     summary.source = args.source.clone();
     // Waiting for another writer is not building.
     summary.seconds = started

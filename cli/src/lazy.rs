@@ -3,7 +3,7 @@
 //! (`STORE/mounts/PID.json`, rewritten every second while mounted).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+/// Batches of the prefetch list in flight at once (the fetches of on-demand
+/// reads share the same limit of 8, so reads are never shut out).
+const PREFETCH_AHEAD: usize = 4;
+
 /// A lazily opened image, ready to mount.
 pub struct Lazy {
     pub image: MappedImage,
@@ -103,6 +107,9 @@ pub struct State {
     manifest: Vec<u8>,
     manifest_bytes: u64,
     needed: Vec<FrameKey>,
+    /// The prefetch list's frames, and how many of them are local now.
+    prefetch: Vec<FrameKey>,
+    prefetched: AtomicU64,
     opened: LazyOpened,
     stats_path: Option<PathBuf>,
     started: Instant,
@@ -131,6 +138,10 @@ pub struct MountStats {
     pub frames_local: u64,
     /// Share of the image's chunks local now (0 to 1), by frame bytes.
     pub local_share: f64,
+    /// Frames the image's prefetch list names (not local at mount time),
+    /// and how many of them the prefetch has made local so far.
+    pub prefetch_frames: u64,
+    pub prefetched: u64,
     pub seconds: f64,
 }
 
@@ -194,6 +205,8 @@ pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
         manifest_bytes: manifest.len() as u64,
         manifest,
         needed: l.needed,
+        prefetch: l.prefetch,
+        prefetched: AtomicU64::new(0),
         opened: l.opened,
         stats_path,
         started,
@@ -250,8 +263,76 @@ impl State {
                 let local_from_start = o.chunks_local as f64 / o.chunks.max(1) as f64;
                 local_from_start + (1.0 - local_from_start) * kbytes as f64 / bytes as f64
             },
+            prefetch_frames: self.prefetch.len() as u64,
+            prefetched: self.prefetched.load(Ordering::Relaxed),
             seconds: self.started.elapsed().as_secs_f64(),
         }
+    }
+
+    /// Whether the image has a prefetch list with frames to fetch.
+    pub fn has_prefetch(&self) -> bool {
+        !self.prefetch.is_empty()
+    }
+
+    /// Fetches the frames of the prefetch list in its order, alongside
+    /// on-demand reads: a batch is the list's next frames of one pack (at
+    /// most REQUEST_CAP bytes, one request when they are neighbours), and
+    /// at most [`PREFETCH_AHEAD`] batches are in flight. Returns the line
+    /// to log.
+    pub fn prefetch(&self, stop: &AtomicBool) -> String {
+        let started = Instant::now();
+        let list = &self.prefetch;
+        let mut batches: Vec<&[FrameKey]> = Vec::new();
+        let mut i = 0;
+        while i < list.len() {
+            let mut j = i;
+            let mut bytes = 0;
+            while j < list.len()
+                && list[j].0 == list[i].0
+                && (j == i || bytes + self.blobs.frame_len(&list[j]) <= pull::REQUEST_CAP)
+            {
+                bytes += self.blobs.frame_len(&list[j]);
+                j += 1;
+            }
+            batches.push(&list[i..j]);
+            i = j;
+        }
+        let mut failed = 0u64;
+        let mut wait = |batch: &[FrameKey]| {
+            for k in batch {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if self.blobs.wait_for(k) {
+                    self.prefetched.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed += 1;
+                }
+            }
+        };
+        for (n, batch) in batches.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return "prefetch stopped: unmounted".into();
+            }
+            let offsets: Vec<u64> = batch.iter().map(|k| k.1).collect();
+            self.blobs.fetch_ahead(&batch[0].0, &offsets);
+            if n >= PREFETCH_AHEAD {
+                wait(batches[n - PREFETCH_AHEAD]);
+            }
+        }
+        for batch in &batches[batches.len().saturating_sub(PREFETCH_AHEAD)..] {
+            wait(batch);
+        }
+        let mut line = format!(
+            "prefetched {} of {} frames of the prefetch list in {:.2} s",
+            self.prefetched.load(Ordering::Relaxed),
+            list.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if failed > 0 {
+            line += &format!(" ({failed} failed: they are fetched when read)");
+        }
+        line
     }
 
     /// Rewrites the stats file (best effort: a full disk must not stop the

@@ -9,6 +9,7 @@ mod lazy;
 mod lifecycle;
 mod mount;
 mod output;
+mod prefetch;
 mod pull;
 mod push;
 mod registry_args;

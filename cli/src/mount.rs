@@ -40,6 +40,12 @@ pub struct MountArgs {
     /// With --daemon: where the daemon writes its log (read errors, corrupt chunks).
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// Record which files and byte ranges are read, in first-access order,
+    /// into FILE (written when the mount ends: unmount, `puzzle umount`,
+    /// SIGINT or SIGTERM; format in docs/FORMAT.md, "Traces and prefetch lists"); for
+    /// `build|push --prefetch`.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Size of the decompressed-chunk cache, in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     cache_mb: usize,
@@ -224,7 +230,7 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
 
     let cache = Arc::new(ChunkCache::new(args.cache_mb.max(1) << 20));
     let mut lazy_state = None;
-    let fs = if let Some(reference) = args.name.strip_prefix("docker://") {
+    let mut fs = if let Some(reference) = args.name.strip_prefix("docker://") {
         let mut largs = args.lazy.clone();
         if daemon_child {
             // The parent sends --creds on stdin, never in the command line.
@@ -249,6 +255,19 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         crate::warn_unpinned(&store, &args.name, &img.pin);
         ImageFs::new(img, Arc::new(store.blob_reader()), cache, log)
             .with_context(|| format!("opening image {}", args.name))?
+    };
+    let trace = match &args.trace {
+        Some(path) => {
+            // Created now so that a path that cannot be written fails before mounting.
+            std::fs::File::create(path).with_context(|| {
+                format!(
+                    "creating trace file {} (check the directory exists and is writable)",
+                    path.display()
+                )
+            })?;
+            Some((path.clone(), fs.trace()))
+        }
+        None => None,
     };
     let opts = MountOptions {
         threads: args.threads.max(1),
@@ -287,6 +306,13 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         };
         sink.set(out);
     }
+    let prefetching = match &lazy_state {
+        Some(st) if st.has_prefetch() => {
+            let (st, stop, sink) = (st.clone(), stop.clone(), sink.clone());
+            Some(std::thread::spawn(move || sink.line(&st.prefetch(&stop))))
+        }
+        _ => None,
+    };
     let filling = match (&lazy_state, args.lazy.fill) {
         (Some(st), true) => {
             let reference = args.name.trim_start_matches("docker://");
@@ -320,19 +346,45 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
     if let Some(st) = &lazy_state {
         st.remove_stats();
     }
+    // Background work stops: the prefetch is dropped; an unfinished fill
+    // commits nothing (a commit under way gets a few seconds to finish:
+    // what it leaves in tmp/ is cleared by the next writer).
+    stop.store(true, Ordering::Relaxed);
+    drop(prefetching);
     if let Some(f) = filling {
-        // An unfinished fill stops and commits nothing.
-        stop.store(true, Ordering::Relaxed);
-        let _ = f.join();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !f.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let external = !mounted.is_alive();
-    mounted
+    let unmounted = mounted
         .unmount()
-        .with_context(|| format!("unmounting {}", dir.display()))?;
+        .with_context(|| format!("unmounting {}", dir.display()));
+    // Written whether or not unmounting went well: the reads happened.
+    if let Some((path, trace)) = trace {
+        let written = write_trace(&path, &trace);
+        if let Err(e) = &written {
+            sink.line(&format!("puzzle: {e:#}"));
+        }
+        unmounted?;
+        written?;
+    } else {
+        unmounted?;
+    }
     if !external {
         sink.line(&format!("unmounted {}", dir.display()));
     }
     Ok(exit::OK)
+}
+
+/// Writes the recorded reads to `path` (see [`puzzle_store::prefetch::encode`]).
+fn write_trace(path: &Path, trace: &puzzle_fuse::Trace) -> Result<()> {
+    let entries = trace
+        .entries()
+        .with_context(|| format!("writing trace file {}", path.display()))?;
+    let bytes = puzzle_store::prefetch::encode(&entries);
+    std::fs::write(path, bytes).with_context(|| format!("writing trace file {}", path.display()))
 }
 
 fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
@@ -350,6 +402,9 @@ fn spawn_daemon(root: &Path, args: &MountArgs, dir: &Path) -> Result<u8> {
         .arg(args.threads.to_string());
     if let Some(l) = &args.log {
         cmd.arg("--log").arg(absolute(l, "log file")?);
+    }
+    if let Some(t) = &args.trace {
+        cmd.arg("--trace").arg(absolute(t, "trace file")?);
     }
     if args.allow_other {
         cmd.arg("--allow-other");

@@ -22,6 +22,11 @@ pub struct PushArgs {
     /// Where to: docker://[HOST[:PORT]/]REPO[:TAG|@DIGEST] (HTTPS, but plain
     /// HTTP for localhost/127.0.0.1; credentials as the flags below say).
     destination: String,
+    /// First store FILE, a trace written by `puzzle mount --trace`, with the
+    /// image as its prefetch list: the image gets a new manifest (NAME is
+    /// retagged to it), and that is what is pushed.
+    #[arg(long, value_name = "FILE")]
+    prefetch: Option<std::path::PathBuf>,
     /// Print the summary as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -42,6 +47,16 @@ pub fn run(root: &Path, args: &PushArgs, progress: &Progress) -> Result<u8> {
     push::check_destination(dest).map_err(|e| UsageError(e.to_string()))?;
     let interrupted = crate::interrupt_flag()?;
     let store = Store::open(root)?;
+    if let Some(path) = &args.prefetch {
+        let trace = crate::prefetch::read(path)?;
+        let lock = crate::lock_store(&store, Some(&interrupted), false, false)?;
+        let set = crate::prefetch::attach(&store, &args.name, &trace)?;
+        drop(lock);
+        eprintln!(
+            "stored the prefetch list ({} ranges) with {}: its manifest is now {}",
+            set.entries, args.name, set.manifest.digest
+        );
+    }
     // Pinned for the whole push: a concurrent gc keeps every blob it sends.
     let (img, pin) = image::open_pinned(&store, &args.name)
         .with_context(|| format!("opening image {}", args.name))?;

@@ -262,17 +262,13 @@ fn a_lazy_mount_renews_its_tokens_and_hides_its_password() {
     });
     let r = format!("docker://127.0.0.1:{}/lib/py:1", proxy.port);
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &["--creds", "lazy:S3cret-Pass"]);
-    let pid = std::fs::read_dir(lazy.join("mounts"))
-        .unwrap()
-        .find_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()?
-                .strip_suffix(".json")?
-                .parse::<u32>()
-                .ok()
-        })
-        .expect("the stats file names the daemon");
+    let out = ok(puzzle(&lazy).args(["mounts", "--json"])).stdout;
+    let pid = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["data"]["dir"] == m.dir.to_str().unwrap())
+        .and_then(|l| l["data"]["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no daemon pid for the mount in {out}"));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("S3cret"));
     let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
@@ -396,4 +392,76 @@ fn lazy_mount_arguments_are_checked() {
     assert!(r.stderr.contains("unknown unit"), "{}", r.stderr);
     let r = run(puzzle(tmp.path()).args(["mount", "x", "/nonexistent", "--tag", "a:b"]));
     assert_eq!(r.code, 2, "--tag needs --fill: {}", r.stderr);
+}
+
+/// Issue 14: a trace of `import django` recorded on a lazy mount, pushed
+/// as the image's prefetch list: a fresh lazy mount fetches the listed
+/// frames on its own, and the same import then waits for no fetch.
+#[test]
+fn a_prefetch_list_fetches_what_the_import_reads_before_it_asks() {
+    let Some((corpus, reg)) = setup() else { return };
+    if !have("chroot") {
+        assert!(!require_tools(), "needs chroot");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    let r = publish(&reg, &corpus, &src, "django-5.0.8", "lib/django:8");
+    let import = |dir: &Path| {
+        let out = Command::new("chroot")
+            .arg(dir)
+            .args(["python3", "-c", "import django; print(django.VERSION)"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let trace = t.join("import.trace");
+    let mut m = Mount::new(
+        &t.join("first"),
+        &r,
+        &t.join("mnt"),
+        &["--trace", trace.to_str().unwrap()],
+    );
+    import(&m.dir);
+    let cold = settled_stats(&t.join("first"), &m.dir);
+    m.umount();
+    let with = format!("docker://127.0.0.1:{}/lib/django:8-prefetch", reg.port);
+    ok(puzzle(&src)
+        .args(["push", "django-5.0.8", &with, "--prefetch"])
+        .arg(&trace));
+
+    let lazy = t.join("lazy");
+    let mut m = Mount::new(&lazy, &with, &t.join("mnt"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let s = settled_stats(&lazy, &m.dir);
+        let n = s["prefetch_frames"].as_u64().unwrap();
+        if n > 0 && s["prefetched"] == n {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "prefetch did not finish: {s}");
+    };
+    import(&m.dir);
+    let s = settled_stats(&lazy, &m.dir);
+    eprintln!(
+        "prefetch list: {listed} frames; cold import fetched {} frames with {} misses, \
+         after the prefetch the import missed {}",
+        cold["frames_fetched"], cold["misses"], s["misses"]
+    );
+    assert_eq!(
+        s["misses"], 0,
+        "every frame the import reads was fetched ahead: {s}"
+    );
+    assert_eq!(s["failures"], 0, "{s}");
+    assert!(cold["misses"].as_u64().unwrap() > 0, "{cold}");
+    assert!(
+        listed <= cold["frames_fetched"].as_u64().unwrap(),
+        "the list names only what the import read: {listed} vs {cold}"
+    );
+    m.umount();
 }

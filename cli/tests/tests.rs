@@ -20,6 +20,7 @@ mod heal;
 mod lazy;
 mod lifecycle;
 mod mount;
+mod prefetch;
 mod progress;
 mod regfault;
 mod registry;

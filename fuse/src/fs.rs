@@ -17,6 +17,7 @@ use puzzle_store::frame::{ChunkBytes, Frame};
 use puzzle_store::image::MappedImage;
 use puzzle_store::meta::{InodeRec, Kind, MetaBlob};
 use puzzle_store::mmap::Mapped;
+use puzzle_store::prefetch::{TraceEntry, TraceLog};
 use puzzle_store::BlobDigest;
 
 use crate::cache::{ChunkCache, FrameKey};
@@ -30,7 +31,7 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One stored image, served read-only.
 pub struct ImageFs {
-    meta: MetaBlob<Mapped>,
+    meta: Arc<MetaBlob<Mapped>>,
     /// The image's packs (chunks naming another pack are refused).
     packs: HashSet<BlobDigest>,
     /// Where pack bytes come from.
@@ -48,7 +49,27 @@ pub struct ImageFs {
     /// Blocks (4 KiB) of the image's file contents, for `statfs` (`df`);
     /// counted on first use.
     blocks: OnceLock<u64>,
+    /// Reads recorded for `mount --trace`, if asked for.
+    trace: Option<Arc<Mutex<TraceLog>>>,
     _pin: puzzle_store::layout::Pin,
+}
+
+/// The reads of a mount, recorded from [`ImageFs::trace`] on; outlives the
+/// filesystem, so it can be written out after unmounting.
+#[derive(Clone)]
+pub struct Trace {
+    log: Arc<Mutex<TraceLog>>,
+    meta: Arc<MetaBlob<Mapped>>,
+}
+
+impl Trace {
+    /// The ranges read so far, in first-access order, each file named by a
+    /// path of the image (`mount --trace` writes them with
+    /// [`puzzle_store::prefetch::encode`]).
+    pub fn entries(&self) -> Result<Vec<TraceEntry>> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(log.entries(&self.meta)?)
+    }
 }
 
 impl ImageFs {
@@ -66,7 +87,7 @@ impl ImageFs {
         let no_xattrs = image.meta.xattr_total() == 0;
         Ok(ImageFs {
             no_xattrs,
-            meta: image.meta,
+            meta: Arc::new(image.meta),
             packs,
             blobs,
             cache,
@@ -74,8 +95,19 @@ impl ImageFs {
             parents: Mutex::new(HashMap::new()),
             no_open: false,
             blocks: OnceLock::new(),
+            trace: None,
             _pin: pin,
         })
+    }
+
+    /// Starts recording which ranges of which files are read (each byte
+    /// once, in first-access order); the returned [`Trace`] reads them out.
+    pub fn trace(&mut self) -> Trace {
+        let log = self.trace.get_or_insert_with(Default::default).clone();
+        Trace {
+            log,
+            meta: self.meta.clone(),
+        }
     }
 
     fn index(ino: INodeNo) -> Result<u32> {
@@ -216,6 +248,10 @@ impl ImageFs {
             })?;
             out.extend_from_slice(bytes);
             pos += n as u64;
+        }
+        if let Some(t) = &self.trace {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            t.record(file.ino, offset, end - offset);
         }
         Ok(out)
     }

@@ -9,6 +9,8 @@
 //!   every chunk BLAKE3-checked on first read), a byte-bounded LRU keyed by
 //!   pack and frame offset and shared by every open file (and every image
 //!   served by one process).
+//! - [`Trace`]: the reads of a mount in first-access order
+//!   ([`ImageFs::trace`]), for `mount --trace`.
 //! - [`mount`]: mounts an [`ImageFs`] with kernel caching on and returns a
 //!   [`Mounted`] handle that unmounts on [`Mounted::unmount`] or drop.
 //!
@@ -34,7 +36,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use cache::ChunkCache;
-pub use fs::ImageFs;
+pub use fs::{ImageFs, Trace};
 
 /// Where the filesystem reports problems (a corrupt chunk, a missing pack):
 /// one line per call. The library never prints.

@@ -78,6 +78,8 @@ pub struct LazyOpened {
     pub bytes_fetched: u64,
     /// Whether fetched frames are kept in the store (not for a read-only one).
     pub keeping: bool,
+    /// Frames the image's prefetch list names that are not local.
+    pub prefetch_frames: u64,
 }
 
 /// An image opened lazily: what the mount serves.
@@ -87,6 +89,9 @@ pub struct LazyImage {
     pub blobs: LazyBlobs,
     /// The remote frames holding chunks the store lacks, in pack order.
     pub needed: Vec<FrameKey>,
+    /// The frames the image's prefetch list names, in its order, without
+    /// those local already (none if it has no list).
+    pub prefetch: Vec<FrameKey>,
     /// The remote manifest.
     pub manifest: Manifest,
     pub opened: LazyOpened,
@@ -272,6 +277,7 @@ pub fn open(
                 &mixed,
                 manifest.config.clone(),
                 config_bytes.as_deref(),
+                None,
                 size,
             )?;
             let pin = store.pin(&desc.digest)?;
@@ -283,6 +289,36 @@ pub fn open(
         store.pin(&remote_digest)?
     };
     drop(image_pins);
+
+    // The prefetch list, resolved against the image as served.
+    let mut prefetch = Vec::new();
+    if let Some(d) = manifest.prefetch() {
+        let text = if store.has_blob(&d.digest) {
+            store.read_blob(&d.digest, puzzle_store::prefetch::MAX_TRACE)?
+        } else {
+            opened.bytes_fetched += d.size;
+            fetch_blob(
+                remote.as_ref(),
+                d,
+                puzzle_store::prefetch::MAX_TRACE,
+                "prefetch list",
+                &Quiet,
+            )?
+        };
+        let list = puzzle_store::prefetch::parse(&text).map_err(|e| {
+            crate::Error::Invalid(format!(
+                "{origin}: its prefetch list {}: {}",
+                d.digest,
+                puzzle_store::error::line(&e)
+            ))
+        })?;
+        for f in puzzle_store::prefetch::frames(&view, &list)? {
+            if !local_packs.contains(&f.pack) {
+                prefetch.push((f.pack, f.offset));
+            }
+        }
+    }
+    opened.prefetch_frames = prefetch.len() as u64;
 
     let frames = FrameTable::of(&remote_meta)?;
     let kept = if store.is_writable() {
@@ -317,6 +353,7 @@ pub fn open(
         image,
         blobs,
         needed,
+        prefetch,
         manifest,
         opened,
     })

@@ -29,6 +29,7 @@ use puzzle_store::layout::{FORMAT_VERSION, MAX_JSON};
 use puzzle_store::manifest::*;
 use puzzle_store::meta::{self, MetaBlob};
 use puzzle_store::pack::{check_loc, chunk_in_frame, decompress_frame, ChunkLoc};
+use puzzle_store::prefetch;
 use puzzle_store::writer::ChunkWriter;
 use puzzle_store::{BlobDigest, Store};
 use serde::Serialize;
@@ -173,10 +174,14 @@ fn parse_puzzle(bytes: &[u8], origin: &str) -> Result<Manifest> {
             version.map_or("?", String::as_str)
         )));
     }
-    if let Some(d) = manifest.layers[1..]
-        .iter()
-        .find(|d| d.media_type != MEDIA_TYPE_PACK)
-    {
+    // Packs, then at most one prefetch list, last (older images have none).
+    let mut rest = &manifest.layers[1..];
+    if let Some((last, packs)) = rest.split_last() {
+        if last.media_type == MEDIA_TYPE_PREFETCH {
+            rest = packs;
+        }
+    }
+    if let Some(d) = rest.iter().find(|d| d.media_type != MEDIA_TYPE_PACK) {
         return Err(not_puzzle(
             origin,
             &format!("layer {} has media type {}", d.digest, d.media_type),
@@ -323,6 +328,24 @@ pub fn pull(
         Some(c)
     };
 
+    // The prefetch list, checked as text: it names paths, so it stays valid
+    // for the metadata relocated to this store's packs.
+    let prefetch = match manifest.prefetch() {
+        Some(d) => {
+            let b = fetch_blob(remote, d, prefetch::MAX_TRACE, "prefetch list", progress)?;
+            s.bytes_transferred += b.len() as u64;
+            prefetch::parse(&b).map_err(|e| {
+                Error::Invalid(format!(
+                    "{origin}: its prefetch list {}: {}",
+                    d.digest,
+                    puzzle_store::error::line(&e)
+                ))
+            })?;
+            Some((d.clone(), b))
+        }
+        None => None,
+    };
+
     // Index entries for packs that are gone or damaged would make the twin
     // point at nothing: drop them first, as a build does.
     puzzle_store::verify::check_packs(store, index)?;
@@ -459,11 +482,19 @@ pub fn pull(
             .get(&rec.id)?
             .ok_or(puzzle_store::Error::ChunkNotFound(rec.id))
     })?;
+    let prefetch = match prefetch {
+        Some((d, bytes)) => {
+            store.write_blob(&bytes)?;
+            Some(d)
+        }
+        None => None,
+    };
     let (desc, md_desc, _) = write_image(
         store,
         &local,
         manifest.config.clone(),
         config_bytes.as_deref(),
+        prefetch,
     )?;
     let mut tagged = desc.clone();
     tagged.annotations.insert(

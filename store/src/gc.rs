@@ -132,6 +132,9 @@ struct Root {
     manifest: BlobDigest,
     meta: MetaBlob<Vec<u8>>,
     config: Descriptor,
+    /// Kept when the image is given new metadata (it names paths, not
+    /// chunk locations).
+    prefetch: Option<Descriptor>,
 }
 
 /// Runs gc; see the module docs. The caller holds the writer lock and has
@@ -217,6 +220,7 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions, dedup: bool) -> 
             manifest: m,
             meta,
             config: man.config.clone(),
+            prefetch: man.prefetch().cloned(),
         });
     }
     let pinned_manifests: HashSet<BlobDigest> = pins0.iter().copied().collect();
@@ -356,7 +360,8 @@ fn gc_pass(store: &Store, index: &ChunkIndex, opts: &GcOptions, dedup: bool) -> 
                 continue;
             }
             let bytes = r.meta.relocate(|rec| Ok(place(&rec.id, &rec.loc)))?;
-            let (desc, md, _) = write_image(store, &bytes, r.config.clone(), None)?;
+            let (desc, md, _) =
+                write_image(store, &bytes, r.config.clone(), None, r.prefetch.clone())?;
             report.bytes_written += desc.size + md.size;
             moved_manifests.insert(r.manifest, desc);
         }

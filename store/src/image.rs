@@ -41,7 +41,8 @@ pub fn commit(
         BlobDigest::of(config_bytes),
         config_bytes.len() as u64,
     );
-    let (desc, metadata, packs) = write_image(store, &meta_bytes, config, Some(config_bytes))?;
+    let (desc, metadata, packs) =
+        write_image(store, &meta_bytes, config, Some(config_bytes), None)?;
     store.set_tag(name, &desc)?;
     Ok(Committed {
         manifest: desc,
@@ -52,19 +53,21 @@ pub fn commit(
 
 /// Writes a metadata blob and the manifest naming it, the packs it uses and
 /// `config` (stored already, or written here from `config_bytes`), durably
-/// and with one directory fsync. Packs must be durable. Returns the manifest
+/// and with one directory fsync, with `prefetch` (a prefetch list already
+/// stored) as its last layer. Packs must be durable. Returns the manifest
 /// and metadata descriptors and the number of packs. Tags nothing.
 pub fn write_image(
     store: &Store,
     meta_bytes: &[u8],
     config: Descriptor,
     config_bytes: Option<&[u8]>,
+    prefetch: Option<Descriptor>,
 ) -> Result<(Descriptor, Descriptor, usize)> {
     let size = |pack: &BlobDigest| {
         let path = store.blob_path(pack);
         Ok(std::fs::metadata(&path).at(&path)?.len())
     };
-    write_image_sized(store, meta_bytes, config, config_bytes, size)
+    write_image_sized(store, meta_bytes, config, config_bytes, prefetch, size)
 }
 
 /// [`write_image`] for an image whose packs need not all be stored: `size`
@@ -75,6 +78,7 @@ pub fn write_image_sized(
     meta_bytes: &[u8],
     config: Descriptor,
     config_bytes: Option<&[u8]>,
+    prefetch: Option<Descriptor>,
     size: impl Fn(&BlobDigest) -> Result<u64>,
 ) -> Result<(Descriptor, Descriptor, usize)> {
     let view = MetaBlob::open(meta_bytes)?;
@@ -89,6 +93,7 @@ pub fn write_image_sized(
         layers.push(Descriptor::new(MEDIA_TYPE_PACK, pack, size(&pack)?));
     }
     let packs = layers.len() - 1;
+    layers.extend(prefetch);
     let cfg = store.config();
     let annotations = BTreeMap::from([
         (ANNOTATION_FORMAT.to_string(), FORMAT_VERSION.to_string()),
@@ -210,6 +215,82 @@ pub fn read_metadata(store: &Store, md: &Descriptor) -> Result<Vec<u8>> {
     } else {
         Ok(stored)
     }
+}
+
+/// What [`set_prefetch`] stored.
+#[derive(Clone, Debug)]
+pub struct PrefetchSet {
+    /// The image's new manifest, now tagged with its name.
+    pub manifest: Descriptor,
+    /// The prefetch blob (None when the list was removed).
+    pub blob: Option<Descriptor>,
+    /// Ranges kept, and the paths the image lacks (dropped).
+    pub entries: usize,
+    pub missing: Vec<Vec<u8>>,
+}
+
+/// Gives the image tagged `name` the prefetch list `trace` (a trace in the
+/// text form of [`crate::prefetch`], checked against the image by
+/// [`crate::prefetch::normalize`]), or none: writes the blob and a manifest
+/// equal to the old one but for its last layer, and points `name` at it.
+/// The caller holds the store lock.
+pub fn set_prefetch(store: &Store, name: &str, trace: Option<&[u8]>) -> Result<PrefetchSet> {
+    let img = open(store, name)?;
+    let mut manifest = img.manifest;
+    manifest
+        .layers
+        .retain(|d| d.media_type != MEDIA_TYPE_PREFETCH);
+    let (mut blobs, mut blob, mut entries, mut missing) = (Vec::new(), None, 0, Vec::new());
+    if let Some(trace) = trace {
+        let n = crate::prefetch::normalize(&img.meta, trace)?;
+        let d = Descriptor::new(
+            MEDIA_TYPE_PREFETCH,
+            BlobDigest::of(&n.bytes),
+            n.bytes.len() as u64,
+        );
+        manifest.layers.push(d.clone());
+        (blob, entries, missing) = (Some(d), n.entries, n.missing);
+        blobs.push(n.bytes);
+    }
+    blobs.push(manifest.to_bytes());
+    let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+    let digest = *store.write_blobs(&refs)?.last().expect("the manifest");
+    let desc = Descriptor::new(
+        MEDIA_TYPE_MANIFEST,
+        digest,
+        refs.last().map_or(0, |b| b.len()) as u64,
+    );
+    store.set_tag(name, &desc)?;
+    Ok(PrefetchSet {
+        manifest: desc,
+        blob,
+        entries,
+        missing,
+    })
+}
+
+/// The prefetch list of an image, if it has one: its bytes checked against
+/// the manifest's digest and size, parsed.
+pub fn read_prefetch(
+    store: &Store,
+    manifest: &Manifest,
+) -> Result<Option<Vec<crate::prefetch::TraceEntry>>> {
+    let Some(d) = manifest.prefetch() else {
+        return Ok(None);
+    };
+    let bytes = store.read_blob(&d.digest, crate::prefetch::MAX_TRACE)?;
+    if bytes.len() as u64 != d.size {
+        return Err(Error::CorruptBlob {
+            digest: d.digest.to_string(),
+            why: format!("{} bytes, manifest says {}", bytes.len(), d.size),
+        });
+    }
+    crate::prefetch::parse(&bytes)
+        .map(Some)
+        .map_err(|e| Error::CorruptBlob {
+            digest: d.digest.to_string(),
+            why: crate::error::line(&e),
+        })
 }
 
 /// A stored image whose metadata blob is memory-mapped rather than read.

@@ -22,6 +22,8 @@
 //! - [`remotes`]: which repositories of which registries hold a blob (hints
 //!   for `push` to mount blobs across repositories).
 //! - [`verify`]: checking digests and cross-references; rebuilding the index.
+//! - [`prefetch`]: workload traces (`mount --trace`) and the prefetch lists
+//!   images carry; the frames a lazy mount fetches first.
 //! - [`gc`]: deleting what no image needs, keeping one copy of a chunk
 //!   stored twice, and repacking sparse packs.
 //!
@@ -43,6 +45,7 @@ pub mod manifest;
 pub mod meta;
 pub mod mmap;
 pub mod pack;
+pub mod prefetch;
 pub mod remotes;
 pub mod stats;
 pub mod tree;

@@ -18,6 +18,9 @@ pub const MEDIA_TYPE_METADATA: &str = "application/vnd.puzzle.metadata.v1";
 pub const MEDIA_TYPE_METADATA_ZSTD: &str = "application/vnd.puzzle.metadata.v1+zstd";
 /// A pack of zstd chunk frames (docs/FORMAT.md, "Pack").
 pub const MEDIA_TYPE_PACK: &str = "application/vnd.puzzle.pack.v1";
+/// The prefetch list of an image, the layer after its packs (docs/FORMAT.md,
+/// "Prefetch list"); images without one are read as before.
+pub const MEDIA_TYPE_PREFETCH: &str = "application/vnd.puzzle.prefetch.v1";
 /// The `artifactType` of a puzzle image manifest: what tells a registry (and
 /// tools listing referrers or artifacts) that this is a puzzle image, not a
 /// runnable container image, though `config` is the original image config.
@@ -56,7 +59,8 @@ impl Descriptor {
 }
 
 /// A puzzle image manifest: `config` is the original image config; `layers`
-/// holds the metadata blob first, then every pack the image references.
+/// holds the metadata blob first, then every pack the image references, then
+/// optionally its prefetch list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     #[serde(rename = "schemaVersion")]
@@ -89,6 +93,14 @@ impl Manifest {
         self.layers
             .iter()
             .filter(|d| d.media_type == MEDIA_TYPE_PACK)
+    }
+
+    /// The prefetch list's descriptor, if the image has one.
+    pub fn prefetch(&self) -> Option<&Descriptor> {
+        self.layers
+            .iter()
+            .skip(1)
+            .find(|d| d.media_type == MEDIA_TYPE_PREFETCH)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

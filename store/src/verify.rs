@@ -138,6 +138,9 @@ pub fn verify(store: &Store, index: Option<&ChunkIndex>, full: bool) -> Result<V
         if let Err(e) = store.read_blob(&m.config.digest, MAX_JSON) {
             c.problem(format!("config {}", m.config.digest), &who, line(&e));
         }
+        if let (Some(d), Err(e)) = (m.prefetch(), crate::image::read_prefetch(store, &m)) {
+            c.problem(format!("prefetch list {}", d.digest), &who, line(&e));
+        }
         let md = m.metadata().expect("checked by read_manifest");
         let listed: BTreeSet<BlobDigest> = m.packs().map(|p| p.digest).collect();
         for p in &listed {
