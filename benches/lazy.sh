@@ -34,8 +34,10 @@
 # Env: PUZZLE_BIN (default target/release/puzzle, else target/debug/puzzle),
 # PUZZLE_CORPUS (default corpora/out/small), RATE (100mbit), DELAY (none;
 # e.g. 10ms one way, needs sch_netem), RUNS (3; medians), WORK
-# (/tmp/puzzle-lazy).
-# Each run starts cold: page cache dropped, a new store and destination.
+# (/tmp/puzzle-lazy), FRAME_TARGET (raw bytes per frame of the pushed puzzle
+# image; default the store's default, 1 MiB).
+# Each run starts cold: page cache dropped, a new store (for warm, pulled
+# into before timing) and destination.
 # Needs root, ip/tc (iproute2), docker-registry, skopeo, umoci, jq.
 set -euo pipefail
 
@@ -49,6 +51,7 @@ DELAY=${DELAY:-}
 RUNS=${RUNS:-3}
 WORK=${WORK:-/tmp/puzzle-lazy}
 WORKLOADS=${WORKLOADS:-import tar}
+FRAME_TARGET=${FRAME_TARGET:-}
 for t in ip tc docker-registry skopeo umoci jq mkfs.ext4; do
   command -v "$t" >/dev/null || { echo "needs $t (scripts/setup.sh installs it)" >&2; exit 2; }
 done
@@ -73,6 +76,15 @@ nsreg_up plazy "$WORK" "$RATE" "$DELAY"
 skopeo --insecure-policy copy -q --dest-tls-verify=false \
   "oci:$corpus:$tag" "docker://$reg/plain:$tag"
 if [[ " $CASES " != " oci " ]]; then
+  if [ -n "$FRAME_TARGET" ]; then
+    if "$bin" build --help | grep -q -- --frame-target; then
+      "$bin" --store "$fs/src" --no-progress init --frame-target "$FRAME_TARGET" >/dev/null 2>&1
+    else # the setting predates the flag: compression.frame_target of puzzle.json
+      "$bin" --store "$fs/src" --no-progress init >/dev/null 2>&1
+      jq --argjson t "$FRAME_TARGET" '.compression.frame_target = $t' "$fs/src/puzzle.json" \
+        >"$WORK/puzzle.json" && mv "$WORK/puzzle.json" "$fs/src/puzzle.json"
+    fi
+  fi
   "$bin" --store "$fs/src" --no-progress build "oci:$corpus:$tag" --tag "$tag" >/dev/null 2>&1
   "$bin" --store "$fs/src" --no-progress push "$tag" "docker://$reg/puzzle:$tag" \
     --tls-verify=false >/dev/null 2>&1
@@ -152,7 +164,7 @@ run_case() {
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "image $tag; link: $RATE${DELAY:+, $DELAY one way} (tc in namespace $nsreg_ns); gzip layers $gzip_bytes bytes; binary $bin"
+echo "image $tag${FRAME_TARGET:+, frame target $FRAME_TARGET}; link: $RATE${DELAY:+, $DELAY one way} (tc in namespace $nsreg_ns); gzip layers $gzip_bytes bytes; binary $bin"
 echo
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); cases: $CASES"
 has_prefetch || echo "case 4 (prefetch) skipped: this puzzle has no mount --trace / push --prefetch"
@@ -161,7 +173,10 @@ echo "| workload | case | seconds (median of $RUNS) | each run | bytes received 
 echo "|---|---|---:|---|---:|---:|---|"
 for wl in $WORKLOADS; do
   for c in $CASES; do
-    [ "$c" = prefetch ] && prefetch_setup "$wl"
+    if [ "$c" = prefetch ]; then
+      has_prefetch || continue
+      prefetch_setup "$wl"
+    fi
     : >"$WORK/runs"
     for _ in $(seq "$RUNS"); do run_case "$c" "$wl" >>"$WORK/runs"; done
     secs=$(cut -d' ' -f1 "$WORK/runs" | median)
