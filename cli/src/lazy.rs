@@ -246,7 +246,9 @@ impl State {
             dir: dir.to_path_buf(),
             reference: o.reference.clone(),
             remote_manifest: o.remote_manifest.clone(),
-            bytes_received: self.manifest_bytes + o.bytes_fetched + t.bytes,
+            // The metadata and config came through `remote` too: counted in
+            // `t`, not again from `o.bytes_fetched`.
+            bytes_received: self.manifest_bytes + t.bytes,
             requests: t.requests,
             frames_fetched: s.frames_fetched,
             kept_hits: s.kept_hits,

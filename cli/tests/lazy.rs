@@ -205,6 +205,30 @@ fn a_lazy_mount_reads_what_the_store_has_locally_and_gc_keeps_it() {
     m.umount();
 }
 
+/// `bytes_received` counts each blob once: a mount that has read nothing
+/// yet has received exactly its manifest, metadata blob and config.
+#[test]
+fn bytes_received_counts_the_metadata_and_config_once() {
+    let Some((corpus, reg)) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, lazy) = (t.join("src"), t.join("lazy"));
+    let r = publish(&reg, &corpus, &src, "python3", "lib/py:1");
+    let image = images(&src).into_iter().next().unwrap();
+    let size = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        std::fs::metadata(src.join("blobs/sha256").join(hex))
+            .unwrap()
+            .len()
+    };
+    let opened = size(&image.manifest) + size(&image.metadata) + size(&image.config);
+    let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
+    let s = settled_stats(&lazy, &m.dir);
+    assert_eq!(s["frames_fetched"], 0, "{s}");
+    assert_eq!(s["bytes_received"], opened, "{s}");
+    m.umount();
+}
+
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
