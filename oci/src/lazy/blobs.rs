@@ -161,6 +161,24 @@ struct Shared {
     counters: Counters,
     /// Readers waiting for the registry now (background work yields to them).
     waiting: AtomicUsize,
+    /// Each remote pack's frame offsets, in order.
+    order: HashMap<BlobDigest, Vec<u64>>,
+    /// The last miss: pack, frame index, read-ahead window (frames).
+    last_miss: Mutex<Option<(BlobDigest, usize, usize)>>,
+}
+
+/// Most frames one sequential miss fetches ahead of itself.
+const MAX_AHEAD: usize = 32;
+
+/// How many frames to fetch after a miss at index `i` of `pack`, given the
+/// miss before it: reads that go through a pack in order (a whole-image
+/// read) get a window that doubles while they stay in order, up to
+/// [`MAX_AHEAD`]; any other miss fetches its frame alone.
+fn ahead_window(last: Option<(BlobDigest, usize, usize)>, pack: &BlobDigest, i: usize) -> usize {
+    match last {
+        Some((p, j, w)) if p == *pack && j < i && i <= j + w + 1 => (w * 2).clamp(1, MAX_AHEAD),
+        _ => 0,
+    }
 }
 
 /// The packs of a lazily mounted image. Cheap to clone (shared).
@@ -185,7 +203,16 @@ pub struct LazyParts {
 
 impl LazyBlobs {
     pub fn new(p: LazyParts) -> LazyBlobs {
+        let mut order: HashMap<BlobDigest, Vec<u64>> = HashMap::new();
+        for key in p.frames.0.keys() {
+            order.entry(key.0).or_default().push(key.1);
+        }
+        for v in order.values_mut() {
+            v.sort_unstable();
+        }
         LazyBlobs(Arc::new(Shared {
+            order,
+            last_miss: Mutex::new(None),
             local: p.local,
             local_packs: p.local_packs,
             remote: p.remote,
@@ -454,7 +481,35 @@ impl BlobRead for LazyBlobs {
             return Ok(());
         }
         s.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let mut ahead = Vec::new();
+        if let Some(i) = s
+            .order
+            .get(digest)
+            .and_then(|o| o.binary_search(&offset).ok())
+        {
+            let mut last = s.last_miss.lock().unwrap_or_else(|p| p.into_inner());
+            let w = ahead_window(*last, digest, i);
+            *last = Some((*digest, i, w));
+            drop(last);
+            let order = &s.order[digest];
+            let mut bytes = u64::from(s.frames.0[&key].clen);
+            for &next in order.iter().skip(i + 1).take(w) {
+                let k = (*digest, next);
+                bytes += self.frame_len(&k);
+                if bytes > crate::pull::REQUEST_CAP {
+                    break;
+                }
+                if !self.is_local(&k) {
+                    ahead.push(next);
+                }
+            }
+        }
+        // This frame alone, so the read waits for it only; the frames
+        // ahead in one request of their own.
         let slot = self.start(digest, &[offset]).remove(0);
+        if !ahead.is_empty() {
+            self.start(digest, &ahead);
+        }
         s.waiting.fetch_add(1, Ordering::Relaxed);
         let got = slot.wait(Instant::now() + s.deadline);
         s.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -487,5 +542,44 @@ impl BlobRead for LazyBlobs {
         }
         let offsets: Vec<u64> = ranges.iter().map(|r| r.0).collect();
         self.fetch_ahead(digest, &offsets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_in_pack_order_widen_the_window_and_others_reset_it() {
+        let (a, b) = (BlobDigest::of(b"a"), BlobDigest::of(b"b"));
+        assert_eq!(
+            ahead_window(None, &a, 5),
+            0,
+            "a first miss fetches its frame"
+        );
+        assert_eq!(
+            ahead_window(Some((a, 4, 0)), &a, 5),
+            1,
+            "the next frame: in order"
+        );
+        assert_eq!(
+            ahead_window(Some((a, 5, 1)), &a, 7),
+            2,
+            "past the one fetched ahead"
+        );
+        assert_eq!(ahead_window(Some((a, 7, 2)), &a, 10), 4);
+        assert_eq!(
+            ahead_window(Some((a, 7, 2)), &a, 11),
+            0,
+            "a gap: out of order"
+        );
+        assert_eq!(
+            ahead_window(Some((a, 7, 2)), &a, 7),
+            0,
+            "the same frame again"
+        );
+        assert_eq!(ahead_window(Some((a, 7, 2)), &a, 6), 0, "backwards");
+        assert_eq!(ahead_window(Some((b, 7, 2)), &a, 8), 0, "another pack");
+        assert_eq!(ahead_window(Some((a, 0, 32)), &a, 20), MAX_AHEAD, "capped");
     }
 }
