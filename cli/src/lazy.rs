@@ -350,6 +350,11 @@ impl State {
         }
     }
 
+    /// The mount ends: waits for the registry stop (see [`LazyBlobs::close`]).
+    pub fn close(&self) {
+        self.blobs.close();
+    }
+
     /// Removes the stats file (at unmount).
     pub fn remove_stats(&self) {
         if let Some(p) = &self.stats_path {

@@ -334,17 +334,33 @@ pub fn mount(root: &Path, args: &MountArgs) -> Result<u8> {
         _ => None,
     };
     let mut last_stats = Instant::now() - Duration::from_secs(2);
+    let source = opts.fsname.clone();
     while !stop.load(Ordering::Relaxed) && mounted.is_alive() {
         if let Some(st) = &lazy_state {
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 st.write_stats(&dir);
                 last_stats = Instant::now();
+                // Unmounted from outside while a read waits for the
+                // registry: the session lives on until that read gives up,
+                // so look at the mount table too.
+                if !mount_at(&dir).is_ok_and(|m| m.is_some_and(|m| m.source == source)) {
+                    break;
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Some(st) = &lazy_state {
+        st.close();
         st.remove_stats();
+        // Unmounted from outside: the reads that waited now fail, and the
+        // session ends within moments.
+        if !mount_at(&dir).is_ok_and(|m| m.is_some_and(|m| m.source == source)) {
+            let until = Instant::now() + Duration::from_secs(2);
+            while mounted.is_alive() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     // Background work stops: the prefetch is dropped; an unfinished fill
     // commits nothing (a commit under way gets a few seconds to finish:

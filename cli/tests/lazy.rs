@@ -25,14 +25,34 @@ fn publish(reg: &Registry, corpus: &Path, store: &Path, tag: &str, repo: &str) -
     dest
 }
 
-/// `puzzle mounts --json`'s lazy record for the mount at `dir`.
-fn lazy_stats(store: &Path, dir: &Path) -> serde_json::Value {
+/// `puzzle mounts --json`'s record of the mount at `dir`.
+fn mount_record(store: &Path, dir: &Path) -> serde_json::Value {
     let out = ok(puzzle(store).args(["mounts", "--json"])).stdout;
     out.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|l| l["data"]["dir"] == dir.to_str().unwrap())
-        .unwrap_or_else(|| panic!("no mount at {} in {out}", dir.display()))["data"]["lazy"]
+        .unwrap_or_else(|| panic!("no mount at {} in {out}", dir.display()))["data"]
         .clone()
+}
+
+/// The lazy mount's counters, from its record.
+fn lazy_stats(store: &Path, dir: &Path) -> serde_json::Value {
+    mount_record(store, dir)["lazy"].clone()
+}
+
+/// Runs `import django` in a chroot of `dir`; its output.
+fn import_django(dir: &Path) -> String {
+    let out = Command::new("chroot")
+        .arg(dir)
+        .args(["python3", "-c", "import django; print(django.VERSION)"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Waits for the mount's stats file to be rewritten (once a second).
@@ -89,23 +109,10 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
         .iter()
         .map(|l| l.1)
         .sum();
-    let import = |dir: &Path| {
-        let out = Command::new("chroot")
-            .arg(dir)
-            .args(["python3", "-c", "import django; print(django.VERSION)"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let started = Instant::now();
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
     let mounted = started.elapsed();
-    assert!(import(&m.dir).contains("(5, 0, 8"));
+    assert!(import_django(&m.dir).contains("(5, 0, 8"));
     let s = settled_stats(&lazy, &m.dir);
     let fetched = s["bytes_received"].as_u64().unwrap();
     eprintln!(
@@ -116,7 +123,7 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
         fetched as f64 * 100.0 / gzip as f64
     );
     // Frames of 1 MiB raw (the default) hold many files a start does not
-    // read: 28 % of the gzip image here (measured), the issue's fifth from
+    // read: 28 % of the gzip image here (measured), less than a fifth from
     // a store of 256 KiB frames (below).
     assert!(fetched * 3 < gzip, "{fetched} of {gzip}: {s}");
     assert!(s["misses"].as_u64().unwrap() > 0);
@@ -134,7 +141,7 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
     let r256 = format!("docker://127.0.0.1:{}/lib/django:8-256k", reg.port);
     ok(puzzle(&small).args(["push", "d8", &r256]));
     let mut m = Mount::new(&t.join("lazy256"), &r256, &t.join("mnt"), &[]);
-    assert!(import(&m.dir).contains("(5, 0, 8"));
+    assert!(import_django(&m.dir).contains("(5, 0, 8"));
     let s256 = settled_stats(&t.join("lazy256"), &m.dir);
     let fetched256 = s256["bytes_received"].as_u64().unwrap();
     eprintln!(
@@ -146,7 +153,7 @@ fn a_django_import_fetches_a_small_part_of_the_gzip_image_and_a_remount_none() {
 
     // Remounted: the frames are kept in the store, nothing is fetched.
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
-    assert!(import(&m.dir).contains("(5, 0, 8"));
+    assert!(import_django(&m.dir).contains("(5, 0, 8"));
     let again = settled_stats(&lazy, &m.dir);
     assert_eq!(again["frames_fetched"], 0, "{again}");
     assert_eq!(again["misses"], 0, "{again}");
@@ -286,13 +293,9 @@ fn a_lazy_mount_renews_its_tokens_and_hides_its_password() {
     });
     let r = format!("docker://127.0.0.1:{}/lib/py:1", proxy.port);
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &["--creds", "lazy:S3cret-Pass"]);
-    let out = ok(puzzle(&lazy).args(["mounts", "--json"])).stdout;
-    let pid = out
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["data"]["dir"] == m.dir.to_str().unwrap())
-        .and_then(|l| l["data"]["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no daemon pid for the mount in {out}"));
+    let pid = mount_record(&lazy, &m.dir)["pid"]
+        .as_u64()
+        .expect("the daemon's pid");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("S3cret"));
     let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
@@ -345,7 +348,12 @@ fn a_corrupted_frame_is_eio_not_kept_and_fetched_again() {
     }
     let s = settled_stats(&lazy, &m.dir);
     assert_eq!(s["bad_frames"], 1, "{s}");
-    assert_eq!(s["failures"], 1, "the read given the bad frame failed: {s}");
+    // The readahead and the read itself may both have waited for it.
+    let failed = s["failures"].as_u64().unwrap();
+    assert!(
+        (1..=2).contains(&failed),
+        "the read given the bad frame failed: {s}"
+    );
     assert_eq!(read(&file).expect("fetched again"), want);
     // Not kept: a new mount reads the frame back from lazy/ and it checks.
     m.umount();
@@ -432,18 +440,6 @@ fn a_prefetch_list_fetches_what_the_import_reads_before_it_asks() {
     let t = tmp.path();
     let src = t.join("src");
     let r = publish(&reg, &corpus, &src, "django-5.0.8", "lib/django:8");
-    let import = |dir: &Path| {
-        let out = Command::new("chroot")
-            .arg(dir)
-            .args(["python3", "-c", "import django; print(django.VERSION)"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let trace = t.join("import.trace");
     let mut m = Mount::new(
         &t.join("first"),
@@ -451,7 +447,7 @@ fn a_prefetch_list_fetches_what_the_import_reads_before_it_asks() {
         &t.join("mnt"),
         &["--trace", trace.to_str().unwrap()],
     );
-    import(&m.dir);
+    import_django(&m.dir);
     let cold = settled_stats(&t.join("first"), &m.dir);
     m.umount();
     let with = format!("docker://127.0.0.1:{}/lib/django:8-prefetch", reg.port);
@@ -470,7 +466,7 @@ fn a_prefetch_list_fetches_what_the_import_reads_before_it_asks() {
         }
         assert!(Instant::now() < deadline, "prefetch did not finish: {s}");
     };
-    import(&m.dir);
+    import_django(&m.dir);
     let s = settled_stats(&lazy, &m.dir);
     eprintln!(
         "prefetch list: {listed} frames; cold import fetched {} frames with {} misses, \
@@ -488,4 +484,34 @@ fn a_prefetch_list_fetches_what_the_import_reads_before_it_asks() {
         "the list names only what the import read: {listed} vs {cold}"
     );
     m.umount();
+}
+
+/// Issue 14: `--cache-max` bounds the frames kept in `lazy/`: reading more
+/// than the cap keeps the most recent frames only, and the reads still
+/// give the right bytes.
+#[test]
+fn cache_max_bounds_the_kept_frames() {
+    let Some((corpus, reg)) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (src, lazy) = (t.join("src"), t.join("lazy"));
+    let r = publish(&reg, &corpus, &src, "python3", "lib/py:1");
+    let m = Mount::new(&lazy, &r, &t.join("mnt"), &["--cache-max", "2M"]);
+    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    let f = "usr/bin/python3";
+    assert_eq!(
+        read(&m.dir.join(f)).unwrap(),
+        std::fs::read(rootfs.join(f)).unwrap()
+    );
+    let s = settled_stats(&lazy, &m.dir);
+    let held: u64 = std::fs::read_dir(lazy.join("lazy"))
+        .unwrap()
+        .map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
+        .sum();
+    assert!(
+        s["bytes_received"].as_u64().unwrap() > 3 << 20,
+        "read more than the cap: {s}"
+    );
+    assert!(held <= (2 << 20) + (64 << 10), "lazy/ holds {held} bytes");
+    assert!(held > 0);
 }

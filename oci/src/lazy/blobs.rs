@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,20 +125,21 @@ impl Slot {
         self.cv.notify_all();
     }
 
-    /// The outcome, or None once `deadline` passed.
-    fn wait(&self, deadline: Instant) -> Option<Outcome> {
+    /// The outcome, or None once `deadline` passed or `closed` is set
+    /// (looked at every 100 ms).
+    fn wait(&self, deadline: Instant, closed: &AtomicBool) -> Option<Outcome> {
         let mut g = self.done.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(r) = &*g {
                 return Some(r.clone());
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || closed.load(Ordering::Relaxed) {
                 return None;
             }
             g = self
                 .cv
-                .wait_timeout(g, deadline - now)
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(100)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -161,6 +162,8 @@ struct Shared {
     counters: Counters,
     /// Readers waiting for the registry now (background work yields to them).
     waiting: AtomicUsize,
+    /// Set when the mount ends: nobody waits for the registry any more.
+    closed: AtomicBool,
     /// Each remote pack's frame offsets, in order.
     order: HashMap<BlobDigest, Vec<u64>>,
     /// The last miss: pack, frame index, read-ahead window (frames).
@@ -213,6 +216,7 @@ impl LazyBlobs {
         LazyBlobs(Arc::new(Shared {
             order,
             last_miss: Mutex::new(None),
+            closed: AtomicBool::new(false),
             local: p.local,
             local_packs: p.local_packs,
             remote: p.remote,
@@ -241,6 +245,13 @@ impl LazyBlobs {
             failures: l(&c.failures),
             bad_frames: l(&c.bad_frames),
         }
+    }
+
+    /// Stops every wait for the registry, now and later (the mount ends:
+    /// a FUSE thread waiting for a frame must not hold up its exit). Reads
+    /// of data not local fail from now on.
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::Relaxed);
     }
 
     /// Readers waiting for the registry right now.
@@ -429,7 +440,10 @@ impl LazyBlobs {
             .get(key)
             .cloned();
         if let Some(slot) = slot {
-            return matches!(slot.wait(Instant::now() + self.0.deadline), Some(Ok(_)));
+            return matches!(
+                slot.wait(Instant::now() + self.0.deadline, &self.0.closed),
+                Some(Ok(_))
+            );
         }
         self.is_local(key)
     }
@@ -511,7 +525,7 @@ impl BlobRead for LazyBlobs {
             self.start(digest, &ahead);
         }
         s.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = slot.wait(Instant::now() + s.deadline);
+        let got = slot.wait(Instant::now() + s.deadline, &s.closed);
         s.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Some(Ok(bytes)) => {
