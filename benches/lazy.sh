@@ -60,8 +60,8 @@ for t in ip tc docker-registry skopeo umoci jq mkfs.ext4; do
 done
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespace, chroot, FUSE)" >&2; exit 2; }
 [ -x "$bin" ] || { echo "build puzzle first (cargo build --release)" >&2; exit 2; }
-# `puzzle umount` waits for the daemon (which writes --trace files last) only
-# if the process is named puzzle.
+# `puzzle umount` up to 2a33372 waits for the daemon (which writes --trace
+# files last) only if the process is named puzzle.
 [ "$(basename "$bin")" = puzzle ] ||
   { echo "PUZZLE_BIN must be a file named puzzle (copy it into a directory of its own)" >&2; exit 2; }
 has_prefetch() {
