@@ -25,7 +25,10 @@
 # veth from the registry's namespace (Ethernet frames, so TCP/IP headers
 # included), from before the case starts until after its umount. For the
 # lazy cases the table also gives puzzle's own count (`puzzle mounts
-# --json`: bytes_received, HTTP requests).
+# --json`: bytes_received, HTTP requests; for case 4 also the prefetch
+# list's frames made local of those it names), and for the cases that mount
+# (lazy, prefetch, warm) the time of the mount command alone: for a lazy
+# mount, the manifest and metadata fetch and opening the image.
 # Workloads (WORKLOADS, default "import tar"):
 #   import python3 -c 'import django; print(django.VERSION)' (numpy for numpy-*)
 #   tar    read every file: tar -cf - . | wc -c (GNU tar skips file reads
@@ -57,6 +60,10 @@ for t in ip tc docker-registry skopeo umoci jq mkfs.ext4; do
 done
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespace, chroot, FUSE)" >&2; exit 2; }
 [ -x "$bin" ] || { echo "build puzzle first (cargo build --release)" >&2; exit 2; }
+# `puzzle umount` up to 2a33372 waits for the daemon (which writes --trace
+# files last) only if the process is named puzzle.
+[ "$(basename "$bin")" = puzzle ] ||
+  { echo "PUZZLE_BIN must be a file named puzzle (copy it into a directory of its own)" >&2; exit 2; }
 has_prefetch() {
   "$bin" mount --help 2>/dev/null | grep -q -- --trace &&
     "$bin" push --help 2>/dev/null | grep -q -- --prefetch
@@ -110,11 +117,14 @@ lazy_mount() { # REPO [FLAGS...]
   local repo=$1; shift
   p mount "docker://$reg/$repo:$tag" "$fs/dst/mnt" --daemon --tls-verify=false "$@" >/dev/null 2>&1
 }
-# puzzle's own count for the lazy mount at $fs/dst/mnt: "bytes/requests".
+# puzzle's own count for the lazy mount at $fs/dst/mnt: "bytes/requests",
+# and with a prefetch list "/prefetched:prefetch_frames".
 lazy_counts() {
   sleep 1.2 # the stats file is rewritten once a second
   p mounts --json | jq -r --arg d "$fs/dst/mnt" \
-    'select(.data.dir == $d) | .data.lazy | "\(.bytes_received)/\(.requests)"'
+    'select(.data.dir == $d) | .data.lazy |
+     "\(.bytes_received)/\(.requests)" +
+     (if (.prefetch_frames // 0) > 0 then "/\(.prefetched):\(.prefetch_frames)" else "" end)'
 }
 
 # Case 4's image: a cold lazy run of WORKLOAD recording a trace, then the
@@ -125,12 +135,14 @@ prefetch_setup() { # WORKLOAD
   workload "$fs/dst/mnt" "$1"
   p umount "$fs/dst/mnt" >/dev/null 2>&1
   "$bin" --store "$fs/src" --no-progress push "$tag" "docker://$reg/prefetch:$tag" \
-    --tls-verify=false --prefetch "$WORK/trace" >/dev/null 2>&1
+    --tls-verify=false --prefetch "$WORK/trace" >/dev/null 2>"$WORK/err" ||
+    { cat "$WORK/err" >&2; exit 1; }
 }
 
-# One run of CASE with WORKLOAD: prints "seconds bytes-received puzzle-count".
+# One run of CASE with WORKLOAD: prints "seconds bytes-received puzzle-count
+# mount-seconds" (- where the case has no mount command).
 run_case() {
-  local case=$1 wl=$2 t0 t1 b0 counts=-
+  local case=$1 wl=$2 t0 t1 tm=- b0 counts=-
   rm -rf "$fs/dst" "$fs/store" && mkdir -p "$fs/dst/mnt"
   [ "$case" = warm ] && pull_image
   cold
@@ -152,15 +164,18 @@ run_case() {
       workload "$fs/dst/root" "$wl" ;;
     lazy | prefetch)
       lazy_mount "$([ "$case" = lazy ] && echo puzzle || echo prefetch)"
+      tm=$(date +%s.%N)
       workload "$fs/dst/mnt" "$wl" ;;
     warm)
       p mount "$tag" "$fs/dst/mnt" --daemon >/dev/null 2>&1
+      tm=$(date +%s.%N)
       workload "$fs/dst/mnt" "$wl" ;;
   esac
   t1=$(date +%s.%N)
   case "$case" in lazy | prefetch) counts=$(lazy_counts) ;; esac
   mountpoint -q "$fs/dst/mnt" && p umount "$fs/dst/mnt" >/dev/null 2>&1
-  echo "$(echo "$t1 - $t0" | bc -l) $(($(nsreg_rx) - b0)) $counts"
+  [ "$tm" = - ] || tm=$(printf '%.3f' "$(echo "$tm - $t0" | bc -l)")
+  echo "$(echo "$t1 - $t0" | bc -l) $(($(nsreg_rx) - b0)) $counts $tm"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -169,8 +184,8 @@ echo
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); cases: $CASES"
 has_prefetch || echo "case 4 (prefetch) skipped: this puzzle has no mount --trace / push --prefetch"
 echo
-echo "| workload | case | seconds (median of $RUNS) | each run | bytes received | of the gzip layers | puzzle's count (bytes/requests) |"
-echo "|---|---|---:|---|---:|---:|---|"
+echo "| workload | case | seconds (median of $RUNS) | each run | bytes received | of the gzip layers | mount command s (each run) | puzzle's count (bytes/requests[/prefetched:listed frames]) |"
+echo "|---|---|---:|---|---:|---:|---|---|"
 for wl in $WORKLOADS; do
   for c in $CASES; do
     if [ "$c" = prefetch ]; then
@@ -183,8 +198,9 @@ for wl in $WORKLOADS; do
     each=$(cut -d' ' -f1 "$WORK/runs" | xargs printf '%.2f, ' | sed 's/, $//')
     bytes=$(cut -d' ' -f2 "$WORK/runs" | median)
     counts=$(cut -d' ' -f3 "$WORK/runs" | xargs | sed 's/ /, /g')
-    printf '| %s | %s | %.2f | %s | %s | %.3f | %s |\n' "$wl" "$c" "$secs" "$each" "$bytes" \
-      "$(echo "$bytes / $gzip_bytes" | bc -l)" "$counts"
+    mounts=$(cut -d' ' -f4 "$WORK/runs" | xargs | sed 's/ /, /g')
+    printf '| %s | %s | %.2f | %s | %s | %.3f | %s | %s |\n' "$wl" "$c" "$secs" "$each" "$bytes" \
+      "$(echo "$bytes / $gzip_bytes" | bc -l)" "$mounts" "$counts"
   done
 done
 echo

@@ -541,16 +541,21 @@ fn daemon_pid(m: &MountEntry) -> Option<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            // Only a puzzle process counts: the pid may have been reused.
+    let stat = |p: &str| std::fs::read_to_string(format!("/proc/{p}/stat")).ok();
+    // The command name, between the first '(' and the last ')'.
+    let comm = |s: &str| Some(s.get(s.find('(')? + 1..s.rfind(')')?)?.to_owned());
+    match (stat(&pid.to_string()), stat("self")) {
+        (Some(s), Some(own)) => {
+            // Only a process named as this one (the daemon runs this same
+            // executable, whatever its file name) counts: the pid may have
+            // been reused.
             let state = s
                 .rsplit(')')
                 .next()
                 .and_then(|r| r.split_whitespace().next());
-            s.contains("(puzzle)") && state != Some("Z")
+            comm(&s).is_some() && comm(&s) == comm(&own) && state != Some("Z")
         }
-        Err(_) => false,
+        _ => false,
     }
 }
 

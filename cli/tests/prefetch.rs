@@ -155,6 +155,43 @@ fn a_traced_mount_lists_reads_in_order_and_build_prefetch_stores_them() {
     );
 }
 
+/// `puzzle umount` waits for the daemon, which writes the trace last,
+/// whatever the executable's file name (it used to wait only for a process
+/// named `puzzle`, and returned before the trace was written).
+#[test]
+fn umount_of_a_renamed_binary_returns_once_the_trace_is_written() {
+    let Some(corpus) = corpus() else { return };
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let store = t.join("store");
+    build(&store, &format!("oci:{}:base", corpus.display()), "b");
+    let exe = t.join("puzzle-renamed");
+    std::fs::copy(env!("CARGO_BIN_EXE_puzzle"), &exe).unwrap();
+    let renamed = || {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("--store").arg(&store).arg("--no-progress");
+        c
+    };
+    let (mnt, trace) = (t.join("mnt"), t.join("trace.txt"));
+    std::fs::create_dir(&mnt).unwrap();
+    ok(renamed()
+        .args(["mount", "b"])
+        .arg(&mnt)
+        .arg("--daemon")
+        .arg("--trace")
+        .arg(&trace));
+    let release = std::fs::read(mnt.join("etc/os-release")).unwrap();
+    ok(renamed().arg("umount").arg(&mnt));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines = trace_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].0.ends_with("/os-release"), "{text}");
+    assert_eq!(lines[0].2, release.len() as u64, "{text}");
+}
+
 #[test]
 fn push_prefetch_retags_and_a_pull_into_a_fresh_store_keeps_the_list() {
     let Some(corpus) = corpus() else { return };
