@@ -515,3 +515,50 @@ fn cache_max_bounds_the_kept_frames() {
     assert!(held <= (2 << 20) + (64 << 10), "lazy/ holds {held} bytes");
     assert!(held > 0);
 }
+
+/// Unmounts a tmpfs when dropped (also when an assertion fails).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 14: lazy mounts never fill the disk: on a file system with less
+/// room than the floor (256 MiB, 5 %), no frame is kept, and reads still
+/// give the right bytes.
+#[test]
+fn a_store_on_a_small_disk_keeps_no_frames_and_still_serves() {
+    let Some((corpus, reg)) = setup() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let r = publish(&reg, &corpus, &t.join("src"), "python3", "lib/py:1");
+    let small = t.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _guard = Tmpfs(small.clone());
+    let lazy = small.join("store");
+    let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
+    let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
+    let f = "usr/bin/python3";
+    assert_eq!(
+        read(&m.dir.join(f)).unwrap(),
+        std::fs::read(rootfs.join(f)).unwrap()
+    );
+    let s = settled_stats(&lazy, &m.dir);
+    assert!(s["frames_fetched"].as_u64().unwrap() > 3, "{s}");
+    let held: u64 = std::fs::read_dir(lazy.join("lazy"))
+        .map(|d| {
+            d.map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(held, 0, "nothing kept on a 16 MiB disk");
+    m.umount();
+}

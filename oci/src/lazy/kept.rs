@@ -12,7 +12,9 @@
 //!
 //! With a cap, the bytes held are bounded: past it, files this process has
 //! not touched go first (oldest modification first), then the frames it
-//! touched, least recently used first.
+//! touched, least recently used first. Whatever the cap, a frame is not
+//! kept when the file system would be left with less than 256 MiB or 5 %
+//! of it free.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -23,6 +25,11 @@ use std::sync::{Arc, Mutex};
 
 use puzzle_store::BlobDigest;
 use rustix::fs::{FallocateFlags, SeekFrom};
+
+/// Free bytes a kept frame must leave on the file system...
+pub const MIN_FREE: u64 = 256 << 20;
+/// ... and the share of its size, in percent.
+pub const MIN_FREE_PERCENT: u64 = 5;
 
 /// A frame: its pack and offset in the pack.
 pub type FrameKey = (BlobDigest, u64);
@@ -167,8 +174,19 @@ impl Kept {
     }
 
     /// Keeps a checked frame of `pack` (`size` bytes long) at `off`, then
-    /// drops what is over the cap (never this frame).
-    pub fn write(&self, pack: &BlobDigest, size: u64, off: u64, bytes: &[u8]) -> io::Result<()> {
+    /// drops what is over the cap (never this frame). A frame that would
+    /// leave the file system with less than [`MIN_FREE`] bytes, or less
+    /// than [`MIN_FREE_PERCENT`] % of its size, free is not kept (lazy
+    /// mounts never fill the disk): returns false.
+    pub fn write(&self, pack: &BlobDigest, size: u64, off: u64, bytes: &[u8]) -> io::Result<bool> {
+        if let Ok(st) = rustix::fs::statvfs(&self.dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let total = st.f_blocks.saturating_mul(st.f_frsize);
+            let floor = MIN_FREE.max(total / 100 * MIN_FREE_PERCENT);
+            if free < floor.saturating_add(bytes.len() as u64) {
+                return Ok(false);
+            }
+        }
         let f = self
             .file(pack, Some(size))?
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
@@ -176,7 +194,7 @@ impl Kept {
         let len = bytes.len() as u64;
         self.touch((*pack, off), len, len);
         self.enforce_cap(&(*pack, off));
-        Ok(())
+        Ok(true)
     }
 
     /// Punches out a frame (one that failed its check, or evicted).
