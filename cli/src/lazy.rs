@@ -105,7 +105,6 @@ pub struct State {
     blobs: LazyBlobs,
     remote: Arc<RegistryBlobs>,
     manifest: Vec<u8>,
-    manifest_bytes: u64,
     needed: Vec<FrameKey>,
     /// The prefetch list's frames, and how many of them are local now.
     prefetch: Vec<FrameKey>,
@@ -202,7 +201,6 @@ pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
     let state = Arc::new(State {
         blobs: l.blobs.clone(),
         remote,
-        manifest_bytes: manifest.len() as u64,
         manifest,
         needed: l.needed,
         prefetch: l.prefetch,
@@ -232,7 +230,7 @@ impl State {
             output::bytes(o.frame_bytes_needed - o.frame_bytes_kept),
             o.frames_kept,
             self.started.elapsed().as_secs_f64(),
-            output::bytes(o.bytes_fetched + self.manifest_bytes),
+            output::bytes(o.bytes_fetched + self.manifest.len() as u64),
         )
     }
 
@@ -248,7 +246,7 @@ impl State {
             remote_manifest: o.remote_manifest.clone(),
             // The metadata and config came through `remote` too: counted in
             // `t`, not again from `o.bytes_fetched`.
-            bytes_received: self.manifest_bytes + t.bytes,
+            bytes_received: self.manifest.len() as u64 + t.bytes,
             requests: t.requests,
             frames_fetched: s.frames_fetched,
             kept_hits: s.kept_hits,
@@ -284,21 +282,7 @@ impl State {
     pub fn prefetch(&self, stop: &AtomicBool) -> String {
         let started = Instant::now();
         let list = &self.prefetch;
-        let mut batches: Vec<&[FrameKey]> = Vec::new();
-        let mut i = 0;
-        while i < list.len() {
-            let mut j = i;
-            let mut bytes = 0;
-            while j < list.len()
-                && list[j].0 == list[i].0
-                && (j == i || bytes + self.blobs.frame_len(&list[j]) <= pull::REQUEST_CAP)
-            {
-                bytes += self.blobs.frame_len(&list[j]);
-                j += 1;
-            }
-            batches.push(&list[i..j]);
-            i = j;
-        }
+        let batches = self.blobs.batches(list);
         let mut failed = 0u64;
         let mut wait = |batch: &[FrameKey]| {
             for k in batch {
@@ -391,20 +375,9 @@ impl State {
             .filter(|k| !self.blobs.is_local(k))
             .copied()
             .collect();
-        let mut i = 0;
-        while i < todo.len() {
-            // A batch: frames of one pack, up to REQUEST_CAP bytes.
-            let pack = todo[i].0;
-            let mut j = i;
-            let mut bytes = 0u64;
-            while j < todo.len()
-                && todo[j].0 == pack
-                && (j == i || bytes + self.blobs.frame_len(&todo[j]) <= pull::REQUEST_CAP)
-            {
-                bytes += self.blobs.frame_len(&todo[j]);
-                j += 1;
-            }
-            let offsets: Vec<u64> = todo[i..j].iter().map(|k| k.1).collect();
+        for batch in self.blobs.batches(&todo) {
+            let pack = batch[0].0;
+            let offsets: Vec<u64> = batch.iter().map(|k| k.1).collect();
             let mut attempt = 0;
             loop {
                 while self.blobs.waiting() > 0 && !stop.load(Ordering::Relaxed) {
@@ -426,7 +399,6 @@ impl State {
                 }
                 std::thread::sleep(Duration::from_secs(1 << attempt));
             }
-            i = j;
         }
         let store = Store::open(root)?;
         let _lock = crate::lock_store(&store, Some(stop), false, false)?;

@@ -240,6 +240,20 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// Asserts that `f` reads through the mount at `dir` as in `rootfs`.
+fn reads_as_in(rootfs: &Path, dir: &Path, f: &str) {
+    let got = read(&dir.join(f)).unwrap_or_else(|e| panic!("reading {f}: {e}"));
+    assert!(got == std::fs::read(rootfs.join(f)).unwrap(), "{f} differs");
+}
+
+/// Bytes the store's `lazy/` holds on disk (allocated, holes not counted).
+fn kept_bytes(store: &Path) -> u64 {
+    std::fs::read_dir(store.join("lazy")).map_or(0, |d| {
+        d.map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
+            .sum()
+    })
+}
+
 /// Issue 14: the registry stopped while mounted: a read of data not yet
 /// local fails with EIO within the deadline, local data still reads, and
 /// once the registry is back the read works.
@@ -303,10 +317,7 @@ fn a_lazy_mount_renews_its_tokens_and_hides_its_password() {
         if i > 0 {
             std::thread::sleep(Duration::from_secs(3));
         }
-        assert_eq!(
-            read(&m.dir.join(f)).unwrap(),
-            std::fs::read(rootfs.join(f)).unwrap()
-        );
+        reads_as_in(&rootfs, &m.dir, f);
     }
     assert!(proxy.tokens_issued() >= 2, "{:#?}", proxy.seen());
     assert_eq!(
@@ -498,16 +509,9 @@ fn cache_max_bounds_the_kept_frames() {
     let r = publish(&reg, &corpus, &src, "python3", "lib/py:1");
     let m = Mount::new(&lazy, &r, &t.join("mnt"), &["--cache-max", "2M"]);
     let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
-    let f = "usr/bin/python3";
-    assert_eq!(
-        read(&m.dir.join(f)).unwrap(),
-        std::fs::read(rootfs.join(f)).unwrap()
-    );
+    reads_as_in(&rootfs, &m.dir, "usr/bin/python3");
     let s = settled_stats(&lazy, &m.dir);
-    let held: u64 = std::fs::read_dir(lazy.join("lazy"))
-        .unwrap()
-        .map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
-        .sum();
+    let held = kept_bytes(&lazy);
     assert!(
         s["bytes_received"].as_u64().unwrap() > 3 << 20,
         "read more than the cap: {s}"
@@ -546,19 +550,10 @@ fn a_store_on_a_small_disk_keeps_no_frames_and_still_serves() {
     let lazy = small.join("store");
     let mut m = Mount::new(&lazy, &r, &t.join("mnt"), &[]);
     let rootfs = umoci_unpack(&corpus, "python3", &t.join("bundle")).unwrap();
-    let f = "usr/bin/python3";
-    assert_eq!(
-        read(&m.dir.join(f)).unwrap(),
-        std::fs::read(rootfs.join(f)).unwrap()
-    );
+    reads_as_in(&rootfs, &m.dir, "usr/bin/python3");
     let s = settled_stats(&lazy, &m.dir);
     assert!(s["frames_fetched"].as_u64().unwrap() > 3, "{s}");
-    let held: u64 = std::fs::read_dir(lazy.join("lazy"))
-        .map(|d| {
-            d.map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
-                .sum()
-        })
-        .unwrap_or(0);
+    let held = kept_bytes(&lazy);
     assert_eq!(held, 0, "nothing kept on a 16 MiB disk");
     m.umount();
 }

@@ -25,7 +25,7 @@ use puzzle_store::image::{
     read_manifest, read_metadata, write_image_sized, MappedImage, MAX_METADATA,
 };
 use puzzle_store::layout::MAX_JSON;
-use puzzle_store::manifest::{Manifest, MEDIA_TYPE_METADATA_ZSTD};
+use puzzle_store::manifest::MEDIA_TYPE_METADATA_ZSTD;
 use puzzle_store::meta::{self, MetaBlob};
 use puzzle_store::mmap::Mapped;
 use puzzle_store::pack::ChunkLoc;
@@ -92,8 +92,6 @@ pub struct LazyImage {
     /// The frames the image's prefetch list names, in its order, without
     /// those local already (none if it has no list).
     pub prefetch: Vec<FrameKey>,
-    /// The remote manifest.
-    pub manifest: Manifest,
     pub opened: LazyOpened,
 }
 
@@ -345,7 +343,7 @@ pub fn open(
     let image = MappedImage {
         name: origin.to_string(),
         manifest_digest: remote_digest,
-        manifest: manifest.clone(),
+        manifest,
         meta: MetaBlob::open(Mapped::owned(mixed))?,
         pin,
     };
@@ -354,7 +352,6 @@ pub fn open(
         blobs,
         needed,
         prefetch,
-        manifest,
         opened,
     })
 }

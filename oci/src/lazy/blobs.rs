@@ -64,6 +64,19 @@ impl FrameTable {
         Ok(FrameTable(t))
     }
 
+    /// Reads the frame at `key` from `kept` into `buf` if it is there and
+    /// checks out; a kept copy that fails the check is punched out.
+    pub fn read_kept(&self, kept: &Kept, key: &FrameKey, buf: &mut [u8]) -> bool {
+        match kept.read(&key.0, key.1, buf) {
+            Ok(true) if self.check(key, buf).is_ok() => true,
+            Ok(true) => {
+                kept.forget(&key.0, key.1, buf.len() as u64);
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// Checks a frame's bytes: it decompresses to its length and every chunk
     /// in it hashes to its id.
     pub fn check(&self, key: &FrameKey, bytes: &[u8]) -> puzzle_store::Result<()> {
@@ -170,6 +183,24 @@ struct Shared {
     last_miss: Mutex<Option<(BlobDigest, usize, usize)>>,
 }
 
+/// `keys` cut into fetch batches, in order: consecutive frames of one pack,
+/// at most `cap` bytes by `len` (at least one frame each).
+pub fn batches(keys: &[FrameKey], cap: u64, len: impl Fn(&FrameKey) -> u64) -> Vec<&[FrameKey]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < keys.len() {
+        let mut j = i;
+        let mut bytes = 0;
+        while j < keys.len() && keys[j].0 == keys[i].0 && (j == i || bytes + len(&keys[j]) <= cap) {
+            bytes += len(&keys[j]);
+            j += 1;
+        }
+        out.push(&keys[i..j]);
+        i = j;
+    }
+    out
+}
+
 /// Most frames one sequential miss fetches ahead of itself.
 const MAX_AHEAD: usize = 32;
 
@@ -268,14 +299,17 @@ impl LazyBlobs {
             let len = u64::from(s.frames.0[key].clen);
             n += 1;
             bytes += len;
-            if s.local_packs.contains(&key.0)
-                || s.kept.as_ref().is_some_and(|k| k.has(&key.0, key.1, len))
-            {
+            if self.is_local(key) {
                 kept_n += 1;
                 kept_bytes += len;
             }
         }
         (n, bytes, kept_n, kept_bytes)
+    }
+
+    /// `keys` cut into fetch batches (see [`batches`]).
+    pub fn batches<'k>(&self, keys: &'k [FrameKey]) -> Vec<&'k [FrameKey]> {
+        batches(keys, crate::pull::REQUEST_CAP, |k| self.frame_len(k))
     }
 
     /// The compressed length of the frame at `key` (0 if unknown).
@@ -397,18 +431,14 @@ impl LazyBlobs {
     /// The kept copy of a frame, checked; a copy that fails is punched out.
     fn read_kept(&self, key: &FrameKey, buf: &mut [u8]) -> bool {
         let s = &self.0;
-        let Some(k) = &s.kept else { return false };
-        match k.read(&key.0, key.1, buf) {
-            Ok(true) if s.frames.check(key, buf).is_ok() => {
-                s.counters.kept_hits.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Ok(true) => {
-                k.forget(&key.0, key.1, buf.len() as u64);
-                false
-            }
-            _ => false,
+        let hit = s
+            .kept
+            .as_ref()
+            .is_some_and(|k| s.frames.read_kept(k, key, buf));
+        if hit {
+            s.counters.kept_hits.fetch_add(1, Ordering::Relaxed);
         }
+        hit
     }
 
     /// Fetches the frames at `offsets` of `pack` that are neither local nor
@@ -562,6 +592,18 @@ impl BlobRead for LazyBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_keep_to_one_pack_and_the_cap_in_list_order() {
+        let (a, b) = (BlobDigest::of(b"a"), BlobDigest::of(b"b"));
+        let keys = [(a, 0), (a, 10), (a, 20), (b, 0), (a, 30), (a, 40)];
+        let got = batches(&keys, 25, |_| 10);
+        let want: Vec<&[FrameKey]> = vec![&keys[0..2], &keys[2..3], &keys[3..4], &keys[4..6]];
+        assert_eq!(got, want);
+        // A frame over the cap is a batch of its own.
+        assert_eq!(batches(&keys[..2], 5, |_| 10).len(), 2);
+        assert!(batches(&[], 5, |_| 10).is_empty());
+    }
 
     #[test]
     fn reads_in_pack_order_widen_the_window_and_others_reset_it() {

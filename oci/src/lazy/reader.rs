@@ -97,13 +97,8 @@ impl BlobRead for KeptFirst<'_> {
             let key = (*digest, *off);
             match self.frames.0.get(&key) {
                 Some(f) if f.clen as usize == buf.len() => {
-                    match self.kept.read(digest, *off, buf) {
-                        Ok(true) if self.frames.check(&key, buf).is_ok() => {}
-                        Ok(true) => {
-                            self.kept.forget(digest, *off, buf.len() as u64);
-                            remote.push((*off, &mut **buf));
-                        }
-                        _ => remote.push((*off, &mut **buf)),
+                    if !self.frames.read_kept(self.kept, &key, buf) {
+                        remote.push((*off, &mut **buf));
                     }
                 }
                 _ => read_span(self.kept, self.frames, self.remote, digest, *off, buf)?,
