@@ -36,6 +36,9 @@ pub(crate) struct Faults {
     pub(crate) too_many: AtomicU32,
     pub(crate) unavailable: AtomicU32,
     pub(crate) close: AtomicU32,
+    /// Answer 403 to the next GETs that carry `Range` (an object store's
+    /// signed URL that expired, seen when a read resumes).
+    pub(crate) forbid_ranged: AtomicU32,
     pub(crate) ignore_range: AtomicBool,
     /// Cut the first blob response after this many body bytes.
     pub(crate) cut_blob_at: Mutex<Option<u64>>,
@@ -323,6 +326,10 @@ impl Conn<'_> {
         }
         if faultable && take(&f.close) {
             return 0;
+        }
+        if faultable && header(text, "range").is_some() && take(&f.forbid_ranged) {
+            reply(client, "403 Forbidden", "", "{}");
+            return 403;
         }
         let blob = faultable && path.contains("/blobs/");
         if let Some(port) = f.redirect_blobs_to.lock().unwrap().filter(|_| blob) {

@@ -515,6 +515,66 @@ fn redirected_blob_gets_carry_no_credentials_to_the_other_host() {
     );
 }
 
+/// The GETs of `seen` per blob digest, in order: (status, ranged).
+fn blob_gets(seen: &[Seen]) -> std::collections::BTreeMap<String, Vec<(u16, bool)>> {
+    let mut by = std::collections::BTreeMap::<String, Vec<(u16, bool)>>::new();
+    for s in seen {
+        if let Some((_, d)) = s.line.split_once("/blobs/") {
+            let d = d.split(' ').next().unwrap().to_owned();
+            by.entry(d).or_default().push((s.status, s.range.is_some()));
+        }
+    }
+    by
+}
+
+#[test]
+fn a_blob_redirect_is_reused_until_the_other_host_refuses_it() {
+    let Some((reg, corpus)) = base_registry() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = layout_build(&corpus, tmp.path());
+    for expired in [false, true] {
+        let storage = FaultProxy::start(reg.port);
+        let front = FaultProxy::start(reg.port);
+        *front.faults.redirect_blobs_to.lock().unwrap() = Some(storage.port);
+        // The layer's download drops after 100 kB, so it resumes.
+        *storage.faults.cut_blob_at.lock().unwrap() = Some(100_000);
+        if expired {
+            storage.faults.forbid_ranged.store(1, Ordering::SeqCst);
+        }
+        let store = tmp.path().join(format!("store-{expired}"));
+        let src = format!("docker://127.0.0.1:{}/lib/base:1", front.port);
+        let r = build_in(&store, &tmp.path().join("home"), &src, "b", &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(metadata_of(&layout, "b"), metadata_of(&store, "b"));
+        let (asked, got) = (blob_gets(&front.seen()), blob_gets(&storage.seen()));
+        let resumed: Vec<_> = got.iter().filter(|(_, g)| g.len() > 1).collect();
+        assert_eq!(resumed.len(), 1, "one blob resumed: {got:?}");
+        let (layer, at_storage) = resumed[0];
+        if expired {
+            // Cut, refused at the remembered place, asked of the registry
+            // again, fetched from where it now redirects.
+            assert_eq!(
+                at_storage,
+                &[(200, false), (403, true), (206, true)],
+                "{got:?}"
+            );
+            assert_eq!(asked[layer], [(307, false), (307, true)], "{asked:?}");
+        } else {
+            // The resume went where the registry had sent the first GET.
+            assert_eq!(at_storage, &[(200, false), (206, true)], "{got:?}");
+            assert_eq!(asked[layer], [(307, false)], "{asked:?}");
+        }
+        // Every other blob: one redirect, one GET at the other host.
+        assert_eq!(
+            asked.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>()
+        );
+        assert!(asked.len() >= 2, "{asked:?}");
+    }
+}
+
 #[test]
 fn tls_verify_false_allows_plain_http_to_other_hosts() {
     let Some((reg, corpus)) = base_registry() else {

@@ -48,6 +48,10 @@ pub(crate) struct Client {
     /// [`Client::with_actions`] or [`Client::add_scope`] say more.
     scopes: Mutex<Vec<String>>,
     auth: Mutex<AuthState>,
+    /// Where the registry redirected a blob's GET to another host (object
+    /// storage), by the blob's URL: later reads of that blob go there
+    /// directly, until that host refuses or fails them.
+    redirects: Mutex<HashMap<String, reqwest::Url>>,
 }
 
 /// What the registry asked for, and the tokens earned.
@@ -188,6 +192,7 @@ impl Client {
             creds: OnceLock::new(),
             scopes: Mutex::new(scopes),
             auth: Mutex::new(AuthState::default()),
+            redirects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -325,13 +330,17 @@ impl Client {
 
     /// GETs `url` (from byte `from` on, with `Range`, if not 0).
     pub(crate) fn get(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response> {
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        if accept.is_none() {
+            return self.get_blob(url, range);
+        }
         self.send_read(&|http| {
             let mut req = http.get(url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            if from > 0 {
-                req = req.header(RANGE, format!("bytes={from}-"));
+            if let Some(r) = &range {
+                req = req.header(RANGE, r);
             }
             req
         })
@@ -341,7 +350,40 @@ impl Client {
     /// header. Returns any status; callers judge it (a 200 means the registry
     /// ignored the range and sends the whole blob).
     pub(crate) fn get_range(&self, url: &str, start: u64, end: u64) -> Result<Response> {
-        self.send_read(&|http| http.get(url).header(RANGE, format!("bytes={start}-{end}")))
+        self.get_blob(url, Some(format!("bytes={start}-{end}")))
+    }
+
+    /// GETs a blob (`range`: a `Range` value), from where the registry last
+    /// redirected it to if that was another host. The registry is asked
+    /// again (and the redirect forgotten) when that host answers anything
+    /// but success, e.g. a 403 for a signed URL that expired, or fails.
+    fn get_blob(&self, url: &str, range: Option<String>) -> Result<Response> {
+        let cached = lock(&self.redirects).get(url).cloned();
+        if let Some(to) = cached {
+            let mut req = self.reads.get(to);
+            if let Some(r) = &range {
+                req = req.header(RANGE, r);
+            }
+            match req.send() {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                _ => {
+                    lock(&self.redirects).remove(url);
+                }
+            }
+        }
+        let resp = self.send_read(&|http| {
+            let req = http.get(url);
+            match &range {
+                Some(r) => req.header(RANGE, r),
+                None => req,
+            }
+        })?;
+        let other_host =
+            reqwest::Url::parse(url).is_ok_and(|asked| resp.url().origin() != asked.origin());
+        if resp.status().is_success() && other_host {
+            lock(&self.redirects).insert(url.to_owned(), resp.url().clone());
+        }
+        Ok(resp)
     }
 
     /// Tries `send` until it gets an answer that is not 429/502/503/504, or
