@@ -160,6 +160,11 @@ pub fn open(root: &Path, reference: &str, args: &LazyArgs) -> Result<Lazy> {
     o.read_timeout = Some(Duration::from_secs(
         args.timeout.min(args.registry.read_timeout()),
     ));
+    // Tries at most a second apart until the deadline, so a registry that
+    // comes back serves the reads waiting for it, and none go on after.
+    o.retry.max_attempts = u32::MAX;
+    o.retry.max_delay = o.retry.max_delay.min(Duration::from_secs(1));
+    o.retry.max_total = o.retry.max_total.min(Duration::from_secs(args.timeout));
     let remote = pull::open_remote(reference, &o)?;
     let store = match Store::open(root) {
         Err(puzzle_store::Error::NotAStore(_)) => {

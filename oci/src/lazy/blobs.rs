@@ -126,13 +126,29 @@ struct Counters {
 type Outcome = Result<Arc<Vec<u8>>, String>;
 
 /// One frame being fetched: its outcome once known.
-#[derive(Default)]
 struct Slot {
     done: Mutex<Option<Outcome>>,
     cv: Condvar,
+    /// When the fetch was started.
+    started: Instant,
 }
 
 impl Slot {
+    fn new() -> Slot {
+        Slot {
+            done: Mutex::new(None),
+            cv: Condvar::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn set(&self, r: Outcome) {
         *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         self.cv.notify_all();
@@ -344,13 +360,16 @@ impl LazyBlobs {
         {
             let mut inflight = self.0.inflight.lock().unwrap_or_else(|p| p.into_inner());
             for &off in offsets {
-                let slot = inflight
-                    .entry((*pack, off))
-                    .or_insert_with(|| {
+                // A slot whose fetch has ended is being forgotten: replaced.
+                let slot = match inflight.get(&(*pack, off)) {
+                    Some(slot) if !slot.is_done() => slot.clone(),
+                    _ => {
                         new.push(off);
-                        Arc::new(Slot::default())
-                    })
-                    .clone();
+                        let slot = Arc::new(Slot::new());
+                        inflight.insert((*pack, off), slot.clone());
+                        slot
+                    }
+                };
                 slots.push(slot);
             }
         }
@@ -550,12 +569,24 @@ impl BlobRead for LazyBlobs {
         }
         // This frame alone, so the read waits for it only; the frames
         // ahead in one request of their own.
-        let slot = self.start(digest, &[offset]).remove(0);
+        let asked = Instant::now();
+        let deadline = asked + s.deadline;
+        let mut slot = self.start(digest, &[offset]).remove(0);
         if !ahead.is_empty() {
             self.start(digest, &ahead);
         }
         s.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = slot.wait(Instant::now() + s.deadline, &s.closed);
+        let got = loop {
+            let got = slot.wait(deadline, &s.closed);
+            // A fetch that began before this read and failed (say, its
+            // tries ran out while the registry was away) is no answer to
+            // it: one fetch of its own, within the same deadline.
+            if matches!(got, Some(Err(_))) && slot.started < asked && Instant::now() < deadline {
+                slot = self.start(digest, &[offset]).remove(0);
+                continue;
+            }
+            break got;
+        };
         s.waiting.fetch_sub(1, Ordering::Relaxed);
         match got {
             Some(Ok(bytes)) => {
