@@ -400,6 +400,21 @@ impl LazyBlobs {
             }
             *n += 1;
         }
+        // Frames kept since they were asked for (another fetch ended
+        // between a reader's look and its ask) are not fetched again.
+        let frames: Vec<(u64, Arc<Slot>)> = frames
+            .into_iter()
+            .filter(|(off, slot)| {
+                let key = (pack, *off);
+                let mut buf = vec![0u8; s.frames.0[&key].clen as usize];
+                if !self.read_kept(&key, &mut buf) {
+                    return true;
+                }
+                slot.set(Ok(Arc::new(buf)));
+                self.forget(&key, slot);
+                false
+            })
+            .collect();
         let mut bufs: Vec<Vec<u8>> = frames
             .iter()
             .map(|(off, _)| vec![0u8; s.frames.0[&(pack, *off)].clen as usize])
@@ -437,14 +452,19 @@ impl LazyBlobs {
                 },
             };
             slot.set(outcome);
-            let mut inflight = s.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if inflight.get(&key).is_some_and(|x| Arc::ptr_eq(x, slot)) {
-                inflight.remove(&key);
-            }
+            self.forget(&key, slot);
         }
         let mut n = s.running.0.lock().unwrap_or_else(|p| p.into_inner());
         *n -= 1;
         s.running.1.notify_one();
+    }
+
+    /// Drops `slot` (its outcome set) from the fetches in flight.
+    fn forget(&self, key: &FrameKey, slot: &Arc<Slot>) {
+        let mut inflight = self.0.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.get(key).is_some_and(|x| Arc::ptr_eq(x, slot)) {
+            inflight.remove(key);
+        }
     }
 
     /// The kept copy of a frame, checked; a copy that fails is punched out.
