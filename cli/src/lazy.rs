@@ -281,7 +281,7 @@ impl State {
 
     /// Fetches the frames of the prefetch list in its order, alongside
     /// on-demand reads: a batch is the list's next frames of one pack (at
-    /// most REQUEST_CAP bytes, one request when they are neighbours), and
+    /// most `request_cap()` bytes, one request when they are neighbours), and
     /// at most [`PREFETCH_AHEAD`] batches are in flight. Returns the line
     /// to log.
     pub fn prefetch(&self, stop: &AtomicBool) -> String {

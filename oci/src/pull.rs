@@ -37,7 +37,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 pub use crate::source::registry::ranges::{
-    coalesce, open_remote, RegistryBlobs, RemoteImage, Transfer, GAP, REQUEST_CAP,
+    coalesce, gap, open_remote, request_cap, RegistryBlobs, RemoteImage, Transfer, GAP, REQUEST_CAP,
 };
 
 /// Frame bytes asked for in one `read_ranges` call (one pack's frames, a

@@ -11,7 +11,7 @@
 //!
 //! [`BlobRead::want`] starts the fetch of frames a read is about to need,
 //! together: neighbouring frames of a pack go in one Range request
-//! ([`crate::pull::GAP`], [`crate::pull::REQUEST_CAP`]).
+//! ([`crate::pull::gap`], [`crate::pull::request_cap`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -325,7 +325,7 @@ impl LazyBlobs {
 
     /// `keys` cut into fetch batches (see [`batches`]).
     pub fn batches<'k>(&self, keys: &'k [FrameKey]) -> Vec<&'k [FrameKey]> {
-        batches(keys, crate::pull::REQUEST_CAP, |k| self.frame_len(k))
+        batches(keys, crate::pull::request_cap(), |k| self.frame_len(k))
     }
 
     /// The compressed length of the frame at `key` (0 if unknown).
@@ -576,10 +576,11 @@ impl BlobRead for LazyBlobs {
             drop(last);
             let order = &s.order[digest];
             let mut bytes = u64::from(s.frames.0[&key].clen);
+            let cap = crate::pull::request_cap();
             for &next in order.iter().skip(i + 1).take(w) {
                 let k = (*digest, next);
                 bytes += self.frame_len(&k);
-                if bytes > crate::pull::REQUEST_CAP {
+                if bytes > cap {
                     break;
                 }
                 if !self.is_local(&k) {

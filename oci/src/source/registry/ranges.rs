@@ -3,8 +3,8 @@
 //!
 //! [`open_remote`] fetches a manifest by tag or digest and returns it with a
 //! [`RegistryBlobs`] over the blobs it names. `read_ranges` sorts the ranges
-//! it is given and coalesces neighbours (at most [`GAP`] bytes apart, at most
-//! [`REQUEST_CAP`] bytes per request) into one single-range request each:
+//! it is given and coalesces neighbours (at most [`gap`] bytes apart, at most
+//! [`request_cap`] bytes per request) into one single-range request each:
 //! registries refuse multi-range requests or answer them with the whole
 //! blob. A registry that ignores `Range` (200 instead of 206) sends the whole
 //! blob; the ranges are then cut from that one stream.
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use puzzle_store::blobs::{short_blob, BlobRead};
 use puzzle_store::manifest::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
@@ -30,13 +30,45 @@ use super::stream::range_start;
 
 /// Ranges at most this far apart go in one request: fetching the gap costs
 /// less than another round trip (about 6 ms even on loopback; 64 KiB is
-/// about 5 ms at 100 Mbit/s).
+/// about 5 ms at 100 Mbit/s). Benchmarks may replace it with the
+/// environment variable `PUZZLE_RANGE_GAP` (see [`gap`]).
 pub const GAP: u64 = 64 << 10;
 
 /// Most bytes one request asks for, gaps included (a single range longer
 /// than this is asked for alone). Keeps the buffer of a request bounded and
-/// a retried request cheap.
+/// a retried request cheap. Benchmarks may replace it with the environment
+/// variable `PUZZLE_RANGE_CAP` (see [`request_cap`]).
 pub const REQUEST_CAP: u64 = 8 << 20;
+
+/// The gap requests coalesce across: [`GAP`], or `PUZZLE_RANGE_GAP` (bytes)
+/// when that is set to a number, read once per process. A knob for
+/// benchmarks (benches/README.md), not a user setting.
+pub fn gap() -> u64 {
+    static GAP_BYTES: OnceLock<u64> = OnceLock::new();
+    *GAP_BYTES.get_or_init(|| bench_knob("PUZZLE_RANGE_GAP", GAP, 0))
+}
+
+/// The most bytes one request asks for: [`REQUEST_CAP`], or
+/// `PUZZLE_RANGE_CAP` (bytes, at least 1) when that is set to a number,
+/// read once per process. A knob for benchmarks, not a user setting. Lazy
+/// mounts cut their fetch batches and read-ahead at it too.
+pub fn request_cap() -> u64 {
+    static CAP_BYTES: OnceLock<u64> = OnceLock::new();
+    *CAP_BYTES.get_or_init(|| bench_knob("PUZZLE_RANGE_CAP", REQUEST_CAP, 1))
+}
+
+/// The number of bytes the variable `name` holds, or `default` when it is
+/// absent, not a number or below `min`.
+fn bench_knob(name: &str, default: u64, min: u64) -> u64 {
+    knob_value(std::env::var(name).ok().as_deref(), default, min)
+}
+
+fn knob_value(value: Option<&str>, default: u64, min: u64) -> u64 {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&v| v >= min)
+        .unwrap_or(default)
+}
 
 /// Attempts at one request (a dropped connection or a short body) before
 /// giving up.
@@ -338,7 +370,7 @@ impl BlobRead for RegistryBlobs {
             .iter()
             .map(|(off, buf)| (*off, buf.len() as u64))
             .collect();
-        let requests = coalesce(&spans, GAP, REQUEST_CAP);
+        let requests = coalesce(&spans, gap(), request_cap());
         let mut i = 0;
         while i < requests.len() {
             let (start, end, _) = &requests[i];
@@ -362,6 +394,16 @@ impl BlobRead for RegistryBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_knobs_fall_back_to_the_constants() {
+        assert_eq!(knob_value(None, GAP, 0), GAP);
+        assert_eq!(knob_value(Some("1048576"), GAP, 0), 1 << 20);
+        assert_eq!(knob_value(Some(" 0 "), GAP, 0), 0);
+        assert_eq!(knob_value(Some("1M"), GAP, 0), GAP);
+        assert_eq!(knob_value(Some("-1"), GAP, 0), GAP);
+        assert_eq!(knob_value(Some("0"), REQUEST_CAP, 1), REQUEST_CAP);
+    }
 
     #[test]
     fn neighbours_coalesce_within_the_gap_and_cap() {
