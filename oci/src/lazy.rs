@@ -16,6 +16,7 @@ pub mod kept;
 pub mod reader;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,15 +96,22 @@ pub struct LazyImage {
     pub opened: LazyOpened,
 }
 
-/// Where each chunk the store's images use is stored, for chunks in packs
-/// the store holds; and pins on those images until the caller's own pin is
-/// taken.
+/// The chunks of `wanted` one metadata blob (by its index) places.
+type Placed = (usize, Vec<(ChunkId, ChunkLoc)>);
+
+/// Where each chunk of `wanted` that the store's images use is stored, for
+/// chunks in packs the store holds; and pins on those images until the
+/// caller's own pin is taken. Each metadata blob is read once, on a few
+/// threads (reading and checking them is most of a mount's opening when
+/// the store holds many images); the first image in the store's order that
+/// has a chunk gives its place.
 fn local_chunks(
     store: &Store,
+    wanted: &HashSet<ChunkId>,
 ) -> Result<(HashMap<ChunkId, ChunkLoc>, Vec<puzzle_store::layout::Pin>)> {
-    let mut map = HashMap::new();
     let mut pins = Vec::new();
-    let mut present: HashMap<BlobDigest, bool> = HashMap::new();
+    let mut metas = Vec::new();
+    let mut seen = HashSet::new();
     for r in store.images()? {
         // An image removed or broken meanwhile lends nothing.
         let Ok((r, pin)) = store.pin_image(&r.name) else {
@@ -113,19 +121,54 @@ fn local_chunks(
             continue;
         };
         let Some(md) = man.metadata() else { continue };
-        let Ok(meta) = read_metadata(store, md).and_then(MetaBlob::open) else {
-            continue;
-        };
-        for i in 0..meta.chunk_count() {
-            let rec = meta.chunk(i as u32)?;
-            let here = *present
-                .entry(rec.loc.pack)
-                .or_insert_with(|| store.has_blob(&rec.loc.pack));
-            if here {
-                map.entry(rec.id).or_insert(rec.loc);
-            }
+        if seen.insert(md.digest) {
+            metas.push(md.clone());
         }
         pins.push(pin);
+    }
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(metas.len().max(1));
+    let read = || -> Result<Vec<Placed>> {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(md) = metas.get(i) else {
+                return Ok(out);
+            };
+            let Ok(meta) = read_metadata(store, md).and_then(MetaBlob::open) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            for c in 0..meta.chunk_count() {
+                let rec = meta.chunk(c as u32)?;
+                if wanted.contains(&rec.id) {
+                    found.push((rec.id, rec.loc));
+                }
+            }
+            out.push((i, found));
+        }
+    };
+    let mut per_image: Vec<Placed> = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(read)).collect();
+        for w in workers {
+            per_image.extend(w.join().expect("a metadata reader panicked")?);
+        }
+        Ok(())
+    })?;
+    per_image.sort_by_key(|(i, _)| *i);
+    let mut map = HashMap::new();
+    let mut present: HashMap<BlobDigest, bool> = HashMap::new();
+    for (id, loc) in per_image.into_iter().flat_map(|(_, found)| found) {
+        let here = *present
+            .entry(loc.pack)
+            .or_insert_with(|| store.has_blob(&loc.pack));
+        if here {
+            map.entry(id).or_insert(loc);
+        }
     }
     Ok((map, pins))
 }
@@ -227,7 +270,11 @@ pub fn open(
     };
 
     // Chunks the store holds are read from there.
-    let (local, image_pins) = local_chunks(store)?;
+    let mut wanted = HashSet::new();
+    for i in 0..remote_meta.chunk_count() {
+        wanted.insert(remote_meta.chunk(i as u32)?.id);
+    }
+    let (local, image_pins) = local_chunks(store, &wanted)?;
     let mixed = remote_meta.relocate(|rec| Ok(local.get(&rec.id).copied().unwrap_or(rec.loc)))?;
     let view = MetaBlob::open(&mixed[..])?;
     let mut local_packs = HashSet::new();
