@@ -309,6 +309,32 @@ pub fn normalize<B: AsRef<[u8]>>(meta: &MetaBlob<B>, text: &[u8]) -> Result<Norm
     })
 }
 
+/// Calls `f` with the index of each chunk holding bytes `offset..offset +
+/// len` of `file` (past its end: none), in file order; holes have none.
+pub fn chunks_read<B: AsRef<[u8]>>(
+    meta: &MetaBlob<B>,
+    file: &InodeRec,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(u32) -> Result<()>,
+) -> Result<()> {
+    let end = offset.saturating_add(len).min(file.size);
+    let Some(mut i) = meta.find_extent(file, offset)? else {
+        return Ok(());
+    };
+    while i < file.count() {
+        let x = meta.extent(file, i)?;
+        if x.file_offset >= end {
+            break;
+        }
+        i += 1;
+        if x.len > 0 {
+            f(x.chunk)?;
+        }
+    }
+    Ok(())
+}
+
 /// One zstd frame of a pack: what a lazy mount fetches (`clen` bytes at
 /// `offset` of `pack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -335,20 +361,8 @@ pub fn frames<B: AsRef<[u8]>>(meta: &MetaBlob<B>, list: &[TraceEntry]) -> Result
             }
         };
         let Some(file) = file else { continue };
-        let end = e.offset.saturating_add(e.len).min(file.size);
-        let Some(mut i) = meta.find_extent(&file, e.offset)? else {
-            continue;
-        };
-        while i < file.count() {
-            let x = meta.extent(&file, i)?;
-            if x.file_offset >= end {
-                break;
-            }
-            i += 1;
-            if x.len == 0 {
-                continue;
-            }
-            let loc = meta.chunk(x.chunk)?.loc;
+        chunks_read(meta, &file, e.offset, e.len, |chunk| {
+            let loc = meta.chunk(chunk)?.loc;
             let f = FrameRef {
                 pack: loc.pack,
                 offset: loc.offset,
@@ -357,7 +371,8 @@ pub fn frames<B: AsRef<[u8]>>(meta: &MetaBlob<B>, list: &[TraceEntry]) -> Result
             if seen.insert(f) {
                 out.push(f);
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(out)
 }

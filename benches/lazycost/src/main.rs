@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use puzzle_store::pack::ChunkLoc;
-use puzzle_store::prefetch::{find_file, parse};
+use puzzle_store::prefetch::{chunks_read, find_file, parse};
 use puzzle_store::{image, BlobDigest, Store};
 
 #[derive(Parser, Debug)]
@@ -168,19 +168,10 @@ fn main() -> Result<()> {
         };
         let end = e.offset.saturating_add(e.len).min(file.size);
         read_raw += end.saturating_sub(e.offset);
-        let Some(mut i) = meta.find_extent(&file, e.offset)? else {
-            continue;
-        };
-        while i < file.count() {
-            let x = meta.extent(&file, i)?;
-            if x.file_offset >= end {
-                break;
-            }
-            i += 1;
-            if x.len > 0 {
-                tally.chunk(x.chunk, &meta.chunk(x.chunk)?.loc);
-            }
-        }
+        chunks_read(meta, &file, e.offset, e.len, |chunk| {
+            tally.chunk(chunk, &meta.chunk(chunk)?.loc);
+            Ok(())
+        })?;
     }
     let opened: Vec<_> = files.values().flatten().collect();
     let file_raw: u64 = opened.iter().map(|f| f.size).sum();
