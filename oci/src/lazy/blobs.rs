@@ -401,24 +401,22 @@ impl LazyBlobs {
             *n += 1;
         }
         // Frames kept since they were asked for (another fetch ended
-        // between a reader's look and its ask) are not fetched again.
-        let frames: Vec<(u64, Arc<Slot>)> = frames
-            .into_iter()
-            .filter(|(off, slot)| {
-                let key = (pack, *off);
-                let mut buf = vec![0u8; s.frames.0[&key].clen as usize];
-                if !self.read_kept(&key, &mut buf) {
-                    return true;
-                }
+        // between a reader's look and its ask) are not fetched again; the
+        // rest are read into the buffers their look-up was given.
+        let mut fetching = Vec::with_capacity(frames.len());
+        let mut bufs: Vec<Vec<u8>> = Vec::with_capacity(frames.len());
+        for (off, slot) in frames {
+            let key = (pack, off);
+            let mut buf = vec![0u8; s.frames.0[&key].clen as usize];
+            if self.read_kept(&key, &mut buf) {
                 slot.set(Ok(Arc::new(buf)));
-                self.forget(&key, slot);
-                false
-            })
-            .collect();
-        let mut bufs: Vec<Vec<u8>> = frames
-            .iter()
-            .map(|(off, _)| vec![0u8; s.frames.0[&(pack, *off)].clen as usize])
-            .collect();
+                self.forget(&key, &slot);
+            } else {
+                fetching.push((off, slot));
+                bufs.push(buf);
+            }
+        }
+        let frames = fetching;
         let mut ranges: Vec<(u64, &mut [u8])> = frames
             .iter()
             .zip(bufs.iter_mut())
