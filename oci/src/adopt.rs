@@ -16,11 +16,11 @@ use puzzle_store::pack::{self, PackInfo};
 use puzzle_store::{BlobDigest, Store};
 
 use crate::error::{Error, Result};
-use crate::pull::{PullProgress, REQUEST_CAP, WINDOW};
+use crate::pull::{request_cap, PullProgress, WINDOW};
 
 /// Fetches pack `d` (`size` bytes, as the manifest says) whole from
 /// `remote` into a temp file of `store`, a window of [`WINDOW`] bytes at a
-/// time (ranges of at most [`REQUEST_CAP`], one request each), and checks
+/// time (ranges of at most [`request_cap`], one request each), and checks
 /// it: its SHA-256 and size, its trailer and chunk index, and every chunk
 /// against its id as each frame is decompressed. Only then is it renamed
 /// into `blobs/` (fsynced). On an error or a cancel nothing is stored.
@@ -53,10 +53,11 @@ pub(crate) fn fetch_pack(
         }
         let n = (size - at).min(WINDOW);
         buf.resize(n as usize, 0);
+        let cap = request_cap();
         let mut ranges: Vec<(u64, &mut [u8])> = buf
-            .chunks_mut(REQUEST_CAP as usize)
+            .chunks_mut(cap as usize)
             .enumerate()
-            .map(|(i, b)| (at + i as u64 * REQUEST_CAP, b))
+            .map(|(i, b)| (at + i as u64 * cap, b))
             .collect();
         remote.read_ranges(d, &mut ranges)?;
         out.write_all(&buf).map_err(io)?;
