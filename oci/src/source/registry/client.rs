@@ -331,19 +331,10 @@ impl Client {
     /// GETs `url` (from byte `from` on, with `Range`, if not 0).
     pub(crate) fn get(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response> {
         let range = (from > 0).then(|| format!("bytes={from}-"));
-        if accept.is_none() {
+        let Some(accept) = accept else {
             return self.get_blob(url, range);
-        }
-        self.send_read(&|http| {
-            let mut req = http.get(url);
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a);
-            }
-            if let Some(r) = &range {
-                req = req.header(RANGE, r);
-            }
-            req
-        })
+        };
+        self.send_read(&|http| with_range(http.get(url).header(ACCEPT, accept), &range))
     }
 
     /// GETs bytes `start..=end` of `url` with one single-range `Range`
@@ -360,24 +351,14 @@ impl Client {
     fn get_blob(&self, url: &str, range: Option<String>) -> Result<Response> {
         let cached = lock(&self.redirects).get(url).cloned();
         if let Some(to) = cached {
-            let mut req = self.reads.get(to);
-            if let Some(r) = &range {
-                req = req.header(RANGE, r);
-            }
-            match req.send() {
+            match with_range(self.reads.get(to), &range).send() {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 _ => {
                     lock(&self.redirects).remove(url);
                 }
             }
         }
-        let resp = self.send_read(&|http| {
-            let req = http.get(url);
-            match &range {
-                Some(r) => req.header(RANGE, r),
-                None => req,
-            }
-        })?;
+        let resp = self.send_read(&|http| with_range(http.get(url), &range))?;
         let other_host =
             reqwest::Url::parse(url).is_ok_and(|asked| resp.url().origin() != asked.origin());
         if resp.status().is_success() && other_host {
@@ -685,6 +666,14 @@ impl Client {
     /// dropped connection. The caller checks its digest.
     pub(crate) fn blob_stream(self: &Arc<Self>, digest: &str, size: u64) -> BlobStream {
         BlobStream::new(Arc::clone(self), self.url(&format!("blobs/{digest}")), size)
+    }
+}
+
+/// `req` with a `Range` header if `range` holds one.
+fn with_range(req: RequestBuilder, range: &Option<String>) -> RequestBuilder {
+    match range {
+        Some(r) => req.header(RANGE, r),
+        None => req,
     }
 }
 
